@@ -1,0 +1,275 @@
+"""Export: rewritten model -> ONNX (dynamo or legacy exporter) or TorchScript, checked and written atomically.
+
+Both ONNX paths export with a symbolic batch axis on every input and output, install the Function
+lowerings the model needs (:mod:`modconv_export.symbolic`) only for the duration of the export, run
+``onnx.checker`` and strict shape inference, and refuse a graph with non-standard ops or computed
+convolution weights. The default opset is one that the exporter and the installed ONNX Runtime both
+support (onnxruntime-gpu 1.31 stops at 26).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import onnx
+import onnxscript.optimizer
+import torch
+import torch.nn as nn
+
+from .errors import ExportError
+from .files import atomic_output
+from .graph import computed_conv_weights, non_standard_ops
+from .rewrite import make_exportable
+from .rewrite.engine import _deepcopy
+from .symbolic import lowerings_for, lowerings_installed
+
+__all__ = ["DEFAULT_OPSET", "export_onnx", "export_torchscript", "max_supported_opset", "resolve_opset"]
+
+#: torch.onnx's op library (torch_lib) is written against opset 18; every supported ORT runs it.
+DEFAULT_OPSET = 18
+EXPORTERS = ("dynamo", "torchscript")
+
+
+def _as_args(args: Any) -> tuple:
+    return tuple(args) if isinstance(args, (tuple, list)) else (args,)
+
+
+@functools.lru_cache(maxsize=None)
+def ort_max_opset() -> int:
+    """Highest default-domain opset the installed ONNX Runtime accepts, found by loading tiny models."""
+    import onnxruntime as ort
+
+    def loads(version: int) -> bool:
+        graph = onnx.helper.make_graph(
+            [onnx.helper.make_node("Identity", ["x"], ["y"])],
+            "probe",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+        )
+        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", version)], ir_version=8)
+        try:
+            ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+            return True
+        except Exception:
+            return False
+
+    for version in range(onnx.defs.onnx_opset_version(), DEFAULT_OPSET - 1, -1):
+        if loads(version):
+            return version
+    return DEFAULT_OPSET
+
+
+def max_supported_opset(exporter: str = "dynamo") -> int:
+    """The highest opset that ``exporter``, the onnx package and the installed ONNX Runtime all support."""
+    from torch.onnx import _constants
+
+    if exporter == "torchscript":
+        exporter_max = _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
+    else:
+        exporter_max = _constants.ONNX_MAX_OPSET
+    return min(exporter_max, onnx.defs.onnx_opset_version(), ort_max_opset())
+
+
+def resolve_opset(opset: int | None, exporter: str = "dynamo") -> int:
+    top = max_supported_opset(exporter)
+    if opset is None:
+        return min(DEFAULT_OPSET, top)
+    if not isinstance(opset, int) or opset < 13 or opset > top:
+        raise ExportError(f"opset {opset} is not supported here: use 13..{top} ({exporter} exporter, installed onnx and ONNX Runtime)")
+    return opset
+
+
+def _input_names(model: nn.Module, args: tuple, names: Sequence[str] | None) -> list[str]:
+    if names is not None:
+        if len(names) != len(args):
+            raise ExportError(f"{len(names)} input names for {len(args)} inputs")
+        return list(names)
+    try:
+        params = [p.name for p in inspect.signature(model.forward).parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    return params[: len(args)] if len(params) >= len(args) else [f"input_{i}" for i in range(len(args))]
+
+
+def _output_names(outputs: Any, names: Sequence[str] | None) -> list[str]:
+    count = len(outputs) if isinstance(outputs, (tuple, list)) else 1
+    if names is not None:
+        if len(names) != count:
+            raise ExportError(f"{len(names)} output names for {count} outputs")
+        return list(names)
+    return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
+
+
+def _batch_of_two(args: tuple) -> tuple:
+    """Batch-1 examples make torch.export specialise the batch to 1; trace at batch 2 instead."""
+    return tuple(a.repeat(2, *([1] * (a.dim() - 1))) if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == 1 else a for a in args)
+
+
+@contextlib.contextmanager
+def _quiet_exporters():
+    """Silence the exporters' progress prints and known-noise warnings; errors still propagate."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _prepare(model: nn.Module, args: Any, rewrite: bool, strict: bool) -> tuple[nn.Module, tuple, Any]:
+    if not isinstance(model, nn.Module):
+        raise ExportError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    args = _as_args(args)
+    exportable = make_exportable(model, strict=strict) if rewrite else _deepcopy(model).eval()
+    try:
+        with torch.no_grad():
+            outputs = exportable(*args)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"the model rejects the example inputs {[tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]}: {first}") from exc
+    return exportable, args, outputs
+
+
+def _export_dynamo(model, args, input_names, output_names, opset, dynamic_batch, table) -> onnx.ModelProto:
+    dynamic_shapes = None
+    if dynamic_batch:
+        batch = torch.export.Dim("batch")
+        dynamic_shapes = tuple({0: batch} if isinstance(a, torch.Tensor) and a.dim() > 0 else None for a in args)
+    program = torch.onnx.export(
+        model,
+        args,
+        dynamo=True,
+        input_names=input_names,
+        output_names=output_names,
+        opset_version=opset,
+        dynamic_shapes=dynamic_shapes,
+        custom_translation_table=table,
+        optimize=True,
+        verbose=False,
+        report=False,
+    )
+    return program.model_proto
+
+
+def _export_legacy(model, args, input_names, output_names, opset, dynamic_batch) -> onnx.ModelProto:
+    buffer = io.BytesIO()
+    axes = {name: {0: "batch"} for name in [*input_names, *output_names]} if dynamic_batch else None
+    torch.onnx.export(
+        model,
+        args,
+        buffer,
+        dynamo=False,
+        input_names=input_names,
+        output_names=output_names,
+        opset_version=opset,
+        dynamic_axes=axes,
+        do_constant_folding=True,
+    )
+    # The legacy exporter deduplicates equal initializers behind Identity nodes (all blur kernels of one
+    # width are equal); onnxscript's optimizer folds those so every Conv reads its initializer directly.
+    return onnxscript.optimizer.optimize(onnx.load_from_string(buffer.getvalue()))
+
+
+def _check_graph(proto: onnx.ModelProto) -> onnx.ModelProto:
+    bad = non_standard_ops(proto)
+    if bad:
+        raise ExportError(f"the exported graph has non-standard ops: {', '.join(sorted(set(bad))[:5])}")
+    computed = computed_conv_weights(proto)
+    if computed:
+        raise ExportError(f"convolution weights computed in the graph (not constants): {', '.join(computed[:5])}")
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+        return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    except Exception as exc:
+        raise ExportError(f"the exported graph fails onnx.checker/shape inference: {exc}") from exc
+
+
+def export_onnx(
+    model: nn.Module,
+    args: Any,
+    path: str | os.PathLike,
+    *,
+    dynamic_batch: bool = True,
+    opset: int | None = None,
+    exporter: str = "dynamo",
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    rewrite: bool = True,
+    strict: bool = False,
+) -> Path:
+    """Rewrite ``model``, export it to ONNX at ``path`` and return the path.
+
+    ``args`` are example inputs (a tensor or a tuple, in ``forward`` order); their axis 0 becomes the
+    symbolic ``batch`` axis when ``dynamic_batch``. ``exporter="torchscript"`` uses the legacy
+    TorchScript-based exporter. ``rewrite=False`` exports the model as it is, with only the Function
+    lowerings installed. Raises :class:`~modconv_export.errors.ExportError` with a one-line reason.
+    """
+    if exporter not in EXPORTERS:
+        raise ExportError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
+    opset = resolve_opset(opset, exporter)
+    exportable, args, outputs = _prepare(model, args, rewrite, strict)
+    names_in = _input_names(model, args, input_names)
+    names_out = _output_names(outputs, output_names)
+    trace_args = _batch_of_two(args) if dynamic_batch else args
+    lowerings = lowerings_for(exportable, trace_args)
+    try:
+        with _quiet_exporters(), lowerings_installed(lowerings, exporter, opset) as table:
+            if exporter == "dynamo":
+                proto = _export_dynamo(exportable, trace_args, names_in, names_out, opset, dynamic_batch, table)
+            else:
+                proto = _export_legacy(exportable, trace_args, names_in, names_out, opset, dynamic_batch)
+    except ExportError:
+        raise
+    except Exception as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"{exporter} export failed: {type(exc).__name__}: {message}") from exc
+    proto = _check_graph(proto)
+    with atomic_output(path) as tmp:
+        onnx.save_model(proto, str(tmp))
+    return Path(path)
+
+
+def _traced_ops(module: torch.jit.ScriptModule) -> set[str]:
+    kinds = {node.kind() for node in module.inlined_graph.nodes()}
+    return {k for k in kinds if k.startswith("modconv_export::") or k == "prim::PythonOp"}
+
+
+def export_torchscript(model: nn.Module, args: Any, path: str | os.PathLike, *, rewrite: bool = True, strict: bool = False) -> Path:
+    """Rewrite ``model``, trace it and save a TorchScript file that runs at any batch size.
+
+    The file holds only ``aten`` ops, so ``torch.jit.load`` runs it in a process that never imports
+    this package or the user's model code. The trace is replayed at a second batch size and compared
+    with eager before anything is written.
+    """
+    exportable, args, _ = _prepare(model, args, rewrite, strict)
+    trace_args = _batch_of_two(args)
+    try:
+        with _quiet_exporters(), torch.no_grad():
+            traced = torch.jit.trace(exportable, trace_args, check_trace=False)
+    except Exception as exc:
+        raise ExportError(f"torch.jit.trace failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from exc
+    foreign = _traced_ops(traced)
+    if foreign:
+        raise ExportError(f"the traced graph calls ops a plain torch.jit.load cannot run: {', '.join(sorted(foreign))}")
+    other = tuple(a.repeat(3, *([1] * (a.dim() - 1))) if isinstance(a, torch.Tensor) and a.dim() > 0 else a for a in args)
+    with torch.no_grad():
+        expected, actual = exportable(*other), traced(*other)
+    for e, a in zip(_as_args(expected), _as_args(actual)):
+        if e.shape != a.shape or not torch.allclose(e, a, rtol=1e-4, atol=1e-5):
+            raise ExportError("the traced TorchScript module does not reproduce eager at another batch size (batch frozen?)")
+    with atomic_output(path) as tmp:
+        torch.jit.save(traced, str(tmp))
+    return Path(path)

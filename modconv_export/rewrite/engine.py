@@ -1,0 +1,163 @@
+"""Applies the registered rules to a model: a deep copy, children first, each replacement self-checked.
+
+Children are rewritten before their parent, so a parent rule (the modulated conv) receives children
+that are already in export form (its folded style MLP, its depthwise blur) and simply keeps them.
+Every replacement that declares probe inputs is run against the module it replaces; a replacement
+that disagrees is rejected and reported as a near miss rather than silently changing the model.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from ..errors import RewriteError
+from .registry import Rule, registered_rules
+
+__all__ = ["RewriteReport", "rewrite_model", "make_exportable", "rewrite_report"]
+
+_REPORT_ATTR = "_modconv_export_report"
+
+
+@dataclass
+class RewriteReport:
+    """What :func:`rewrite_model` did: rewritten module paths and near misses with their reasons."""
+
+    rewritten: list[tuple[str, str]] = field(default_factory=list)  # (module path, rule name)
+    near_misses: list[tuple[str, str, str]] = field(default_factory=list)  # (path, rule, reason)
+
+    @property
+    def paths(self) -> list[str]:
+        """Paths (as in ``named_modules``; ``""`` is the root) of the modules that were replaced."""
+        return [path for path, _ in self.rewritten]
+
+    def count(self, rule: str | None = None) -> int:
+        return sum(1 for _, r in self.rewritten if rule is None or r == rule)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for _, rule in self.rewritten:
+            out[rule] = out.get(rule, 0) + 1
+        return out
+
+    def describe_near_misses(self) -> list[str]:
+        return [f"{path or '<root>'}: looks like {rule} but {reason}" for path, rule, reason in self.near_misses]
+
+
+def _as_tuple(x) -> tuple:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def _relative_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    diff = (actual.double() - expected.double()).norm()
+    ref = expected.double().norm()
+    return float(diff / ref) if ref > 0 else float(diff)
+
+
+def _probe_error(rule: Rule, before: nn.Module, after: nn.Module) -> str | None:
+    """Run both modules on the rule's probe inputs; the reason for rejecting ``after``, if any."""
+    inputs = rule.probe_inputs(before) if rule.probe_inputs else None
+    if inputs is None:
+        return None
+    with torch.no_grad():
+        try:
+            expected = _as_tuple(before(*inputs))
+        except Exception as exc:  # the original cannot run on a well-formed probe: not our pattern
+            return f"it fails on a probe input ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        try:
+            actual = _as_tuple(after(*inputs))
+        except Exception as exc:
+            return f"its export form fails on a probe input ({type(exc).__name__}: {exc})"
+    if len(actual) != len(expected):
+        return "its export form returns a different number of outputs"
+    for a, e in zip(actual, expected):
+        if a.shape != e.shape:
+            return f"its export form gives shape {tuple(a.shape)} instead of {tuple(e.shape)}"
+        err = _relative_l2(a, e)
+        if not err <= rule.probe_tolerance:
+            return f"its export form differs on a probe input (relative L2 {err:.2e} > {rule.probe_tolerance:.0e})"
+    return None
+
+
+def _apply_rules(module: nn.Module, path: str, report: RewriteReport) -> nn.Module:
+    for rule in registered_rules():
+        if not rule.looks_like(module):
+            continue
+        reason = rule.check(module)
+        if reason is None:
+            try:
+                replacement = rule.replace(module)
+            except Exception as exc:
+                reason = f"its replacement failed ({type(exc).__name__}: {exc})"
+            else:
+                reason = _probe_error(rule, module, replacement)
+        if reason is not None:
+            report.near_misses.append((path, rule.name, reason))
+            continue
+        report.rewritten.append((path, rule.name))
+        module = replacement
+    return module
+
+
+def _rewrite_tree(module: nn.Module, path: str, report: RewriteReport) -> nn.Module:
+    for name, child in list(module.named_children()):
+        new_child = _rewrite_tree(child, f"{path}.{name}" if path else name, report)
+        if new_child is not child:
+            module._modules[name] = new_child
+    return _apply_rules(module, path, report)
+
+
+def _deepcopy(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy`` that also copes with hook-computed tensor attributes.
+
+    After one forward, an ``EqualLR`` hook leaves ``module.weight`` as a non-leaf tensor, which
+    ``deepcopy`` refuses; those attributes are copied detached (the hook recomputes them anyway).
+    """
+    memo: dict[int, object] = {}
+    for module in model.modules():
+        for value in vars(module).values():
+            if isinstance(value, torch.Tensor) and value.grad_fn is not None:
+                memo[id(value)] = value.detach().clone()
+    return copy.deepcopy(model, memo)
+
+
+def rewrite_model(model: nn.Module, *, strict: bool = False) -> tuple[nn.Module, RewriteReport]:
+    """Return an export-ready deep copy of ``model`` (eval mode) and the report of what changed.
+
+    ``strict=True`` raises :class:`RewriteError` on any near miss instead of warning.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    report = RewriteReport()
+    copied = _deepcopy(model).eval()
+    rewritten = _rewrite_tree(copied, "", report).eval()
+    if report.near_misses:
+        lines = report.describe_near_misses()
+        if strict:
+            raise RewriteError("; ".join(lines))
+        warnings.warn("modules left unrewritten: " + "; ".join(lines), stacklevel=2)
+    object.__setattr__(rewritten, _REPORT_ATTR, report)
+    return rewritten, report
+
+
+def make_exportable(model: nn.Module, *, strict: bool = False) -> nn.Module:
+    """A deep copy of ``model`` in eval mode with every seed-style layer in its export form.
+
+    Seed-style ``ModulatedConv2d`` -> :class:`~modconv_export.export_forms.InputModulatedConv2d`,
+    ``Blur`` -> :class:`~modconv_export.export_forms.DepthwiseBlur`, ``EqualLR`` hooks folded into
+    plain weights. Matching is structural, so users' own copies of these classes are rewritten too.
+    The original model is untouched. :func:`rewrite_report` on the result lists what was rewritten.
+    """
+    return rewrite_model(model, strict=strict)[0]
+
+
+def rewrite_report(module: nn.Module) -> RewriteReport:
+    """The :class:`RewriteReport` of a module returned by :func:`make_exportable`."""
+    report = getattr(module, _REPORT_ATTR, None)
+    if report is None:
+        raise ValueError("this module did not come from make_exportable()")
+    return report

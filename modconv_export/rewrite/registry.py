@@ -1,0 +1,105 @@
+"""The rewrite-rule registry: one small registered unit per layer pattern.
+
+A rule has three parts, as onnxscript's rewriter rules do:
+
+* ``looks_like(module)`` -- cheap structural test: is this *meant* to be the layer? (attributes,
+  parameter and buffer shapes; never the class or its import path, since users keep their own copies);
+* ``check(module)`` -- returns ``None`` when the module fits the pattern exactly, otherwise the reason
+  it does not. A module that looks like the layer but fails the check is a *near miss* and is reported;
+* ``replace(module)`` -- builds the export form.
+
+Rules register with :func:`register_rule`; a duplicate name or a malformed rule fails at import time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+
+__all__ = ["Rule", "register_rule", "registered_rules", "unregister_rule"]
+
+ProbeFn = Callable[[nn.Module], Optional[tuple]]
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    looks_like: Callable[[nn.Module], bool]
+    check: Callable[[nn.Module], Optional[str]]
+    replace: Callable[[nn.Module], nn.Module]
+    #: Example inputs for a numerical self-check of the replacement, or ``None`` to skip it
+    #: (for rules whose replacement is the same arithmetic by construction).
+    probe_inputs: Optional[ProbeFn] = None
+    #: Relative L2 error above which the replacement is rejected as inexact.
+    probe_tolerance: float = 1e-5
+    #: Lower numbers run first on the same module (folds before layer replacements).
+    priority: int = 100
+    description: str = ""
+
+
+_RULES: dict[str, Rule] = {}
+
+
+def register_rule(
+    name: str,
+    *,
+    looks_like: Callable[[nn.Module], bool],
+    check: Callable[[nn.Module], Optional[str]],
+    probe_inputs: Optional[ProbeFn] = None,
+    probe_tolerance: float = 1e-5,
+    priority: int = 100,
+) -> Callable[[Callable[[nn.Module], nn.Module]], Callable[[nn.Module], nn.Module]]:
+    """Decorator registering ``replace`` as the rule ``name``."""
+
+    if not name or not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
+        raise ValueError(f"rule name must be a non-empty identifier, got {name!r}")
+    for part, value in (("looks_like", looks_like), ("check", check)):
+        if not callable(value):
+            raise TypeError(f"rule {name!r}: {part} must be callable")
+
+    def decorate(replace: Callable[[nn.Module], nn.Module]) -> Callable[[nn.Module], nn.Module]:
+        if name in _RULES:
+            raise ValueError(f"rewrite rule {name!r} is registered twice")
+        if not callable(replace):
+            raise TypeError(f"rule {name!r}: replace must be callable")
+        _RULES[name] = Rule(
+            name=name,
+            looks_like=looks_like,
+            check=check,
+            replace=replace,
+            probe_inputs=probe_inputs,
+            probe_tolerance=probe_tolerance,
+            priority=priority,
+            description=(replace.__doc__ or "").strip().splitlines()[0] if replace.__doc__ else "",
+        )
+        return replace
+
+    return decorate
+
+
+def unregister_rule(name: str) -> None:
+    """Remove a rule (for users replacing a built-in one, and for tests)."""
+    del _RULES[name]
+
+
+def registered_rules() -> list[Rule]:
+    """All rules, in the order they are tried on a module."""
+    return sorted(_RULES.values(), key=lambda r: (r.priority, r.name))
+
+
+def param_device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and floating dtype a probe input for ``module`` should have."""
+    for t in list(module.parameters()) + list(module.buffers()):
+        if t.is_floating_point():
+            return t.device, t.dtype
+    return torch.device("cpu"), torch.float32
+
+
+def probe_tensor(module: nn.Module, *shape: int, seed: int = 0) -> torch.Tensor:
+    """A reproducible random probe input on ``module``'s device and dtype."""
+    device, dtype = param_device_dtype(module)
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)

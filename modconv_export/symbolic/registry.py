@@ -1,0 +1,78 @@
+"""Registry of ONNX lowerings for ``torch.autograd.Function`` classes, shared by both exporters.
+
+A lowering is a plain function ``lower(op, *args)`` that builds ONNX nodes with an op builder:
+``op.Relu(x)``, ``op.Conv(x, w, group=4, pads=[1, 1, 1, 1])``, and ``op.shape(value)`` for static
+shapes. The toolkit hands it a builder for whichever exporter runs (see :mod:`.builders`), so one
+registration serves the legacy TorchScript exporter (as the Function's ``symbolic``) and the dynamo
+exporter (through a custom op and ``custom_translation_table``). Registrations are global; the
+patches that make exporters use them are installed only for the duration of one export.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+
+from ..errors import LoweringError
+
+__all__ = [
+    "FunctionLowering",
+    "register_function_lowering",
+    "unregister_function_lowering",
+    "lowering_for",
+    "registered_lowerings",
+]
+
+LowerFn = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class FunctionLowering:
+    function: type
+    lower: LowerFn
+
+    @property
+    def name(self) -> str:
+        return f"{self.function.__module__}.{self.function.__qualname__}"
+
+
+_LOWERINGS: dict[type, FunctionLowering] = {}
+
+
+def _validate_function(function: Any) -> None:
+    if not (isinstance(function, type) and issubclass(function, torch.autograd.Function)):
+        raise LoweringError(f"a lowering is registered for a torch.autograd.Function subclass, got {function!r}")
+
+
+def register_function_lowering(function: type, lower: Optional[LowerFn] = None, *, replace: bool = False):
+    """Register ``lower(op, *args)`` as the ONNX form of ``function``; usable as a decorator.
+
+    >>> @register_function_lowering(MyReLU)
+    ... def relu(op, x):
+    ...     return op.Relu(x)
+    """
+    _validate_function(function)
+
+    def decorate(fn: LowerFn) -> LowerFn:
+        if not callable(fn):
+            raise LoweringError(f"the lowering for {function.__qualname__} must be callable")
+        if function in _LOWERINGS and not replace:
+            raise LoweringError(f"{function.__qualname__} already has a lowering; pass replace=True to change it")
+        _LOWERINGS[function] = FunctionLowering(function, fn)
+        return fn
+
+    return decorate if lower is None else decorate(lower)
+
+
+def unregister_function_lowering(function: type) -> None:
+    _LOWERINGS.pop(function, None)
+
+
+def lowering_for(function: type) -> Optional[FunctionLowering]:
+    return _LOWERINGS.get(function)
+
+
+def registered_lowerings() -> list[FunctionLowering]:
+    return list(_LOWERINGS.values())
