@@ -27,7 +27,7 @@ from .registry import FunctionLowering
 __all__ = ["lowerings_installed"]
 
 _MISSING = object()
-_OPS: dict[type, Any] = {}  # Function class -> its custom op (torch.library registrations are global)
+_OPS: dict[type, Any] = {}  # Function class -> its custom op packet (torch.library registrations are global)
 
 
 class _NullContext:
@@ -68,7 +68,7 @@ def _custom_op_for(function: type, original_forward: Callable) -> Any:
     schema = "(" + ", ".join(f"Tensor a{i}" for i in range(n)) + ") -> Tensor"
     op = torch.library.custom_op(f"modconv_export::{name}", run, mutates_args=(), schema=schema)
     op.register_fake(run)
-    _OPS[function] = (op, original_forward)
+    _OPS[function] = getattr(torch.ops.modconv_export, name)
     return _OPS[function]
 
 
@@ -79,9 +79,7 @@ def _legacy_symbolic(lowering: FunctionLowering) -> Callable:
     return staticmethod(symbolic)
 
 
-def _dynamo_forward(function: type, op: Any) -> Callable:
-    packet = getattr(torch.ops.modconv_export, op._name.split("::")[1])
-
+def _dynamo_forward(function: type, packet: Any) -> Callable:
     def check(args: tuple) -> tuple:
         if not all(isinstance(a, torch.Tensor) for a in args):
             raise LoweringError(f"{function.__qualname__}: the dynamo exporter lowers Functions whose arguments are all tensors")
@@ -117,10 +115,9 @@ def lowerings_installed(lowerings: list[FunctionLowering], exporter: str, opset_
                 saved.append((cls, "symbolic", cls.__dict__.get("symbolic", _MISSING)))
                 cls.symbolic = _legacy_symbolic(lowering)
             else:
-                op, _ = _custom_op_for(cls, cls.forward)
+                packet = _custom_op_for(cls, cls.forward)
                 saved.append((cls, "forward", cls.__dict__.get("forward", _MISSING)))
-                cls.forward = _dynamo_forward(cls, op)
-                packet = getattr(torch.ops.modconv_export, op._name.split("::")[1])
+                cls.forward = _dynamo_forward(cls, packet)
                 table[packet.default] = _translation(lowering, opset_version)
         yield table
     finally:

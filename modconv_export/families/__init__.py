@@ -1,0 +1,6 @@
+"""Model families (one file each) and their registry; importing this package registers them."""
+
+from . import decoder, lats  # noqa: F401  (each module registers its family)
+from .registry import Family, InputSpec, UnknownFamilyError, get_family, recognize, register_family, registered_families
+
+__all__ = ["Family", "InputSpec", "UnknownFamilyError", "get_family", "recognize", "register_family", "registered_families"]

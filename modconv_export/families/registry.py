@@ -1,0 +1,129 @@
+"""Model families: declarative entries that recognise a bare state_dict and build an exportable model.
+
+Like Optimum's export configs, each family is data plus a few small functions, registered under a
+checked name (a duplicate is an error at import time). The loader asks :func:`recognize` which family
+a state_dict belongs to; the CLI asks the family for its inputs, outputs and example shapes.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+from ..errors import ModconvExportError
+
+__all__ = [
+    "Family",
+    "InputSpec",
+    "UnknownFamilyError",
+    "get_family",
+    "recognize",
+    "register_family",
+    "registered_families",
+]
+
+
+class UnknownFamilyError(ModconvExportError):
+    """A state_dict matches no registered family (or a family name is unknown)."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One graph input: its name, example shape (axis 0 is the batch) and how to make example data."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype = torch.float32
+    #: ``make(shape, generator) -> Tensor``; default standard normal.
+    make: Callable[[tuple[int, ...], torch.Generator], torch.Tensor] | None = None
+
+    def example(self, shape: Sequence[int] | None = None, seed: int = 0) -> torch.Tensor:
+        shape = tuple(shape or self.shape)
+        gen = torch.Generator().manual_seed(seed)
+        if self.make is not None:
+            return self.make(shape, gen)
+        return torch.randn(*shape, generator=gen, dtype=self.dtype)
+
+
+@dataclass(frozen=True)
+class Family:
+    """A registered model family (see the module docstring)."""
+
+    name: str
+    description: str
+    #: Regular expressions; a state_dict belongs to the family when each matches at least one key.
+    key_patterns: tuple[str, ...]
+    #: ``infer_config(state_dict) -> config`` from tensor shapes; raise ``ValueError`` with a reason.
+    infer_config: Callable[[Mapping[str, torch.Tensor]], dict]
+    #: ``build(config) -> nn.Module`` in eval mode, with reference (unrewritten) layers and random weights;
+    #: its ``forward`` takes the inputs in ``inputs(config)`` order and returns the outputs.
+    build: Callable[[Mapping[str, Any]], nn.Module]
+    #: ``inputs(config) -> [InputSpec]`` in forward order.
+    inputs: Callable[[Mapping[str, Any]], list[InputSpec]]
+    outputs: tuple[str, ...]
+    #: Axes of inputs/outputs that are dynamic, by name: ``{"image": {0: "batch"}}``.
+    dynamic_axes: Mapping[str, Mapping[int, str]] = field(default_factory=dict)
+    #: Optional ``convert_state_dict(state_dict) -> state_dict`` for checkpoints saved with other keys.
+    convert_state_dict: Callable[[Mapping[str, torch.Tensor]], dict] | None = None
+    #: Named example configurations (e.g. ``"full"``, ``"small"``) for samples and tests.
+    presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def preset(self, name: str) -> dict:
+        """A copy of the named preset configuration; ``ValueError`` naming the known ones otherwise."""
+        if name not in self.presets:
+            known = ", ".join(sorted(self.presets)) or "none"
+            raise ValueError(f"family {self.name!r} has no preset {name!r} (known: {known})")
+        return copy.deepcopy(dict(self.presets[name]))
+
+    def matches(self, state_dict: Mapping[str, Any]) -> bool:
+        keys = list(state_dict.keys())
+        return all(any(re.search(p, k) for k in keys) for p in self.key_patterns)
+
+    def load(self, state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any] | None = None) -> nn.Module:
+        """Build the model for ``config`` (inferred if ``None``) and load ``state_dict`` strictly."""
+        if self.convert_state_dict is not None:
+            state_dict = self.convert_state_dict(state_dict)
+        config = dict(config) if config is not None else self.infer_config(state_dict)
+        model = self.build(config)
+        model.load_state_dict(state_dict, strict=True)
+        return model.eval()
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    if not re.fullmatch(r"[a-z][a-z0-9_\-]*", family.name):
+        raise ValueError(f"family name must be lower-case identifier-like, got {family.name!r}")
+    if family.name in _FAMILIES:
+        raise ValueError(f"model family {family.name!r} is registered twice")
+    if not family.key_patterns or not family.outputs:
+        raise ValueError(f"family {family.name!r} needs key_patterns and outputs")
+    _FAMILIES[family.name] = family
+    return family
+
+
+def registered_families() -> list[Family]:
+    return list(_FAMILIES.values())
+
+
+def get_family(name: str) -> Family:
+    try:
+        return _FAMILIES[name]
+    except KeyError:
+        known = ", ".join(sorted(_FAMILIES)) or "none"
+        raise UnknownFamilyError(f"unknown model family {name!r} (known: {known})") from None
+
+
+def recognize(state_dict: Mapping[str, Any]) -> Family:
+    """The family whose key patterns all match ``state_dict``; :class:`UnknownFamilyError` otherwise."""
+    for family in _FAMILIES.values():
+        if family.matches(state_dict):
+            return family
+    tried = "; ".join(f"{f.name} (keys like {', '.join(f.key_patterns)})" for f in _FAMILIES.values()) or "no families registered"
+    raise UnknownFamilyError(f"state_dict matches no known model family; looked for: {tried}")

@@ -1,0 +1,137 @@
+"""Rules match by structure: users' own copies are rewritten, near misses are reported with reasons.
+
+Table-driven: every registered rule must appear in RULE_CASES (a new rule without a test fails here).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+
+from conftest import randomize, relative_l2
+from modconv_export import RewriteError, make_exportable, rewrite_model
+from modconv_export.export_forms import DepthwiseBlur, InputModulatedConv2d
+from modconv_export.reference import Blur, EqualConv2d, EqualLinear, ModulatedConv2d
+from modconv_export.rewrite import registered_rules
+from user_layers.my_stylegan import Smooth, StyleConv, StyleLinear, UserGenerator
+
+
+class OneLayer(nn.Module):
+    def __init__(self, layer, n_inputs):
+        super().__init__()
+        self.layer, self.n_inputs = layer, n_inputs
+
+    def forward(self, *args):
+        return self.layer(*args)
+
+
+# rule name -> list of (case id, module factory, inputs factory, expected export-form type or None)
+RULE_CASES = {
+    "modulated_conv": [
+        ("seed", lambda: ModulatedConv2d(3, 5, 3, latent_dim=4), lambda: (torch.randn(2, 3, 6, 6), torch.randn(2, 4)), InputModulatedConv2d),
+        ("user-copy", lambda: StyleConv(3, 3, 3, down=True), lambda: (torch.randn(2, 3, 8, 8), torch.randn(2, 8)), InputModulatedConv2d),
+    ],
+    "blur": [
+        ("seed", lambda: Blur(4), lambda: (torch.randn(2, 4, 5, 5),), DepthwiseBlur),
+        ("user-copy", lambda: Smooth(4), lambda: (torch.randn(2, 4, 5, 5),), DepthwiseBlur),
+    ],
+    "equal_lr": [
+        ("linear", lambda: EqualLinear(6, 3), lambda: (torch.randn(2, 6),), None),
+        ("conv", lambda: EqualConv2d(2, 3, 3, padding=1), lambda: (torch.randn(2, 2, 5, 5),), None),
+        ("user-copy", lambda: StyleLinear(6, 3), lambda: (torch.randn(2, 6),), None),
+    ],
+}
+
+
+def test_every_registered_rule_has_cases():
+    assert {rule.name for rule in registered_rules()} == set(RULE_CASES)
+
+
+@pytest.mark.parametrize(
+    "rule,case,factory,inputs,expected_type",
+    [(rule, *case) for rule, cases in RULE_CASES.items() for case in cases],
+    ids=[f"{rule}-{case[0]}" for rule, cases in RULE_CASES.items() for case in cases],
+)
+def test_rule_case(rule, case, factory, inputs, expected_type):
+    torch.manual_seed(0)
+    model = randomize(OneLayer(factory(), 0), seed=1)
+    args = inputs()
+    exportable, report = rewrite_model(model)
+    assert rule in {r for _, r in report.rewritten}
+    if expected_type is not None:
+        assert isinstance(exportable.layer, expected_type)
+    with torch.no_grad():
+        assert relative_l2(exportable(*args), model(*args)) <= 1e-5
+    assert report.near_misses == []
+
+
+def test_user_generator_in_unknown_module_is_rewritten():
+    torch.manual_seed(0)
+    model = UserGenerator().eval()
+    x, z = torch.randn(3, 4, 8, 8), torch.randn(3, 8)
+    exportable, report = rewrite_model(model)
+    assert sorted(p for p, r in report.rewritten if r == "modulated_conv") == ["body.0", "body.1", "body.2"]
+    assert all(isinstance(layer, InputModulatedConv2d) for layer in exportable.body)
+    with torch.no_grad():
+        assert relative_l2(exportable(x, z), model(x, z)) <= 1e-5
+
+
+class ConstantPadded(ModulatedConv2d):
+    """Looks like the seed layer, but pads with a non-zero constant (does not commute with scaling)."""
+
+    def __init__(self):
+        super().__init__(3, 3, 3, latent_dim=4)
+        self.padding = nn.ConstantPad2d(1, 0.5)
+
+
+class WrongScale(ModulatedConv2d):
+    """Looks like the seed layer but demodulates differently: only the probe can tell."""
+
+    def forward(self, input, latent):
+        return super().forward(input, latent) * 1.5
+
+
+class Holder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.good = ModulatedConv2d(3, 3, 3, latent_dim=4)
+        self.stages = nn.ModuleList([ConstantPadded(), WrongScale(3, 3, 3, latent_dim=4)])
+
+    def forward(self, x, latent):
+        return self.stages[1](self.stages[0](self.good(x, latent), latent), latent)
+
+
+def test_near_misses_are_reported_with_path_and_reason():
+    model = randomize(Holder(), seed=2)
+    with pytest.warns(UserWarning, match="stages.0"):
+        exportable, report = rewrite_model(model)
+    misses = {path: reason for path, rule, reason in report.near_misses if rule == "modulated_conv"}
+    assert set(misses) == {"stages.0", "stages.1"}
+    assert "padding" in misses["stages.0"] and "ConstantPad2d" in misses["stages.0"]
+    assert "differs" in misses["stages.1"]
+    assert isinstance(exportable.good, InputModulatedConv2d)
+    assert isinstance(exportable.stages[0], ConstantPadded) and isinstance(exportable.stages[1], WrongScale)
+    x, latent = torch.randn(2, 3, 6, 6), torch.randn(2, 4)
+    with torch.no_grad():
+        assert relative_l2(exportable(x, latent), model(x, latent)) <= 1e-5
+
+
+def test_strict_raises_on_near_miss():
+    with pytest.raises(RewriteError, match="stages.0: looks like modulated_conv"):
+        rewrite_model(randomize(Holder(), seed=2), strict=True)
+
+
+def test_no_warning_for_clean_models(tiny_decoder):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_exportable(tiny_decoder)
+
+
+def test_unrelated_modules_left_alone():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3, groups=4))
+    exportable, report = rewrite_model(model)
+    assert report.rewritten == [] and report.near_misses == []
+    assert isinstance(exportable[2], nn.Conv2d)
