@@ -27,6 +27,7 @@ import torch.nn as nn
 from .errors import ExportError
 from .files import atomic_output
 from .graph import computed_conv_weights, non_standard_ops
+from .precision import PRECISIONS, to_half
 from .rewrite import make_exportable
 from .rewrite.engine import _deepcopy
 from .symbolic import lowerings_for, lowerings_installed
@@ -143,11 +144,18 @@ def _prepare(model: nn.Module, args: Any, rewrite: bool, strict: bool) -> tuple[
     return exportable, args, outputs
 
 
+def _takes_varargs(model: nn.Module) -> bool:
+    params = list(inspect.signature(model.forward).parameters.values())
+    return len(params) == 1 and params[0].kind == inspect.Parameter.VAR_POSITIONAL
+
+
 def _export_dynamo(model, args, input_names, output_names, opset, dynamic_batch, table) -> onnx.ModelProto:
     dynamic_shapes = None
     if dynamic_batch:
         batch = torch.export.Dim("batch")
         dynamic_shapes = tuple({0: batch} if isinstance(a, torch.Tensor) and a.dim() > 0 else None for a in args)
+        if _takes_varargs(model):  # forward(*args): torch.export sees one argument, the tuple
+            dynamic_shapes = (dynamic_shapes,)
     program = torch.onnx.export(
         model,
         args,
@@ -209,18 +217,25 @@ def export_onnx(
     output_names: Sequence[str] | None = None,
     rewrite: bool = True,
     strict: bool = False,
+    precision: str = "fp32",
 ) -> Path:
     """Rewrite ``model``, export it to ONNX at ``path`` and return the path.
 
     ``args`` are example inputs (a tensor or a tuple, in ``forward`` order); their axis 0 becomes the
     symbolic ``batch`` axis when ``dynamic_batch``. ``exporter="torchscript"`` uses the legacy
     TorchScript-based exporter. ``rewrite=False`` exports the model as it is, with only the Function
-    lowerings installed. Raises :class:`~modconv_export.errors.ExportError` with a one-line reason.
+    lowerings installed. ``precision="fp16"`` computes feature maps in float16 and keeps the style and
+    demodulation arithmetic in float32 (see :mod:`modconv_export.precision`); inputs and outputs stay
+    float32. Raises :class:`~modconv_export.errors.ExportError` with a one-line reason.
     """
+    if precision not in PRECISIONS:
+        raise ExportError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if exporter not in EXPORTERS:
         raise ExportError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
     opset = resolve_opset(opset, exporter)
     exportable, args, outputs = _prepare(model, args, rewrite, strict)
+    if precision == "fp16":
+        exportable = to_half(exportable, args)
     names_in = _input_names(model, args, input_names)
     names_out = _output_names(outputs, output_names)
     trace_args = _batch_of_two(args) if dynamic_batch else args

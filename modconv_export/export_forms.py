@@ -91,15 +91,18 @@ class InputModulatedConv2d(nn.Module):
 
     def forward(self, input: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
         s = 1 + self.style(latent).reshape(-1, self.in_channels)
-        x = input * s.reshape(-1, self.in_channels, 1, 1)
+        # In a half-precision export the style MLP runs in float32 (see modconv_export.precision):
+        # only the per-channel factors are cast down, the demodulation stays in float32.
+        s_x = s if s.dtype == input.dtype else s.to(input.dtype)
+        x = input * s_x.reshape(-1, self.in_channels, 1, 1)
         if self.upsampler is not None:
             x = self.upsampler(x)
         if self.downsampler is not None and self.blur is not None:
             x = self.blur(x)
         out = F.conv2d(self.pad(x), self.weight)
         if self.demodulate:
-            d = torch.rsqrt(torch.matmul(s * s, self.weight_sq_sum_t) + self.eps)
-            out = out * d.reshape(-1, self.out_channels, 1, 1)
+            d = torch.rsqrt(torch.matmul(s * s, self.weight_sq_sum_t.to(s.dtype)) + self.eps)
+            out = out * (d if d.dtype == out.dtype else d.to(out.dtype)).reshape(-1, self.out_channels, 1, 1)
         out = out + self.bias
         if self.downsampler is not None:
             out = self.downsampler(out)
