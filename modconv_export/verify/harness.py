@@ -1,0 +1,337 @@
+"""``check_parity``: the same seeded random inputs through every backend, measured against the original model.
+
+Reference: the *original* (unrewritten) model, eager fp32 on CPU; where CUDA is requested and present,
+also eager fp32 on CUDA with TF32 off, which is what the CUDA fp32 rows are compared against (so a row
+measures the conversion, not CPU-vs-GPU arithmetic). Backends: the eager rewrite
+(:func:`~modconv_export.make_exportable`), a TorchScript file and an ONNX file under ONNX Runtime, each on
+CPU and CUDA. Each batch size gets fresh inputs; the sizes other than the export's example batch prove
+the dynamic batch axis. Measuring is :func:`.metrics.compare`, judging is :mod:`.tolerances`.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..errors import ModconvExportError
+from .metrics import compare, is_image_like
+from .report import FAIL, NOT_RUN, PASS, ImageSample, ParityReport, ParityRow
+from .runners import EagerRunner, OnnxRuntimeRunner, Runner, RunnerUnavailable, TorchScriptRunner
+from .tolerances import PRECISIONS, ToleranceOverride, resolve_tolerance
+
+__all__ = ["batch_seed", "check_parity", "random_inputs"]
+
+CPU_REFERENCE = "eager-original-cpu"
+CUDA_REFERENCE = "eager-original-cuda"
+_DEVICES = {"cpu": "cpu", "cuda": "cuda", "CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda"}
+#: Outputs the picture prefers to show: ONNX Runtime first (the file people deploy).
+_PICTURE_ORDER = ("ort-cpu", "ort-cuda", "torchscript-cpu", "torchscript-cuda", "eager-cpu", "eager-cuda")
+
+MakeInputs = Callable[[int, int], Any]
+
+
+def _as_args(args: Any) -> tuple:
+    return tuple(args) if isinstance(args, (tuple, list)) else (args,)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else ""
+    line = line[:300] + ("..." if len(line) > 300 else "")
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
+def batch_seed(seed: int, batch: int) -> int:
+    """The seed of one batch size's inputs: distinct per batch size, reproducible from ``seed``."""
+    return int(seed) * 7919 + int(batch)
+
+
+def random_inputs(args: Sequence[Any], batch: int, seed: int) -> tuple:
+    """Fresh inputs shaped like ``args`` with axis 0 set to ``batch``, on CPU.
+
+    Floating tensors: standard normal in float32 (the reference runs in fp32). Integer tensors: uniform
+    over the example's own value range. 0-d tensors and non-tensors are passed through unchanged.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for a in args:
+        if not isinstance(a, torch.Tensor) or a.dim() == 0:
+            out.append(a)
+            continue
+        shape = (batch, *a.shape[1:])
+        if a.is_floating_point():
+            out.append(torch.randn(shape, generator=gen, dtype=torch.float32))
+        elif a.dtype == torch.bool:
+            out.append(torch.randint(0, 2, shape, generator=gen).bool())
+        else:
+            low, high = int(a.min()), int(a.max())
+            out.append(torch.randint(low, high + 1, shape, generator=gen, dtype=a.dtype))
+    return tuple(out)
+
+
+def _onnx_io(path: Path) -> tuple[list[int], list[str]]:
+    """Element types of the graph's real inputs and the graph's output names (weights not loaded)."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    weights = {i.name for i in proto.graph.initializer}
+    types = [i.type.tensor_type.elem_type for i in proto.graph.input if i.name not in weights]
+    return types, [o.name for o in proto.graph.output]
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime as ort
+
+    from .. import __version__
+
+    return {
+        "modconv_export": __version__,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": ort.__version__,
+        "onnxruntime_available_providers": ", ".join(ort.get_available_providers()),
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+    }
+
+
+def _timed(runner: Runner, inputs: tuple, repeats: int) -> tuple[list[np.ndarray], float]:
+    """Outputs of the first run and the median wall time of ``repeats`` runs, in milliseconds."""
+    times, outputs = [], None
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        result = runner.infer(inputs)
+        times.append((time.perf_counter() - start) * 1e3)
+        outputs = result if outputs is None else outputs
+    return outputs, statistics.median(times)
+
+
+class _Plan:
+    """One backend to run: a runner factory, or the reason it does not run; and its reference."""
+
+    def __init__(self, name: str, make: Callable[[], Runner] | None = None, reason: str = "", reference: str = CPU_REFERENCE) -> None:
+        self.name, self.make, self.reason, self.reference = name, make, reason, reference
+
+
+def _onnx_reason(onnx_path: Path | None, onnx_types: list[int], half: bool) -> str:
+    """Why ONNX Runtime cannot check this file at this precision ("" if it can)."""
+    import onnx
+
+    floats = [t for t in onnx_types if t in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
+    onnx_half = bool(floats) and all(t == onnx.TensorProto.FLOAT16 for t in floats)
+    if onnx_path is None:
+        return "no ONNX file given"
+    if half and not onnx_half:
+        return "no fp16 ONNX file given (this file takes float32 inputs; fp16 export is a separate step)"
+    if not half and onnx_half:
+        return "the ONNX file takes float16 inputs: check it with precision='fp16'"
+    return ""
+
+
+def _plans(model, rewritten, onnx_path, onnx_types, ts_path, devices, precision) -> list[_Plan]:
+    """Every backend in table order; those that cannot run carry their reason instead of a factory."""
+    half = precision == "fp16"
+    dtype = torch.float16 if half else torch.float32
+    ort_reason = _onnx_reason(onnx_path, onnx_types, half)
+    plans: list[_Plan] = []
+    for device in devices:
+        cuda = device == "cuda"
+        ref = CUDA_REFERENCE if cuda and not half else CPU_REFERENCE
+        if cuda and not half:
+            plans.append(_Plan(CUDA_REFERENCE, lambda: EagerRunner(model, "cuda", tf32=False, name=CUDA_REFERENCE)))
+        torch_reason = "fp16 torch backends run on CUDA only (CPU half precision is no deployment target)" if half and not cuda else ""
+        ts_reason = "no TorchScript file given" if ts_path is None else torch_reason
+
+        def eager(d: str = device) -> Runner:
+            return EagerRunner(rewritten(), d, dtype=dtype, name=f"eager-{d}")
+
+        def script(d: str = device) -> Runner:
+            return TorchScriptRunner(ts_path, d, dtype=dtype)
+
+        def onnxrt(d: str = device) -> Runner:
+            return OnnxRuntimeRunner(onnx_path, d)
+
+        for name, make, reason in (("eager", eager, torch_reason), ("torchscript", script, ts_reason), ("ort", onnxrt, ort_reason)):
+            plans.append(_Plan(f"{name}-{device}", None if reason else make, reason, ref))
+    return plans
+
+
+def _run_plan(plan, inputs, refs, names, precision, tolerance, repeats) -> tuple[list[ParityRow], list[str], dict[int, list[np.ndarray]]]:
+    """Rows of one backend, the providers it actually used, and its outputs per batch size."""
+    common = dict(precision=precision, reference=plan.reference, rel_l2_limit=tolerance.rel_l2, atol_limit=tolerance.atol)
+    if plan.make is None:
+        return [ParityRow(plan.name, NOT_RUN, reason=plan.reason, **common)], [], {}
+    runner = None
+    try:
+        runner = plan.make()
+        runner.prepare()
+    except RunnerUnavailable as exc:
+        return [ParityRow(plan.name, NOT_RUN, reason=str(exc), **common)], [], {}
+    except Exception as exc:
+        return [ParityRow(plan.name, FAIL, reason=f"could not load: {_first_line(exc)}", **common)], [], {}
+    rows: list[ParityRow] = []
+    kept: dict[int, list[np.ndarray]] = {}
+    try:
+        for batch, batch_inputs in inputs.items():
+            expected = refs[plan.reference][batch]
+            try:
+                outputs, ms = _timed(runner, batch_inputs, repeats)
+            except Exception as exc:
+                rows.append(ParityRow(plan.name, FAIL, batch, reason=f"inference failed: {_first_line(exc)}", **common))
+                continue
+            if len(outputs) != len(expected):
+                rows.append(ParityRow(plan.name, FAIL, batch, reason=f"{len(outputs)} outputs, the reference has {len(expected)}", time_ms=ms, **common))
+                continue
+            kept[batch] = outputs
+            for name, actual, ref in zip(names, outputs, expected):
+                try:
+                    m = compare(actual, ref)
+                except ValueError as exc:
+                    rows.append(ParityRow(plan.name, FAIL, batch, name, reason=str(exc), time_ms=ms, **common))
+                    continue
+                ok, verdict = tolerance.judge(m)
+                rows.append(
+                    ParityRow(
+                        plan.name, PASS if ok else FAIL, batch, name, verdict,
+                        max_abs=m.max_abs, max_rel=m.max_rel, rel_l2=m.rel_l2, cosine=m.cosine, psnr=m.psnr,
+                        nan_count=m.nan_count, inf_count=m.inf_count, time_ms=ms, **common,
+                    )
+                )
+        return rows, runner.providers, kept
+    finally:
+        runner.release()
+
+
+def _pick_images(rows: list[ParityRow], kept: dict[str, dict[int, list[np.ndarray]]], refs, names, batch: int, samples: int) -> list[ImageSample]:
+    """For each image output: the reference and one backend -- a failing exported one if any, else ORT."""
+    images = []
+    for index, name in enumerate(names):
+        candidates = [r for r in rows if r.batch == batch and r.output == name and batch in kept.get(r.backend, {}) and r.rel_l2 is not None]
+        if not candidates:
+            continue
+        order = {b: i for i, b in enumerate(_PICTURE_ORDER)}
+        row = min(candidates, key=lambda r: (r.status == PASS or r.is_eager, order.get(r.backend, len(order))))
+        expected = refs[row.reference][batch][index]
+        if not is_image_like(expected.shape):
+            continue
+        actual = kept[row.backend][batch][index]
+        images.append(ImageSample(name, row.backend, row.reference, batch, expected[:samples].copy(), np.asarray(actual[:samples]).copy(), row))
+    return images
+
+
+def check_parity(
+    model: nn.Module,
+    args: Any,
+    *,
+    onnx_path: str | os.PathLike | None = None,
+    torchscript_path: str | os.PathLike | None = None,
+    providers: Sequence[str] = ("cpu", "cuda"),
+    batch_sizes: Sequence[int] = (1, 3),
+    precision: str = "fp32",
+    rtol: ToleranceOverride = None,
+    atol: ToleranceOverride = None,
+    seed: int = 0,
+    make_inputs: MakeInputs | None = None,
+    repeats: int = 3,
+    image_samples: int = 4,
+) -> ParityReport:
+    """Compare every backend with the original ``model`` on fresh random inputs; return the report.
+
+    ``model`` is the ORIGINAL model (reference layers); the eager backend is ``make_exportable(model)``.
+    ``args`` are example inputs in ``forward`` order (a tensor or a tuple); for each batch size the
+    harness draws new standard-normal inputs of the same non-batch shape, or calls
+    ``make_inputs(batch, seed)`` (seed derived from ``seed`` and the batch size) for realistic ones.
+    ``providers`` picks the devices ("cpu", "cuda"). ``precision="fp16"`` runs the torch backends in
+    half on CUDA and ONNX Runtime on an ONNX file with float16 inputs; the reference stays fp32 on CPU.
+    ``rtol``/``atol`` override the limits of :mod:`.tolerances`. ``repeats`` runs per batch give the
+    median time. Raises :class:`~modconv_export.errors.ModconvExportError` on usage errors (missing
+    file, bad arguments, an original model that rejects the inputs); backend failures are rows.
+    """
+    if not isinstance(model, nn.Module):
+        raise ModconvExportError(f"check_parity needs a torch.nn.Module, got {type(model).__name__}")
+    if precision not in PRECISIONS:
+        raise ModconvExportError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    unknown = [p for p in providers if p not in _DEVICES]
+    if unknown or not providers:
+        raise ModconvExportError(f"providers must be among 'cpu', 'cuda', got {list(providers)}")
+    devices = list(dict.fromkeys(_DEVICES[p] for p in providers))
+    batches = list(dict.fromkeys(int(b) for b in batch_sizes))
+    if not batches or min(batches) < 1:
+        raise ModconvExportError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    paths = {}
+    for key, path in (("onnx", onnx_path), ("torchscript", torchscript_path)):
+        if path is not None and not Path(path).is_file():
+            raise ModconvExportError(f"{key} file not found: {path}")
+        paths[key] = Path(path) if path is not None else None
+
+    args = _as_args(args)
+    inputs = {b: _as_args(make_inputs(b, batch_seed(seed, b))) if make_inputs else random_inputs(args, b, batch_seed(seed, b)) for b in batches}
+
+    refs: dict[str, dict[int, list[np.ndarray]]] = {CPU_REFERENCE: {}}
+    try:
+        with EagerRunner(model, "cpu", name=CPU_REFERENCE) as reference:
+            for b, x in inputs.items():
+                refs[CPU_REFERENCE][b] = reference.infer(x)
+    except Exception as exc:
+        raise ModconvExportError(f"the original model fails on the parity inputs: {_first_line(exc)}") from exc
+
+    onnx_types, names = _onnx_io(paths["onnx"]) if paths["onnx"] else ([], [])
+    count = len(refs[CPU_REFERENCE][batches[0]])
+    if len(names) != count:
+        names = ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
+
+    cache: dict[str, nn.Module] = {}
+
+    def rewritten() -> nn.Module:
+        if "model" not in cache:
+            from ..rewrite import make_exportable
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # near misses are the rewrite report's business; numbers tell here
+                cache["model"] = make_exportable(model)
+        return cache["model"]
+
+    references = {CPU_REFERENCE: "original model, eager fp32 on CPU"}
+    rows: list[ParityRow] = []
+    used: dict[str, list[str]] = {CPU_REFERENCE: ["torch:cpu"]}
+    tolerances: dict[str, dict[str, Any]] = {}
+    kept: dict[str, dict[int, list[np.ndarray]]] = {}
+    for plan in _plans(model, rewritten, paths["onnx"], onnx_types, paths["torchscript"], devices, precision):
+        if plan.reference not in refs:  # the CUDA reference did not run: fall back to the CPU one
+            plan.reference = CPU_REFERENCE
+        tolerance = resolve_tolerance(plan.name, precision, rtol, atol)
+        tolerances[plan.name] = tolerance.to_dict()
+        plan_rows, plan_providers, outputs = _run_plan(plan, inputs, refs, names, precision, tolerance, repeats)
+        rows += plan_rows
+        if plan_providers:
+            used[plan.name] = plan_providers
+        kept[plan.name] = outputs
+        if plan.name == CUDA_REFERENCE:
+            if set(outputs) == set(batches):
+                refs[CUDA_REFERENCE] = outputs
+                references[CUDA_REFERENCE] = "original model, eager fp32 on CUDA, TF32 off (for the CUDA fp32 rows)"
+            else:
+                references[CUDA_REFERENCE] = f"not used ({plan_rows[0].reason}); CUDA rows compare with {CPU_REFERENCE}"
+    return ParityReport(
+        rows=rows,
+        precision=precision,
+        batch_sizes=tuple(batches),
+        seed=seed,
+        tolerances=tolerances,
+        providers=used,
+        versions=_versions(),
+        files={k: str(v) if v is not None else None for k, v in paths.items()},
+        references=references,
+        images=_pick_images(rows, kept, refs, names, max(batches), image_samples),
+    )

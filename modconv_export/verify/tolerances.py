@@ -1,0 +1,106 @@
+"""The pass/fail policy: which relative-L2 error each backend and precision may show, and why.
+
+The criterion is the relative L2 error ``||actual - reference|| / ||reference||`` over a whole output:
+unlike an elementwise ``allclose`` it does not trip over the few near-zero pixels where any rounding is
+a large *relative* error, yet a real defect (a wrong weight, a frozen batch, a swapped input) moves it by
+orders of magnitude. Every row must also be free of NaN and Inf, whatever the precision.
+
+Defaults, with the reasoning:
+
+* **fp32 on CPU: 1e-4.** Eager, TorchScript and ONNX Runtime differ only in summation order (oneDNN vs.
+  MLAS kernels) and in the rewrite's algebra (the input is modulated instead of the weight, the
+  demodulation is one MatMul). Each costs a few fp32 ulps (~1e-7 relative) per layer; measured on
+  small generators it is ~1e-7..1e-6 in total. 1e-4 leaves a hundredfold margin, while nudging a
+  single weight by 1 % already moves the output by more than that.
+* **fp32 on CUDA: 5e-3.** cuDNN and ONNX Runtime's CUDA provider run convolutions in TF32 by default on
+  Ampere and later (a 10-bit mantissa, ~5e-4 per product), which gives ~1e-3 relative L2 over a
+  generator; the limit leaves a factor of five. (The CUDA reference itself runs with TF32 off.)
+* **fp16: 1e-2.** Half precision has a 10-bit mantissa too and rounds *every* intermediate, not only
+  convolution products, so a few layers accumulate ~1e-3..5e-3. Overflow past 65504 is the typical fp16
+  failure, and shows up as Inf/NaN -- which must be zero.
+
+``rtol`` replaces the relative-L2 limit; ``atol``, if given, additionally bounds the largest absolute
+difference. Either may be one number for every backend or a mapping keyed by backend name
+(``"ort-cuda"``), device (``"cuda"``) or ``"*"``, most specific first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping, Union
+
+from .metrics import Metrics
+
+__all__ = ["DEFAULT_REL_L2", "PRECISIONS", "Tolerance", "ToleranceOverride", "backend_device", "resolve_tolerance"]
+
+PRECISIONS = ("fp32", "fp16")
+
+#: (device, precision) -> relative-L2 limit; see the module docstring for the reasoning.
+DEFAULT_REL_L2: dict[tuple[str, str], float] = {
+    ("cpu", "fp32"): 1e-4,
+    ("cuda", "fp32"): 5e-3,
+    ("cpu", "fp16"): 1e-2,
+    ("cuda", "fp16"): 1e-2,
+}
+
+_WHY = {
+    ("cpu", "fp32"): "fp32 summation order and the rewrite's algebra give ~1e-6; 100x margin",
+    ("cuda", "fp32"): "TF32 convolutions (cuDNN, ORT CUDA) give ~1e-3",
+    ("cpu", "fp16"): "half precision rounds every intermediate (~1e-3..5e-3); no NaN/Inf allowed",
+    ("cuda", "fp16"): "half precision rounds every intermediate (~1e-3..5e-3); no NaN/Inf allowed",
+}
+
+ToleranceOverride = Union[float, Mapping[str, float], None]
+
+
+def backend_device(backend: str) -> str:
+    """``"ort-cuda"`` -> ``"cuda"``: backend names end in their device."""
+    return "cuda" if backend.endswith("cuda") else "cpu"
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Limits for one backend: relative L2, optional absolute error, and no non-finite values."""
+
+    rel_l2: float
+    atol: float | None = None
+    max_nonfinite: int = 0
+    why: str = ""
+
+    def judge(self, metrics: Metrics) -> tuple[bool, str]:
+        """``(passed, verdict)``; the verdict names the deciding number, e.g. ``rel-L2 3.0e-06 <= 1e-04``."""
+        if metrics.ref_nonfinite:
+            return False, f"reference has {metrics.ref_nonfinite} NaN/Inf values"
+        if metrics.nonfinite > self.max_nonfinite:
+            return False, f"{metrics.nan_count} NaN + {metrics.inf_count} Inf values"
+        ok = metrics.rel_l2 <= self.rel_l2
+        verdict = f"rel-L2 {metrics.rel_l2:.1e} {'≤' if ok else '>'} {self.rel_l2:.0e}"
+        if self.atol is not None:
+            abs_ok = metrics.max_abs <= self.atol
+            verdict += f", max-abs {metrics.max_abs:.1e} {'≤' if abs_ok else '>'} {self.atol:.0e}"
+            ok = ok and abs_ok
+        return ok, verdict
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _pick(override: ToleranceOverride, backend: str) -> float | None:
+    if override is None:
+        return None
+    if isinstance(override, Mapping):
+        for key in (backend, backend_device(backend), "*"):
+            if key in override:
+                return float(override[key])
+        return None
+    return float(override)
+
+
+def resolve_tolerance(backend: str, precision: str, rtol: ToleranceOverride = None, atol: ToleranceOverride = None) -> Tolerance:
+    """The limits for ``backend`` (``"ort-cpu"``, ``"torchscript-cuda"`` ...) at ``precision``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    key = (backend_device(backend), precision)
+    rel = _pick(rtol, backend)
+    why = _WHY[key] if rel is None else "overridden by the caller"
+    return Tolerance(rel_l2=DEFAULT_REL_L2[key] if rel is None else rel, atol=_pick(atol, backend), why=why)
