@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import onnx
-import onnxscript.optimizer
+import onnx_ir as ir
+from onnx_ir.passes.common import IdentityEliminationPass
 import torch
 import torch.nn as nn
 
@@ -187,8 +188,10 @@ def _export_legacy(model, args, input_names, output_names, opset, dynamic_batch)
         do_constant_folding=True,
     )
     # The legacy exporter deduplicates equal initializers behind Identity nodes (all blur kernels of one
-    # width are equal); onnxscript's optimizer folds those so every Conv reads its initializer directly.
-    return onnxscript.optimizer.optimize(onnx.load_from_string(buffer.getvalue()))
+    # width are equal); eliminate those so every Conv reads its initializer directly.
+    model = ir.serde.deserialize_model(onnx.load_from_string(buffer.getvalue()))
+    IdentityEliminationPass()(model)
+    return ir.serde.serialize_model(model)
 
 
 def _check_graph(proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from ..rewrite.rules.blur import looks_like_blur
 from .builtin import lower_depthwise_conv
-from .registry import FunctionLowering, lowering_for
+from .registry import FunctionLowering, lowering_for, registered_lowerings
 
 __all__ = ["functions_called", "lowerings_for"]
 
@@ -72,8 +72,13 @@ def functions_called(model: nn.Module, args: tuple, *, watch: Iterable[nn.Module
 
 def lowerings_for(model: nn.Module, args: tuple) -> list[FunctionLowering]:
     """The lowerings to install for exporting ``model``: a registered one for every Function it calls,
-    and the built-in depthwise-conv lowering for unregistered Functions called by seed-style blurs."""
+    and the built-in depthwise-conv lowering for unregistered Functions called by seed-style blurs
+    (found with one grad-enabled forward, run only when blur-like modules are present)."""
     watch = [m for m in model.modules() if looks_like_blur(m)]
+    if not watch:
+        # Nothing blur-like left (the usual case after rewriting): no forward pass is needed, and
+        # installing a registered lowering for a Function the model never calls is harmless.
+        return registered_lowerings()
     classes, called_by = functions_called(model, args, watch=watch)
     chosen = []
     for cls in sorted(classes, key=lambda c: c.__qualname__):

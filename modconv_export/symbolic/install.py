@@ -11,18 +11,16 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 import re
 from typing import Any, Callable, Iterator
 
 import torch
-from torch.autograd.function import _is_setup_context_defined
 
 from ..errors import LoweringError
 from .. import ops  # noqa: F401  (registers modconv_export::depthwise_conv2d)
 from .builders import LegacyOpBuilder, TracedOpBuilder, onnxscript_opset
 from .builtin import depthwise_conv2d_translation
-from .registry import FunctionLowering
+from .registry import FunctionLowering, _arity, _uses_ctx
 
 __all__ = ["lowerings_installed"]
 
@@ -37,19 +35,6 @@ class _NullContext:
 
     def __getattr__(self, name: str) -> Callable[..., None]:
         return lambda *args, **kwargs: None
-
-
-def _uses_ctx(function: type) -> bool:
-    return not _is_setup_context_defined(function.setup_context)
-
-
-def _arity(function: type) -> int:
-    params = list(inspect.signature(function.forward).parameters.values())
-    if _uses_ctx(function):
-        params = params[1:]
-    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.KEYWORD_ONLY) for p in params):
-        raise LoweringError(f"{function.__qualname__}.forward must take plain positional tensor arguments")
-    return len(params)
 
 
 def _custom_op_for(function: type, original_forward: Callable) -> Any:

@@ -10,10 +10,12 @@ patches that make exporters use them are installed only for the duration of one 
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
+from torch.autograd.function import _is_setup_context_defined
 
 from ..errors import LoweringError
 
@@ -46,6 +48,19 @@ def _validate_function(function: Any) -> None:
         raise LoweringError(f"a lowering is registered for a torch.autograd.Function subclass, got {function!r}")
 
 
+def _uses_ctx(function: type) -> bool:
+    return not _is_setup_context_defined(function.setup_context)
+
+
+def _arity(function: type) -> int:
+    params = list(inspect.signature(function.forward).parameters.values())
+    if _uses_ctx(function):
+        params = params[1:]
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.KEYWORD_ONLY) for p in params):
+        raise LoweringError(f"{function.__qualname__}.forward must take plain positional tensor arguments")
+    return len(params)
+
+
 def register_function_lowering(function: type, lower: Optional[LowerFn] = None, *, replace: bool = False):
     """Register ``lower(op, *args)`` as the ONNX form of ``function``; usable as a decorator.
 
@@ -54,6 +69,7 @@ def register_function_lowering(function: type, lower: Optional[LowerFn] = None, 
     ...     return op.Relu(x)
     """
     _validate_function(function)
+    _arity(function)  # the dynamo path needs plain positional arguments: fail now, not mid-export
 
     def decorate(fn: LowerFn) -> LowerFn:
         if not callable(fn):

@@ -78,7 +78,7 @@ def _check(module: nn.Module) -> str | None:
 
 def _probe(module: nn.Module):
     c_in = _weight(module).shape[1]
-    return (probe_tensor(module, 2, c_in, 8, 8, seed=1), probe_tensor(module, 2, _latent_dim(module.mlp_class_std), seed=2))
+    return (probe_tensor(module, 2, c_in, 5, 5, seed=1), probe_tensor(module, 2, _latent_dim(module.mlp_class_std), seed=2))
 
 
 @register_rule("modulated_conv", looks_like=_looks_like, check=_check, probe_inputs=_probe, probe_tolerance=1e-4)
