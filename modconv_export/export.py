@@ -194,6 +194,21 @@ def _export_legacy(model, args, input_names, output_names, opset, dynamic_batch)
     return ir.serde.serialize_model(model)
 
 
+def _pin_output_shapes(proto: onnx.ModelProto, outputs: Any, dynamic_batch: bool) -> onnx.ModelProto:
+    """Only the batch axis is dynamic: write the eager outputs' other sizes into the graph outputs
+    (the legacy exporter leaves e.g. the size after a reflection pad symbolic)."""
+    model = ir.serde.deserialize_model(proto)
+    tensors = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+    for value, tensor in zip(model.graph.outputs, tensors):
+        if not isinstance(tensor, torch.Tensor) or value.shape is None or len(value.shape) != tensor.dim():
+            continue
+        dims = list(tensor.shape)
+        if dynamic_batch and tensor.dim() > 0:
+            dims[0] = value.shape[0] if not isinstance(value.shape[0], int) else ir.SymbolicDim("batch")
+        value.shape = ir.Shape(dims)
+    return ir.serde.serialize_model(model)
+
+
 def _check_graph(proto: onnx.ModelProto) -> onnx.ModelProto:
     bad = non_standard_ops(proto)
     if bad:
@@ -254,7 +269,7 @@ def export_onnx(
     except Exception as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"{exporter} export failed: {type(exc).__name__}: {message}") from exc
-    proto = _check_graph(proto)
+    proto = _check_graph(_pin_output_shapes(proto, outputs, dynamic_batch))
     with atomic_output(path) as tmp:
         onnx.save_model(proto, str(tmp))
     return Path(path)

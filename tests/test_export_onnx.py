@@ -54,6 +54,8 @@ def test_batch_axis_is_symbolic(exported):
     axes = dynamic_batch_axes(model)
     assert set(axes) == {"image", "latent", "output"}
     assert all(isinstance(v, str) and v for v in axes.values()), axes
+    (output,) = model.graph.output
+    assert [d.dim_value for d in output.type.tensor_type.shape.dim[1:]] == [3, 10, 10]
 
 
 @pytest.mark.parametrize("batch", [1, 3, 8])
@@ -129,3 +131,12 @@ def test_stock_legacy_export_of_seed_layer_fails(tiny_decoder, tiny_args, tmp_pa
     with pytest.raises(ExportError):
         export_onnx(tiny_decoder, tiny_args, tmp_path / "norewrite.onnx", exporter="torchscript", rewrite=False)
     assert not (tmp_path / "norewrite.onnx").exists()
+
+
+def test_output_file_follows_umask(tiny_decoder, tiny_args, tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = export_onnx(tiny_decoder, tiny_args, tmp_path / "perm.onnx", exporter="torchscript")
+    finally:
+        os.umask(old)
+    assert (os.stat(path).st_mode & 0o777) == 0o644
