@@ -5,8 +5,10 @@ Pipeline: load -> rewrite (:func:`make_exportable`) -> export (:func:`export_onn
 into exactly equal forms with constant weights, so the exported graph keeps a dynamic batch.
 """
 
-from .errors import ExportError, LoweringError, ModconvExportError, RewriteError
+from .checkpoint import load_checkpoint, save_checkpoint
+from .errors import ExportError, LoadError, LoweringError, ModconvExportError, RewriteError
 from .export import DEFAULT_OPSET, export_onnx, export_torchscript, max_supported_opset
+from .load import LoadedModel, load_model
 from .rewrite import RewriteReport, make_exportable, register_rule, rewrite_model, rewrite_report
 from .symbolic import register_function_lowering, unregister_function_lowering
 
@@ -15,6 +17,8 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_OPSET",
     "ExportError",
+    "LoadError",
+    "LoadedModel",
     "LoweringError",
     "ModconvExportError",
     "RewriteError",
@@ -22,11 +26,14 @@ __all__ = [
     "__version__",
     "export_onnx",
     "export_torchscript",
+    "load_checkpoint",
+    "load_model",
     "make_exportable",
     "max_supported_opset",
     "register_function_lowering",
     "register_rule",
     "rewrite_model",
     "rewrite_report",
+    "save_checkpoint",
     "unregister_function_lowering",
 ]

@@ -17,3 +17,7 @@ class ExportError(ModconvExportError):
 
 class LoweringError(ModconvExportError):
     """An ``autograd.Function`` lowering was registered wrongly or cannot be applied."""
+
+
+class LoadError(ModconvExportError):
+    """A model file cannot be loaded: missing, unreadable, unsafe without trust, or not a model we know."""

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ModconvExportError
+from ..ort_options import cuda_provider_options, session_options
 
 __all__ = ["EagerRunner", "OnnxRuntimeRunner", "Runner", "RunnerUnavailable", "TorchScriptRunner", "flatten_outputs"]
 
@@ -239,11 +240,13 @@ class OnnxRuntimeRunner(Runner):
         wanted = ORT_PROVIDERS[self.provider]
         if wanted not in ort.get_available_providers():
             raise RunnerUnavailable(f"{self.provider.upper()} provider unavailable: onnxruntime {ort.__version__} has no {wanted} (install onnxruntime-gpu)")
-        options = self.session_options
-        if options is None:
-            options = ort.SessionOptions()
-            options.log_severity_level = 3  # errors only: ORT's warnings are noise in a parity table
-        providers: list[Any] = [(wanted, self.provider_options)]
+        # The deployment settings of modconv_export.ort_options unless the caller passes its own;
+        # ORT's log is kept to errors (its warnings are noise in a parity table).
+        options = self.session_options if self.session_options is not None else session_options()
+        provider_options = self.provider_options
+        if not provider_options and self.provider == "cuda":
+            provider_options = cuda_provider_options()
+        providers: list[Any] = [(wanted, provider_options)]
         if wanted != "CPUExecutionProvider":
             providers.append("CPUExecutionProvider")
         session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)

@@ -1,0 +1,481 @@
+"""``modconv-export MODEL OUT.onnx``: load -> rewrite -> export -> verify from the shell.
+
+Every mistake the user can make is one line on stderr (``modconv-export: error: ...``) and exit 2,
+never a traceback (``--debug`` shows it) and never a half-written file: outputs are written under a
+temporary name beside the target and renamed on success, and every output directory is checked
+before the slow export starts. A parity failure is exit 1: the file stays, the table says why.
+
+Step results and the result table go to stdout; live progress for the slow steps goes to stderr only
+on a terminal (or with ``-v``), so a script's stderr holds nothing but the error line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from . import __version__
+from .diagnose import describe_export_failure
+from .errors import ExportError, ModconvExportError
+from .export import export_onnx, export_torchscript, resolve_opset
+from .files import atomic_output, check_writable_target
+from .load import LoadedModel, forward_parameters, load_model
+from .rewrite import RewriteReport, registered_rules, rewrite_model
+
+__all__ = ["EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PARITY", "EXIT_USAGE", "UsageError", "build_parser", "main", "parse_input"]
+
+PROG = "modconv-export"
+EXIT_OK, EXIT_PARITY, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+class UsageError(ModconvExportError):
+    """A malformed command line (bad option, malformed ``--input``, conflicting paths)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse prints usage + exits; we want one line
+        raise UsageError(f"{message} (see --help)")
+
+
+EPILOG = """\
+MODEL may be:
+  a modconv-export checkpoint  (modconv_export.save_checkpoint; loaded with weights_only=True)
+  a bare state_dict of a known model family (recognised by its keys; loaded strictly)
+  a pickled nn.Module (torch.save(model)): only with --trust-pickle, since unpickling runs code;
+    its classes must be importable from the current directory or an --import-path
+
+exit status: 0 exported and verified, 1 exported but parity failed (file kept),
+             2 bad input or export error (nothing written), 3 internal error, 130 interrupted
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=PROG,
+        description="Export a modulated-convolution generator to ONNX with a dynamic batch, verified against eager PyTorch.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", metavar="MODEL", help="checkpoint, state_dict or (with --trust-pickle) pickled module")
+    p.add_argument("output", metavar="OUT.onnx", help="ONNX file to write")
+    p.add_argument("--input", action="append", default=[], metavar="NAME=SHAPE",
+                   help="example input shape, e.g. latent=1x256 (repeatable, in forward order; axis 0 is the dynamic batch); "
+                        "defaults come from the model family")  # fmt: skip
+    p.add_argument("--torchscript", metavar="PATH", help="also write a TorchScript file")
+    p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo", help="ONNX exporter (default: dynamo)")
+    p.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default: 18)")
+    p.add_argument("--report", metavar="PATH.json", help="write a JSON report (model, rewrite, export, parity rows)")
+    p.add_argument("--report-image", metavar="PATH.png", help="write a reference/output/difference picture (needs Pillow)")
+    p.add_argument("--no-verify", action="store_true", help="skip the parity check")
+    p.add_argument("--providers", default="cpu,cuda", metavar="LIST", help="devices to verify on (default: cpu,cuda; missing CUDA is reported as not run)")
+    p.add_argument("--rtol", type=float, metavar="X", help="relative-L2 limit for every backend (default: per device, 1e-4 on CPU)")
+    p.add_argument("--atol", type=float, metavar="X", help="also bound the largest absolute difference")
+    p.add_argument("--trust-pickle", action="store_true", help="allow a pickled module (unpickling runs code from the file)")
+    p.add_argument("--import-path", action="append", default=[], metavar="DIR", help="directory to import a pickled model's classes from (repeatable)")
+    p.add_argument("-v", "--verbose", action="store_true", help="list rewritten modules, near misses and progress")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and the exporters' own output")
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    return p
+
+
+# -- small parsers and checks ---------------------------------------------------------------------
+
+_INPUT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=([0-9]+(?:x[0-9]+)*)")
+
+
+def parse_input(text: str) -> tuple[str, tuple[int, ...]]:
+    """``"latent=1x256"`` -> ``("latent", (1, 256))``; anything else is a :class:`UsageError`."""
+    match = _INPUT.fullmatch(text.strip())
+    shape = tuple(int(d) for d in match.group(2).split("x")) if match else ()
+    if not match or min(shape) < 1:
+        raise UsageError(f"malformed --input {text!r}: expected NAME=SHAPE with SHAPE like 1x3x64x64 (positive integers joined by x)")
+    return match.group(1), shape
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def _check_targets(args: argparse.Namespace) -> None:
+    """Fail before any slow step if an output cannot be written or would clobber the input."""
+    if Path(args.output).suffix.lower() != ".onnx":
+        raise UsageError(f"OUT must be an .onnx file, got {args.output!r} (TorchScript goes to --torchscript PATH)")
+    targets = {"OUT": args.output, "--torchscript": args.torchscript, "--report": args.report, "--report-image": args.report_image}
+    seen = {Path(args.model).expanduser().resolve(): "MODEL"}
+    for option, path in targets.items():
+        if path is None:
+            continue
+        try:
+            target = check_writable_target(path)
+            fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=target.parent)
+        except ExportError as exc:
+            raise ExportError(f"{option} {path}: {exc}") from None
+        except OSError as exc:  # os.access says yes to root; read-only mounts and full disks say no here
+            raise ExportError(f"{option} {path}: output directory is not writable: {target.parent} ({exc.strerror})") from None
+        os.close(fd)
+        os.unlink(probe)
+        resolved = Path(path).expanduser().resolve()
+        if resolved in seen:
+            raise UsageError(f"{option} {path} is the same file as {seen[resolved]}")
+        seen[resolved] = option
+    if args.no_verify and args.report_image:
+        raise UsageError("--report-image needs the parity check: drop --no-verify")
+    if args.report_image:
+        from .verify import MissingExtraError
+
+        try:
+            import PIL  # noqa: F401
+        except ImportError:
+            raise MissingExtraError("--report-image needs Pillow: pip install 'modconv-export[image]' (or pip install pillow)") from None
+
+
+def _providers(text: str) -> tuple[str, ...]:
+    names = tuple(p.strip() for p in text.split(",") if p.strip())
+    bad = [p for p in names if p not in ("cpu", "cuda")]
+    if bad or not names:
+        raise UsageError(f"--providers takes cpu and/or cuda, comma-separated, got {text!r}")
+    return names
+
+
+# -- output ---------------------------------------------------------------------------------------
+
+
+class _Console:
+    """Results to stdout; live progress to stderr only where someone watches (a terminal, or ``-v``)."""
+
+    def __init__(self, verbose: bool) -> None:
+        self.verbose = verbose
+        self.live = verbose or sys.stderr.isatty()
+
+    def say(self, line: str = "") -> None:
+        print(line, flush=True)
+
+    def progress(self, line: str) -> None:
+        if self.live:
+            print(f"{PROG}: {line}", file=sys.stderr, flush=True)
+
+    def detail(self, line: str) -> None:
+        if self.verbose:
+            print(line, flush=True)
+
+
+@contextlib.contextmanager
+def _captured_fds(keep: bool) -> Iterator[list[str]]:
+    """Send fds 1 and 2 to a temp file (the exporters' C++ logs bypass Python); yields the text holder."""
+    holder: list[str] = []
+    if keep:
+        yield holder
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            yield holder
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sink.seek(0)
+            holder.append(sink.read().decode("utf-8", "replace"))
+
+
+def _plural(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def _size(path: str | os.PathLike) -> str:
+    n = float(Path(path).stat().st_size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+# -- the steps ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Inputs:
+    names: list[str]
+    shapes: list[tuple[int, ...]]
+    tensors: tuple
+    specs: list | None  # InputSpec per input when the family knows them (realistic parity inputs)
+
+
+def _resolve_inputs(loaded: LoadedModel, given: list[tuple[str, tuple[int, ...]]]) -> _Inputs:
+    names_given = [n for n, _ in given]
+    dupes = sorted({n for n in names_given if names_given.count(n) > 1})
+    if dupes:
+        raise UsageError(f"--input {dupes[0]} is given more than once")
+    shapes = dict(given)
+    if loaded.inputs:
+        known = [s.name for s in loaded.inputs]
+        unknown = [n for n in names_given if n not in known]
+        if unknown:
+            raise UsageError(f"--input {unknown[0]}: this model's inputs are {', '.join(known)}")
+        specs = list(loaded.inputs)
+        names = known
+        dims = [tuple(shapes.get(s.name, s.shape)) for s in specs]
+        tensors = tuple(s.example(d, seed=i) for i, (s, d) in enumerate(zip(specs, dims)))
+        return _Inputs(names, dims, tensors, specs)
+    params, required, varargs = forward_parameters(loaded.module)
+    signature = f"forward({', '.join(params)})"
+    if not given:
+        example = " ".join(f"--input {p}=SHAPE" for p in required or params) or "--input NAME=SHAPE"
+        raise UsageError(f"this model has no known family, so its input shapes are needed: its {signature} takes {example}")
+    if not varargs:
+        if names_given != params[: len(names_given)]:
+            raise UsageError(f"--input names must follow {signature} in order, got {', '.join(names_given)}")
+        missing = [p for p in required if p not in names_given]
+        if missing:
+            raise UsageError(f"missing --input for {', '.join(missing)} ({signature})")
+    gen = torch.Generator().manual_seed(0)
+    tensors = tuple(torch.randn(*shape, generator=gen) for _, shape in given)
+    return _Inputs(names_given, [s for _, s in given], tensors, None)
+
+
+def _run_eager(module: torch.nn.Module, inputs: _Inputs):
+    try:
+        with torch.no_grad():
+            return module(*inputs.tensors)
+    except Exception as exc:
+        text = " ".join(str(exc).split())[:300]
+        given = " ".join(f"{n}={_shape_text(s)}" for n, s in zip(inputs.names, inputs.shapes))
+        raise UsageError(f"the model rejects the inputs {given}: {type(exc).__name__}: {text}") from exc
+
+
+def _outputs_of(result) -> list:
+    return list(result) if isinstance(result, (tuple, list)) else [result]
+
+
+def _rewrite(module: torch.nn.Module, console: _Console) -> tuple[torch.nn.Module, RewriteReport]:
+    exportable, report = rewrite_model(module)
+    counts = report.counts()
+    builtin = ["modulated_conv", "blur", "equal_lr"]  # always shown; other rules when they matched
+    names = [n for n in builtin if n in {r.name for r in registered_rules()}] + sorted(set(counts) - set(builtin))
+    detail = ", ".join(f"{n}: {counts.get(n, 0)}" for n in names)
+    console.say(f"rewrote {report.count()} modules ({detail})")
+    for path, rule in report.rewritten:
+        console.detail(f"  {path or '<root>'} -> {rule}")
+    if report.near_misses:
+        if console.verbose:
+            for line in report.describe_near_misses():
+                console.detail(f"  near miss: {line}")
+        else:
+            console.say(f"  {_plural(len(report.near_misses), 'near miss', 'near misses')} left as they are (-v shows why)")
+    return exportable, report
+
+
+def _export(args: argparse.Namespace, loaded: LoadedModel, exportable: torch.nn.Module, rewrite: RewriteReport, inputs: _Inputs, outputs: list, console: _Console) -> dict:
+    opset = resolve_opset(args.opset, args.exporter)
+    family_outputs = list(loaded.family.outputs) if loaded.family and len(loaded.family.outputs) == len(outputs) else None
+    console.progress(f"exporting {args.output} ({args.exporter} exporter, opset {opset}) ...")
+    start = time.perf_counter()
+    with _captured_fds(keep=args.debug):
+        try:
+            export_onnx(exportable, inputs.tensors, args.output, exporter=args.exporter, opset=opset, rewrite=False,
+                        input_names=inputs.names, output_names=family_outputs)  # fmt: skip
+        except ExportError as exc:
+            misses = [p for p, _, _ in rewrite.near_misses]
+            better = describe_export_failure(exportable, inputs.tensors, exc.__cause__, args.exporter, misses) if exc.__cause__ else None
+            if misses:  # an unrewritten look-alike is the usual reason a generator does not export
+                listed = ", ".join(p or "<root>" for p in misses[:3])
+                better = f"{better or exc}; note: {_plural(len(misses), 'near miss', 'near misses')} left unrewritten ({listed}; -v shows why)"
+            if better is None:
+                raise
+            raise ExportError(better) from exc
+    seconds = time.perf_counter() - start
+    console.say(f"exported {args.output} ({_size(args.output)}, {args.exporter} exporter, opset {opset}, dynamic batch) in {seconds:.1f} s")
+    info = {"onnx": str(args.output), "exporter": args.exporter, "opset": opset, "seconds": round(seconds, 3), "torchscript": None}
+    if args.torchscript:
+        console.progress(f"writing TorchScript {args.torchscript} ...")
+        start = time.perf_counter()
+        with _captured_fds(keep=args.debug):
+            export_torchscript(exportable, inputs.tensors, args.torchscript, rewrite=False)
+        console.say(f"wrote TorchScript {args.torchscript} ({_size(args.torchscript)}) in {time.perf_counter() - start:.1f} s")
+        info["torchscript"] = str(args.torchscript)
+    return info
+
+
+def _verify(args: argparse.Namespace, loaded: LoadedModel, inputs: _Inputs, console: _Console):
+    from .verify import check_parity
+
+    make = None
+    if inputs.specs:
+        specs, dims = inputs.specs, inputs.shapes
+
+        def make(batch: int, seed: int) -> tuple:
+            return tuple(s.example((batch, *d[1:]), seed=seed + i) for i, (s, d) in enumerate(zip(specs, dims)))
+
+    console.progress("verifying against eager PyTorch ...")
+    start = time.perf_counter()
+    with _captured_fds(keep=args.debug):
+        report = check_parity(loaded.module, inputs.tensors, onnx_path=args.output, torchscript_path=args.torchscript,
+                              providers=_providers(args.providers), rtol=args.rtol, atol=args.atol, make_inputs=make)  # fmt: skip
+    console.say(f"verified in {time.perf_counter() - start:.1f} s")
+    console.say(report.format_table())
+    return report
+
+
+def _write_report(path: str, summary: dict, parity) -> None:
+    data = dict(summary, parity=parity.to_json() if parity is not None else None)
+    text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False)
+    with atomic_output(path) as tmp:
+        tmp.write_text(text + "\n", encoding="utf-8")
+
+
+def _run(args: argparse.Namespace, console: _Console) -> int:
+    given = [parse_input(text) for text in args.input]
+    _providers(args.providers)
+    _check_targets(args)
+    resolve_opset(args.opset, args.exporter)  # a bad --opset fails now, not after loading
+    for directory in reversed(args.import_path):  # keep the user's classes importable for the whole run (main restores)
+        sys.path.insert(0, str(Path(directory).expanduser().resolve()))
+
+    start = time.perf_counter()
+    console.progress(f"loading {args.model} ...")
+    loaded = load_model(args.model, trust_pickle=args.trust_pickle, import_paths=args.import_path)
+    console.say(f"loaded {args.model}: {loaded.describe()} in {time.perf_counter() - start:.1f} s")
+    inputs = _resolve_inputs(loaded, given)
+    outputs = _outputs_of(_run_eager(loaded.module, inputs))
+    shapes = ", ".join(f"{n}={_shape_text(s)}" for n, s in zip(inputs.names, inputs.shapes))
+    console.say(f"inputs: {shapes} (axis 0 is the dynamic batch)")
+    if args.report_image:
+        from .verify.metrics import is_image_like
+
+        if not any(is_image_like(tuple(o.shape)) for o in outputs if hasattr(o, "shape")):
+            raise UsageError("--report-image: the model has no image-like output ([N, 1|3|4, H, W]) to draw")
+
+    exportable, rewrite = _rewrite(loaded.module, console)
+    exported = _export(args, loaded, exportable, rewrite, inputs, outputs, console)
+    summary = {
+        "tool": PROG,
+        "version": __version__,
+        "model": {"path": str(args.model), "kind": loaded.kind, "family": loaded.family.name if loaded.family else None,
+                  "config": loaded.config, "class": type(loaded.module).__name__},  # fmt: skip
+        "inputs": {n: list(s) for n, s in zip(inputs.names, inputs.shapes)},
+        "rewrite": {"rewritten": [{"path": p, "rule": r} for p, r in rewrite.rewritten],
+                    "near_misses": [{"path": p, "rule": r, "reason": why} for p, r, why in rewrite.near_misses]},  # fmt: skip
+        "export": exported,
+    }
+    try:
+        report = None if args.no_verify else _verify(args, loaded, inputs, console)
+    except ModconvExportError as exc:  # e.g. the model itself fails at another batch size
+        kept = " and ".join(p for p in (args.output, args.torchscript) if p)
+        _error(f"parity check FAILED: {kept} kept, but the check could not run: {exc}")
+        return EXIT_PARITY
+    if args.report:
+        _write_report(args.report, summary, report)
+    if report is not None and args.report_image:
+        from .verify import write_report_image
+
+        write_report_image(report, args.report_image)
+
+    verdict = "not verified (--no-verify)" if report is None else report.summary
+    console.say("")
+    console.say("result")
+    rows = [("model", f"{args.model} ({loaded.kind}{', family ' + loaded.family.name if loaded.family else ''})"),
+            ("onnx", f"{args.output} ({_size(args.output)}, opset {exported['opset']}, {args.exporter}, batch dynamic)"),  # fmt: skip
+            ("torchscript", f"{args.torchscript} ({_size(args.torchscript)})" if args.torchscript else "-"),
+            ("report", ", ".join(p for p in (args.report, args.report_image) if p) or "-"),
+            ("parity", verdict)]  # fmt: skip
+    for key, value in rows:
+        console.say(f"  {key:<12} {value}")
+    if report is not None and not report.passed:
+        kept = " and ".join(p for p in (args.output, args.torchscript) if p)
+        print(f"{PROG}: parity check FAILED: {kept} kept, but it does not match the eager model (see the table)", file=sys.stderr)
+        return EXIT_PARITY
+    return EXIT_OK
+
+
+# -- entry point ----------------------------------------------------------------------------------
+
+
+def _error(message: str) -> None:
+    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so temporary output files are removed on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _restored_sys_path() -> Iterator[None]:
+    saved = list(sys.path)
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``) and return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help, --version
+        return int(exc.code or 0)
+    console = _Console(args.verbose)
+    with warnings.catch_warnings(), _terminate_as_interrupt(), _restored_sys_path():
+        if not debug:
+            warnings.simplefilter("ignore")
+        try:
+            return _run(args, console)
+        except ModconvExportError as exc:
+            if debug:
+                traceback.print_exc()
+            _error(str(exc))
+            return EXIT_USAGE
+        except OSError as exc:  # the environment, not the user's input: a full disk, a vanished directory
+            if debug:
+                traceback.print_exc()
+            _error(f"{str(exc.filename) + ': ' if exc.filename else ''}{exc.strerror or exc}")
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            _error("interrupted (a file being written was discarded; existing files are untouched)")
+            return EXIT_INTERRUPTED
+        except Exception as exc:
+            if debug:
+                traceback.print_exc()
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            _error(f"internal error: {type(exc).__name__}: {text} (a bug in {PROG}: rerun with --debug and report the traceback)")
+            return EXIT_INTERNAL

@@ -1,0 +1,343 @@
+"""The load stage: a model file -> an eval-mode module with the original (unrewritten) layers.
+
+Three kinds of file are accepted:
+
+* a toolkit checkpoint (:mod:`modconv_export.checkpoint`): its family builds the model, strictly;
+* a bare ``state_dict`` of a registered family, recognised by its keys (also when nested under an
+  obvious key such as ``"state_dict"`` or ``"params_ema"``), loaded strictly;
+* a pickled ``nn.Module`` (``torch.save(model)``), only with ``trust_pickle=True``: unpickling runs code.
+
+Every file is first read with ``torch.load(weights_only=True)``, which never runs code. The kind is
+decided from what that returns or from the way it refuses; only a refusal that names a Python global
+(or a pickle only the full unpickler reads) is a candidate for the full unpickler, and only on trust.
+Each failure is a :class:`~modconv_export.errors.LoadError` with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import os
+import pickle
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+from .checkpoint import checkpoint_from_dict, is_toolkit_checkpoint
+from .errors import LoadError, ModconvExportError
+from .families import Family, InputSpec, get_family, recognize
+from .pickle_scan import dangerous_globals, is_legacy_torch_file, pickle_globals
+
+__all__ = ["LoadedModel", "forward_parameters", "load_model"]
+
+#: Keys under which training scripts commonly nest the weights (first match wins).
+NESTED_STATE_KEYS = ("state_dict", "params_ema", "g_ema", "params", "model", "generator", "netG", "G_ema")
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTO = 0x80
+
+
+@dataclass
+class LoadedModel:
+    """What :func:`load_model` returns; ``module`` is in eval mode with the original layers."""
+
+    module: nn.Module
+    kind: str  # "checkpoint" | "state_dict" | "pickle"
+    family: Family | None
+    config: dict = field(default_factory=dict)
+    #: Example inputs in forward order when known (from the family), else ``None``.
+    inputs: list[InputSpec] | None = None
+    path: Path | None = None
+
+    def describe(self) -> str:
+        what = {"checkpoint": "modconv-export checkpoint", "state_dict": "state_dict", "pickle": "pickled module"}[self.kind]
+        cls = type(self.module).__name__
+        fam = f", family {self.family.name!r}" if self.family else ""
+        return f"{what} ({cls}{fam}, {_count_parameters(self.module):,} parameters)"
+
+
+def load_model(path: str | os.PathLike, *, trust_pickle: bool = False, import_paths: Sequence[str | os.PathLike] = ()) -> LoadedModel:
+    """Load a toolkit checkpoint, a family state_dict or (with ``trust_pickle``) a pickled module.
+
+    ``import_paths`` (and the current directory) are put on ``sys.path`` while a trusted pickle is
+    read, so the classes it names can be imported; ``sys.path`` is restored afterwards. Raises
+    :class:`LoadError` for a missing, unreadable, corrupt, unsafe or unrecognised file, a strict-load
+    mismatch, or weights with NaN/Inf.
+    """
+    path = Path(path).expanduser()
+    fmt = _sniff(path)
+    obj, refusal = _load_weights_only(path, fmt)
+    if refusal is None:
+        loaded = _from_data(obj, path)
+    elif not trust_pickle:
+        raise LoadError(
+            f"{path}: {refusal}: it holds pickled Python objects and loading it would run code; "
+            "if you trust its source, re-run with --trust-pickle (Python: trust_pickle=True)"
+        )
+    else:
+        loaded = _from_trusted_pickle(path, fmt, import_paths)
+    loaded.module.eval()
+    loaded.path = path
+    _check_finite(loaded.module, path)
+    return loaded
+
+
+def forward_parameters(module: nn.Module) -> tuple[list[str], list[str], bool]:
+    """``module.forward``'s positional parameter names, those without a default, and whether it takes ``*args``."""
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return [], [], True
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p.name for p in positional if p.default is p.empty]
+    return [p.name for p in positional], required, any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
+# -- reading the file -------------------------------------------------------------------------------
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
+def _sniff(path: Path) -> str:
+    """``"zip"`` or ``"pickle"``; a clear error for everything torch.load cannot possibly read."""
+    if not path.exists():
+        raise LoadError(f"{path}: no such file")
+    if path.is_dir():
+        raise LoadError(f"{path}: is a directory, not a model file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as exc:
+        raise LoadError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    if not head:
+        raise LoadError(f"{path}: is empty (0 bytes)")
+    if head.startswith(_ZIP_MAGIC):
+        _check_zip(path)
+        return "zip"
+    if head[0] == _PICKLE_PROTO:
+        if not is_legacy_torch_file(path):  # torch.load cannot read it, and a full unpickle would run it first
+            raise LoadError(f"{path}: is a plain pickle (pickle.dump) or a damaged file, not a model saved with torch.save")
+        return "pickle"
+    if b"\x00" not in head:
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            if exc.start < len(head) - 4:  # not just a multi-byte character cut at the end
+                raise LoadError(f"{path}: is not a PyTorch file (unknown binary format)") from None
+        raise LoadError(f"{path}: is a text file, not a model saved with torch.save")
+    raise LoadError(f"{path}: is not a PyTorch file (unknown binary format)")
+
+
+def _check_zip(path: Path) -> None:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            bad = zf.testzip()  # CRC of every member: catches corruption before any unpickling
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise LoadError(f"{path}: is truncated or corrupt (zip archive unreadable: {exc})") from exc
+    if bad is not None:
+        raise LoadError(f"{path}: is corrupt (checksum mismatch in {bad})")
+    if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
+        raise LoadError(f"{path}: is a TorchScript archive (torch.jit.save); export from the model's checkpoint instead")
+    if not any(re.fullmatch(r"[^/]+/data\.pkl", n) for n in names):
+        raise LoadError(f"{path}: is a zip archive but not a torch.save file (no data.pkl)")
+
+
+def _load_weights_only(path: Path, fmt: str) -> tuple[Any, str | None]:
+    """``(object, None)`` when the safe loader reads the file; ``(None, why)`` when it needs code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True), None
+    except pickle.UnpicklingError as exc:
+        message = str(exc)
+    except (EOFError, RuntimeError, UnicodeDecodeError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise LoadError(f"{path}: is truncated or corrupt ({_one_line(exc)})") from exc
+    try:
+        found = pickle_globals(path, fmt)
+    except ValueError as exc:
+        raise LoadError(f"{path}: is truncated or corrupt (pickle data unreadable: {exc})") from None
+    named = re.search(r"GLOBAL ([\w.]+)", message)
+    needed = named.group(1) if named else next((g for g in found if not g.startswith(("torch.", "collections."))), None)
+    if needed is not None:
+        return None, f"needs the Python global {needed}"
+    reason = next((ln.strip() for ln in message.splitlines() if "Unsupported" in ln), "unsupported pickle data")
+    return None, f"the safe loader cannot read it ({reason})"
+
+
+@contextlib.contextmanager
+def _on_sys_path(paths: Sequence[Path]) -> Iterator[None]:
+    added = [str(p) for p in paths if str(p) not in sys.path]
+    sys.path[:0] = added
+    importlib.invalidate_caches()
+    try:
+        yield
+    finally:
+        for p in added:
+            if p in sys.path:
+                sys.path.remove(p)
+
+
+def _from_trusted_pickle(path: Path, fmt: str, import_paths: Sequence[str | os.PathLike]) -> LoadedModel:
+    dirs = [Path(p).expanduser().resolve() for p in import_paths]
+    for given, d in zip(import_paths, dirs):
+        if not d.is_dir():
+            raise LoadError(f"--import-path {given}: not a directory")
+    try:
+        bad = dangerous_globals(pickle_globals(path, fmt))
+    except ValueError as exc:
+        raise LoadError(f"{path}: is truncated or corrupt (pickle data unreadable: {exc})") from None
+    if bad:
+        raise LoadError(f"{path}: refusing to unpickle even with --trust-pickle: it calls {', '.join(bad[:3])}, which no model needs")
+    with _on_sys_path([Path.cwd().resolve(), *dirs]):
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except ModuleNotFoundError as exc:
+            raise LoadError(
+                f"{path}: the pickled model's classes live in module {exc.name!r}, which cannot be imported; "
+                "pass --import-path DIR with the directory that contains it"
+            ) from exc
+        except AttributeError as exc:
+            raise LoadError(f"{path}: a class the pickle names is missing from its module ({_one_line(exc)})") from exc
+        except Exception as exc:
+            raise LoadError(f"{path}: unpickling failed ({_one_line(exc)})") from exc
+    module = _single_module(obj)
+    if module is None:
+        return _from_data(obj, path)
+    family, config, inputs = _family_of_module(module)
+    return LoadedModel(module, "pickle", family, config, inputs)
+
+
+def _single_module(obj: Any) -> nn.Module | None:
+    if isinstance(obj, nn.Module):
+        return obj
+    if isinstance(obj, Mapping):
+        modules = [v for v in obj.values() if isinstance(v, nn.Module)]
+        if len(modules) == 1:
+            return modules[0]
+    return None
+
+
+def _family_of_module(module: nn.Module) -> tuple[Family | None, dict, list[InputSpec] | None]:
+    """A registered family whose keys and forward arity fit a pickled module: its inputs are defaults."""
+    try:
+        family = recognize(module.state_dict())
+        config = family.infer_config(family.convert_state_dict(module.state_dict()) if family.convert_state_dict else module.state_dict())
+        specs = family.inputs(config)
+    except (ModconvExportError, ValueError, KeyError, TypeError):
+        return None, {}, None
+    names, _, _ = forward_parameters(module)
+    if len(names) != len(specs):
+        return None, {}, None
+    return family, config, specs
+
+
+# -- state dicts and families -----------------------------------------------------------------------
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def _unwrap_state_dict(obj: Any) -> dict | None:
+    state = obj if _is_state_dict(obj) else None
+    if state is None and isinstance(obj, Mapping):
+        state = next((obj[k] for k in NESTED_STATE_KEYS if _is_state_dict(obj.get(k))), None)
+    if state is None:
+        return None
+    if all(k.startswith("module.") for k in state):  # saved from DataParallel
+        return {k[len("module.") :]: v for k, v in state.items()}
+    return dict(state)
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, Mapping):
+        keys = ", ".join(map(repr, list(obj)[:5]))
+        return f"dict with keys {keys}{' ...' if len(obj) > 5 else ''}" if obj else "empty dict"
+    return type(obj).__name__
+
+
+def _from_data(obj: Any, path: Path) -> LoadedModel:
+    if is_toolkit_checkpoint(obj):
+        ckpt = checkpoint_from_dict(obj, str(path))
+        try:
+            family = get_family(ckpt.family)
+        except ModconvExportError as exc:
+            raise LoadError(f"{path}: {exc}") from exc
+        module, config = _build(family, ckpt.state_dict, ckpt.config, path)
+        return LoadedModel(module, "checkpoint", family, config, family.inputs(config))
+    state = _unwrap_state_dict(obj)
+    if state is None:
+        raise LoadError(f"{path}: holds a {_describe(obj)}, not a model, a state_dict or a modconv-export checkpoint")
+    try:
+        family = recognize(state)
+    except ModconvExportError as exc:
+        raise LoadError(f"{path}: {exc}") from exc
+    module, config = _build(family, state, None, path)
+    return LoadedModel(module, "state_dict", family, config, family.inputs(config))
+
+
+def _build(family: Family, state: Mapping[str, torch.Tensor], config: Mapping[str, Any] | None, path: Path) -> tuple[nn.Module, dict]:
+    converted = family.convert_state_dict(state) if family.convert_state_dict else state
+    try:
+        config = dict(config) if config is not None else family.infer_config(converted)
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise LoadError(f"{path}: looks like family {family.name!r} but its config cannot be inferred: {exc}") from exc
+    try:
+        module = family.load(state, config)
+    except RuntimeError as exc:
+        raise LoadError(f"{path}: does not fit family {family.name!r} ({_strict_mismatch(family, config, converted, exc)})") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise LoadError(f"{path}: family {family.name!r} cannot be built with config {config}: {exc}") from exc
+    return module, config
+
+
+def _listing(keys: Sequence[str], limit: int = 3) -> str:
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def _strict_mismatch(family: Family, config: Mapping[str, Any], given: Mapping[str, torch.Tensor], exc: Exception) -> str:
+    """torch's multi-line strict-load message as one line: the first few missing/unexpected/mismatched keys."""
+    try:
+        expected = family.build(config).state_dict()
+    except Exception:
+        return " ".join(str(exc).split())[:300]
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    mismatched = [
+        f"{k} (file {list(given[k].shape)}, model {list(v.shape)})" for k, v in expected.items() if k in given and given[k].shape != v.shape
+    ]
+    parts = [f"{label}: {_listing(keys)}" for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)) if keys]
+    return "; ".join(parts) or " ".join(str(exc).split())[:300]
+
+
+# -- checks -----------------------------------------------------------------------------------------
+
+
+def _count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _check_finite(module: nn.Module, path: Path) -> None:
+    bad = []
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        if not (tensor.is_floating_point() or tensor.is_complex()):
+            continue
+        finite = torch.isfinite(tensor)
+        if bool(finite.all()):
+            continue
+        nan = int(torch.isnan(tensor).sum())
+        inf = int((~finite).sum()) - nan
+        counts = ", ".join(s for s in (f"{nan} NaN" if nan else "", f"{inf} Inf" if inf else "") if s)
+        bad.append(f"{name} ({counts})")
+    if bad:
+        raise LoadError(f"{path}: weights contain NaN/Inf: {_listing(bad)}")

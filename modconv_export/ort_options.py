@@ -1,0 +1,79 @@
+"""ONNX Runtime settings for deploying exported generators, as one documented place.
+
+The runners of :mod:`modconv_export.verify` and ``benchmarks/bench.py`` build their sessions here, so
+what is measured is what is recommended:
+
+* ``graph_optimization_level``: ``ORT_ENABLE_ALL`` (constant folding, Conv+Add/Mul fusions, layout
+  transforms). The style/demodulation arithmetic of the export form is tiny vector work; the fusions
+  that matter are Conv+bias and the elementwise chains around each conv.
+* CPU: ``intra_op_num_threads`` = the cores available to this process (ORT's default counts every
+  core of the machine, which oversubscribes a container limited to fewer).
+* CUDA: ``cudnn_conv_algo_search="EXHAUSTIVE"`` (benchmarks every cuDNN algorithm once per input
+  shape: slow first call, fastest steady state), ``do_copy_in_default_stream=True``; I/O binding keeps
+  inputs and outputs on the GPU; ``enable_cuda_graph`` replays one captured graph and needs fixed
+  shapes and I/O binding, so it suits a server with one batch size.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["cpu_threads", "session_options", "cuda_provider_options", "create_session"]
+
+OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def cpu_threads() -> int:
+    """Cores this process may run on (``sched_getaffinity``), not the machine's core count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def session_options(*, optimization: str = "all", threads: int | None = None, quiet: bool = True) -> Any:
+    import onnxruntime as ort
+
+    levels = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    if optimization not in levels:
+        raise ValueError(f"optimization must be one of {', '.join(OPTIMIZATION_LEVELS)}")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = levels[optimization]
+    options.intra_op_num_threads = threads or cpu_threads()
+    if quiet:
+        options.log_severity_level = 3
+    return options
+
+
+def cuda_provider_options(*, conv_algo_search: str = "EXHAUSTIVE", cuda_graph: bool = False, device_id: int = 0) -> dict[str, Any]:
+    return {
+        "device_id": device_id,
+        "cudnn_conv_algo_search": conv_algo_search,
+        "do_copy_in_default_stream": True,
+        "enable_cuda_graph": bool(cuda_graph),
+    }
+
+
+def create_session(path: str | os.PathLike, device: str = "cpu", *, optimization: str = "all", threads: int | None = None, **cuda: Any) -> Any:
+    """An ``InferenceSession`` on ``device`` ("cpu" or "cuda"); raises ``RuntimeError`` if CUDA was asked
+    for but the session fell back to CPU (onnxruntime-gpu does that silently)."""
+    import onnxruntime as ort
+
+    options = session_options(optimization=optimization, threads=threads)
+    if device == "cuda":
+        providers: list[Any] = [("CUDAExecutionProvider", cuda_provider_options(**cuda)), "CPUExecutionProvider"]
+    elif device == "cpu":
+        providers = ["CPUExecutionProvider"]
+    else:
+        raise ValueError("device must be 'cpu' or 'cuda'")
+    session = ort.InferenceSession(str(Path(path)), sess_options=options, providers=providers)
+    if device == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
+        raise RuntimeError(f"CUDA provider unavailable: the session fell back to {session.get_providers()[0]}")
+    return session
