@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--torchscript", metavar="PATH", help="also write a TorchScript file")
     p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo", help="ONNX exporter (default: dynamo)")
     p.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default: 18)")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                   help="fp16: float16 feature maps, float32 style/demodulation; I/O stays float32 (default: fp32)")
     p.add_argument("--report", metavar="PATH.json", help="write a JSON report (model, rewrite, export, parity rows)")
     p.add_argument("--report-image", metavar="PATH.png", help="write a reference/output/difference picture (needs Pillow)")
     p.add_argument("--no-verify", action="store_true", help="skip the parity check")
@@ -296,7 +298,7 @@ def _export(args: argparse.Namespace, loaded: LoadedModel, exportable: torch.nn.
     with _captured_fds(keep=args.debug):
         try:
             export_onnx(exportable, inputs.tensors, args.output, exporter=args.exporter, opset=opset, rewrite=False,
-                        input_names=inputs.names, output_names=family_outputs)  # fmt: skip
+                        input_names=inputs.names, output_names=family_outputs, precision=args.precision)  # fmt: skip
         except ExportError as exc:
             misses = [p for p, _, _ in rewrite.near_misses]
             better = describe_export_failure(exportable, inputs.tensors, exc.__cause__, args.exporter, misses) if exc.__cause__ else None
@@ -307,8 +309,8 @@ def _export(args: argparse.Namespace, loaded: LoadedModel, exportable: torch.nn.
                 raise
             raise ExportError(better) from exc
     seconds = time.perf_counter() - start
-    console.say(f"exported {args.output} ({_size(args.output)}, {args.exporter} exporter, opset {opset}, dynamic batch) in {seconds:.1f} s")
-    info = {"onnx": str(args.output), "exporter": args.exporter, "opset": opset, "seconds": round(seconds, 3), "torchscript": None}
+    console.say(f"exported {args.output} ({_size(args.output)}, {args.exporter} exporter, opset {opset}, {args.precision}, dynamic batch) in {seconds:.1f} s")
+    info = {"onnx": str(args.output), "exporter": args.exporter, "opset": opset, "precision": args.precision, "seconds": round(seconds, 3), "torchscript": None}
     if args.torchscript:
         console.progress(f"writing TorchScript {args.torchscript} ...")
         start = time.perf_counter()
@@ -333,7 +335,8 @@ def _verify(args: argparse.Namespace, loaded: LoadedModel, inputs: _Inputs, cons
     start = time.perf_counter()
     with _captured_fds(keep=args.debug):
         report = check_parity(loaded.module, inputs.tensors, onnx_path=args.output, torchscript_path=args.torchscript,
-                              providers=_providers(args.providers), rtol=args.rtol, atol=args.atol, make_inputs=make)  # fmt: skip
+                              providers=_providers(args.providers), rtol=args.rtol, atol=args.atol, make_inputs=make,
+                              precision=args.precision)  # fmt: skip
     console.say(f"verified in {time.perf_counter() - start:.1f} s")
     console.say(report.format_table())
     return report

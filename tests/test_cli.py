@@ -206,6 +206,20 @@ def test_bare_state_dict_with_python_m_and_no_verify(work, decoder):
         assert rel_l2(ort_run(out / "g.onnx", {"latent": latent})[0], decoder(latent)) < 1e-4
 
 
+def test_fp16_export_is_verified_at_the_fp16_tolerance(work, decoder):
+    out = work / "half"
+    out.mkdir()
+    proc = run_cli(work / "decoder.pt", out / "g.onnx", "--exporter", "torchscript", "--precision", "fp16", "--providers", "cpu", "--report", out / "g.json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((out / "g.json").read_text())
+    assert report["export"]["precision"] == "fp16"
+    ort_rows = [r for r in report["parity"]["rows"] if r["backend"] == "ort-cpu"]
+    assert ort_rows and all(r["status"] == "pass" and 1e-5 < r["rel_l2"] <= 1e-2 for r in ort_rows)
+    latent = torch.randn(3, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert rel_l2(ort_run(out / "g.onnx", {"latent": latent})[0], decoder(latent)) < 1e-2
+
+
 def test_parity_failure_keeps_the_file_and_exits_1(work, foreign, good_onnx):
     """A branch on the batch size: the TorchScript-based exporter freezes the traced batch's branch."""
     out = work / "parity"

@@ -248,7 +248,17 @@ def test_fp16_rows(model, args, files):
         # genuinely half precision: far above fp32 rounding, well inside the fp16 limit
         assert r.status == "pass" and 1e-5 < r.rel_l2 < 1e-2 and r.rel_l2_limit == 1e-2 and r.inf_count == 0
     as_fp32 = check_parity(model, args, onnx_path=files["fp16"], providers=("cpu",))
-    assert "float16 inputs" in rows(as_fp32, "ort-cpu")[0].reason
+    assert "computes in float16" in rows(as_fp32, "ort-cpu")[0].reason
+
+
+def test_fp16_export_with_float32_io_is_checked_as_fp16(model, args, tmp_path):
+    path = export_onnx(model, args, tmp_path / "half.onnx", exporter="torchscript", precision="fp16")
+    report = check_parity(model, args, onnx_path=path, providers=("cpu",), precision="fp16")
+    assert report.passed, report.format_table()
+    (first,) = rows(report, "ort-cpu")[:1]
+    assert 1e-5 < first.rel_l2 < 1e-2
+    as_fp32 = check_parity(model, args, onnx_path=path, providers=("cpu",))
+    assert "computes in float16" in rows(as_fp32, "ort-cpu")[0].reason and not as_fp32.passed
 
 
 def test_make_inputs_callable_and_seeds(model, args, files):

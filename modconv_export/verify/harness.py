@@ -78,14 +78,19 @@ def random_inputs(args: Sequence[Any], batch: int, seed: int) -> tuple:
     return tuple(out)
 
 
-def _onnx_io(path: Path) -> tuple[list[int], list[str]]:
-    """Element types of the graph's real inputs and the graph's output names (weights not loaded)."""
+def _onnx_io(path: Path) -> tuple[bool, list[str]]:
+    """Whether the file computes in float16 (float16 inputs, or float16 convolution weights behind
+    float32 I/O as ``export_onnx(precision="fp16")`` writes), and the graph's output names."""
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)
-    weights = {i.name for i in proto.graph.initializer}
-    types = [i.type.tensor_type.elem_type for i in proto.graph.input if i.name not in weights]
-    return types, [o.name for o in proto.graph.output]
+    weights = {i.name: i.data_type for i in proto.graph.initializer}
+    inputs = [i.type.tensor_type.elem_type for i in proto.graph.input if i.name not in weights]
+    float_inputs = [t for t in inputs if t in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
+    conv_weights = [weights.get(n.input[1]) for n in proto.graph.node if n.op_type in ("Conv", "ConvTranspose") and len(n.input) > 1]
+    half_inputs = bool(float_inputs) and all(t == onnx.TensorProto.FLOAT16 for t in float_inputs)
+    half_convs = bool(conv_weights) and all(t == onnx.TensorProto.FLOAT16 for t in conv_weights)
+    return half_inputs or half_convs, [o.name for o in proto.graph.output]
 
 
 def _versions() -> dict[str, str]:
@@ -124,26 +129,22 @@ class _Plan:
         self.name, self.make, self.reason, self.reference = name, make, reason, reference
 
 
-def _onnx_reason(onnx_path: Path | None, onnx_types: list[int], half: bool) -> str:
+def _onnx_reason(onnx_path: Path | None, onnx_half: bool, half: bool) -> str:
     """Why ONNX Runtime cannot check this file at this precision ("" if it can)."""
-    import onnx
-
-    floats = [t for t in onnx_types if t in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
-    onnx_half = bool(floats) and all(t == onnx.TensorProto.FLOAT16 for t in floats)
     if onnx_path is None:
         return "no ONNX file given"
     if half and not onnx_half:
-        return "no fp16 ONNX file given (this file takes float32 inputs; fp16 export is a separate step)"
+        return "no fp16 ONNX file given (this file computes in float32; export with precision='fp16')"
     if not half and onnx_half:
-        return "the ONNX file takes float16 inputs: check it with precision='fp16'"
+        return "the ONNX file computes in float16: check it with precision='fp16'"
     return ""
 
 
-def _plans(model, rewritten, onnx_path, onnx_types, ts_path, devices, precision) -> list[_Plan]:
+def _plans(model, rewritten, onnx_path, onnx_half, ts_path, devices, precision) -> list[_Plan]:
     """Every backend in table order; those that cannot run carry their reason instead of a factory."""
     half = precision == "fp16"
     dtype = torch.float16 if half else torch.float32
-    ort_reason = _onnx_reason(onnx_path, onnx_types, half)
+    ort_reason = _onnx_reason(onnx_path, onnx_half, half)
     plans: list[_Plan] = []
     for device in devices:
         cuda = device == "cuda"
@@ -253,7 +254,8 @@ def check_parity(
     harness draws new standard-normal inputs of the same non-batch shape, or calls
     ``make_inputs(batch, seed)`` (seed derived from ``seed`` and the batch size) for realistic ones.
     ``providers`` picks the devices ("cpu", "cuda"). ``precision="fp16"`` runs the torch backends in
-    half on CUDA and ONNX Runtime on an ONNX file with float16 inputs; the reference stays fp32 on CPU.
+    half on CUDA and ONNX Runtime on an ONNX file that computes in float16 (float16 inputs, or float16
+    convolution weights behind float32 I/O as ``export_onnx(precision="fp16")`` writes); the reference stays fp32 on CPU.
     ``rtol``/``atol`` override the limits of :mod:`.tolerances`. ``repeats`` runs per batch give the
     median time. Raises :class:`~modconv_export.errors.ModconvExportError` on usage errors (missing
     file, bad arguments, an original model that rejects the inputs); backend failures are rows.
@@ -286,7 +288,7 @@ def check_parity(
     except Exception as exc:
         raise ModconvExportError(f"the original model fails on the parity inputs: {_first_line(exc)}") from exc
 
-    onnx_types, names = _onnx_io(paths["onnx"]) if paths["onnx"] else ([], [])
+    onnx_half, names = _onnx_io(paths["onnx"]) if paths["onnx"] else (False, [])
     count = len(refs[CPU_REFERENCE][batches[0]])
     if len(names) != count:
         names = ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
@@ -307,7 +309,7 @@ def check_parity(
     used: dict[str, list[str]] = {CPU_REFERENCE: ["torch:cpu"]}
     tolerances: dict[str, dict[str, Any]] = {}
     kept: dict[str, dict[int, list[np.ndarray]]] = {}
-    for plan in _plans(model, rewritten, paths["onnx"], onnx_types, paths["torchscript"], devices, precision):
+    for plan in _plans(model, rewritten, paths["onnx"], onnx_half, paths["torchscript"], devices, precision):
         if plan.reference not in refs:  # the CUDA reference did not run: fall back to the CPU one
             plan.reference = CPU_REFERENCE
         tolerance = resolve_tolerance(plan.name, precision, rtol, atol)
