@@ -266,12 +266,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default=None, help="comma-separated; default 1,8,32 on GPU, 1,4 on CPU")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo")
+    parser.add_argument("--exporter", choices=("dynamo", "torchscript"), default=None, help="default: dynamo; torchscript with --quick")
     parser.add_argument("--no-fp16", dest="fp16", action="store_false")
     parser.add_argument("--cpu", action="store_true", help="ignore a GPU even if one is present")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available() and not args.cpu
+    args.exporter = args.exporter or ("torchscript" if args.quick else "dynamo")
     if args.runs < 20:
         parser.error("--runs must be at least 20 (a median of fewer runs is noise on a shared machine)")
     default_batches = "1,4" if (args.quick or not cuda) else "1,8,32"
