@@ -281,6 +281,8 @@ def _rewrite(module: torch.nn.Module, console: _Console) -> tuple[torch.nn.Modul
     console.say(f"rewrote {report.count()} modules ({detail})")
     for path, rule in report.rewritten:
         console.detail(f"  {path or '<root>'} -> {rule}")
+    for line in report.describe_notes():  # e.g. how noise injection was made deterministic
+        console.say(f"  note: {line}")
     if report.near_misses:
         if console.verbose:
             for line in report.describe_near_misses():
@@ -380,7 +382,8 @@ def _run(args: argparse.Namespace, console: _Console) -> int:
                   "config": loaded.config, "class": type(loaded.module).__name__},  # fmt: skip
         "inputs": {n: list(s) for n, s in zip(inputs.names, inputs.shapes)},
         "rewrite": {"rewritten": [{"path": p, "rule": r} for p, r in rewrite.rewritten],
-                    "near_misses": [{"path": p, "rule": r, "reason": why} for p, r, why in rewrite.near_misses]},  # fmt: skip
+                    "near_misses": [{"path": p, "rule": r, "reason": why} for p, r, why in rewrite.near_misses],
+                    "notes": [{"path": p, "rule": r, "note": note} for p, r, note in rewrite.notes]},  # fmt: skip
         "export": exported,
     }
     try:

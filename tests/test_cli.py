@@ -132,7 +132,7 @@ def test_checkpoint_export_with_the_console_script(checkpoint_run, decoder):
     assert line in proc.stdout
     for path, rule in report.rewritten:  # -v lists every rewritten module
         assert f"  {path} -> {rule}\n" in proc.stdout
-    assert re.search(r"exported .*g\.onnx \(.*dynamo exporter, opset 18, dynamic batch\) in \d+\.\d s", proc.stdout)
+    assert re.search(r"exported .*g\.onnx \(.*dynamo exporter, opset 18, fp32, dynamic batch\) in \d+\.\d s", proc.stdout)
     assert re.search(r"PASSED +\| ort-cpu +\| b=3 +\| image", proc.stdout)
     assert re.search(r"parity +PASSED", proc.stdout)
 
@@ -485,3 +485,19 @@ def test_version_and_help(capfd):
     for option in ("--input NAME=SHAPE", "--torchscript", "--exporter", "--opset", "--report", "--no-verify", "--trust-pickle",
                    "--import-path", "--debug", "--version", "exit status"):  # fmt: skip
         assert option in text
+
+
+def test_noise_choice_is_printed_and_reported(work):
+    """A generator whose noise layers would draw random noise: the CLI says what the export does instead."""
+    from fixtures_stylegan2.layers import TinyGenerator
+
+    torch.manual_seed(0)
+    torch.save(TinyGenerator("clean").eval(), work / "noisy.pt")
+    out = work / "noisy"
+    out.mkdir()
+    proc = run_cli(work / "noisy.pt", out / "g.onnx", "--trust-pickle", "--import-path", Path(__file__).parent, "--exporter", "torchscript", "--no-verify",
+                   "--input", "w=1x8", "--input", "noise0=1x1x4x4", "--input", "noise1=1x1x8x8", "--report", out / "g.json")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "note: style_conv_noise (2: conv1, conv_up)" in proc.stdout and "zero noise" in proc.stdout
+    notes = json.loads((out / "g.json").read_text())["rewrite"]["notes"]
+    assert sorted(n["path"] for n in notes) == ["conv1", "conv_up"] and all(n["rule"] == "style_conv_noise" for n in notes)

@@ -23,6 +23,7 @@ from modconv_export.families.lats import LATSConfig, age_code
 CASES = {
     "lats": ({"image_size", "num_classes"}, "age_encoder.encoder.1.conv.weight_orig"),
     "decoder": (set(), "blocks.2.conv1.bias"),
+    "gfpgan": ({"input_is_latent"}, "condition_shift.0.2.bias"),  # more in test_stylegan2_rules_family.py
 }
 PRESETS = [(name, preset) for name in CASES for preset in ("small", "full")]
 

@@ -45,6 +45,42 @@ RULE_CASES = {
     ],
 }
 
+# StyleGAN2 layers of GFPGAN (stylegan2_clean_arch) and basicsr (stylegan2_arch): our faithful copies
+# (tests/fixtures_stylegan2/layers.py); tests/test_stylegan2_rules.py runs the upstream files too.
+from fixtures_stylegan2 import layers as sg2  # noqa: E402
+from modconv_export.export_forms_stylegan2 import BiasLeakyReLU, NoisyStyleConv, ScaledLinear, StyleModulatedConv2d, UpFirDn2d  # noqa: E402
+
+RULE_CASES.update({
+    "stylegan2_clean_modulated_conv": [
+        (mode or "same", lambda mode=mode: sg2.CleanModulatedConv2d(3, 5, 3, 4, sample_mode=mode), lambda: (torch.randn(2, 3, 8, 8), torch.randn(2, 4)), StyleModulatedConv2d)
+        for mode in (None, "upsample", "downsample")
+    ] + [("no-demod-1x1", lambda: sg2.CleanModulatedConv2d(4, 3, 1, 4, demodulate=False), lambda: (torch.randn(2, 4, 5, 5), torch.randn(2, 4)), StyleModulatedConv2d)],
+    "stylegan2_modulated_conv": [
+        (mode or "same", lambda mode=mode: sg2.ModulatedConv2d(3, 5, 3, 4, sample_mode=mode), lambda: (torch.randn(2, 3, 8, 8), torch.randn(2, 4)), StyleModulatedConv2d)
+        for mode in (None, "upsample", "downsample")
+    ] + [("no-demod-1x1", lambda: sg2.ModulatedConv2d(4, 3, 1, 4, demodulate=False), lambda: (torch.randn(2, 4, 5, 5), torch.randn(2, 4)), StyleModulatedConv2d)],
+    "upfirdn2d": [
+        ("upsample", lambda: sg2.UpFirDnUpsample(), lambda: (torch.randn(2, 3, 5, 6),), UpFirDn2d),
+        ("downsample", lambda: sg2.UpFirDnDownsample(), lambda: (torch.randn(2, 3, 8, 7),), UpFirDn2d),
+        ("smooth-up", lambda: sg2.UpFirDnSmooth(upsample_factor=2, kernel_size=3), lambda: (torch.randn(2, 3, 9, 9),), UpFirDn2d),
+        ("smooth-down-k5", lambda: sg2.UpFirDnSmooth((1, 2, 3, 2, 1), downsample_factor=2, kernel_size=3), lambda: (torch.randn(2, 3, 8, 8),), UpFirDn2d),
+    ],
+    "fused_leaky_relu": [
+        ("4d", lambda: sg2.FusedLeakyReLU(5), lambda: (torch.randn(2, 5, 4, 3),), BiasLeakyReLU),
+        ("2d", lambda: sg2.FusedLeakyReLU(5, negative_slope=0.1, scale=1.5), lambda: (torch.randn(3, 5),), BiasLeakyReLU),
+    ],
+    "scaled_equal_linear": [
+        ("plain", lambda: sg2.EqualLinear(6, 4, bias_init_val=1), lambda: (torch.randn(2, 6),), ScaledLinear),
+        ("fused-lrelu", lambda: sg2.EqualLinear(6, 4, lr_mul=0.01, activation="fused_lrelu"), lambda: (torch.randn(2, 6),), ScaledLinear),
+        ("no-bias", lambda: sg2.EqualLinear(6, 4, bias=False), lambda: (torch.randn(2, 6),), ScaledLinear),
+    ],
+    "style_conv_noise": [
+        ("clean-up", lambda: sg2.CleanStyleConv(3, 4, 3, 5, sample_mode="upsample"), lambda: (torch.randn(2, 3, 6, 6), torch.randn(2, 5), torch.randn(2, 1, 12, 12)), NoisyStyleConv),
+        ("basicsr-up", lambda: sg2.StyleConv(3, 4, 3, 5, sample_mode="upsample"), lambda: (torch.randn(2, 3, 6, 6), torch.randn(2, 5), torch.randn(1, 1, 12, 12)), NoisyStyleConv),
+        ("basicsr-same", lambda: sg2.StyleConv(4, 4, 3, 5), lambda: (torch.randn(2, 4, 6, 6), torch.randn(2, 5), torch.randn(2, 1, 6, 6)), NoisyStyleConv),
+    ],
+})
+
 
 def test_every_registered_rule_has_cases():
     assert {rule.name for rule in registered_rules()} == set(RULE_CASES)

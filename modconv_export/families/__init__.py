@@ -4,3 +4,4 @@ from . import decoder, lats  # noqa: F401  (each module registers its family)
 from .registry import Family, InputSpec, UnknownFamilyError, get_family, recognize, register_family, registered_families
 
 __all__ = ["Family", "InputSpec", "UnknownFamilyError", "get_family", "recognize", "register_family", "registered_families"]
+from . import gfpgan  # noqa: F401,E402  (GFPGAN v1.x clean; registers itself)

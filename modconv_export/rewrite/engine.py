@@ -29,6 +29,9 @@ class RewriteReport:
 
     rewritten: list[tuple[str, str]] = field(default_factory=list)  # (module path, rule name)
     near_misses: list[tuple[str, str, str]] = field(default_factory=list)  # (path, rule, reason)
+    #: (path, rule, note): what a user should know about a replacement (its ``rewrite_note``), e.g.
+    #: that random noise became zero noise or that the original could not be run for the probe.
+    notes: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def paths(self) -> list[str]:
@@ -46,6 +49,13 @@ class RewriteReport:
 
     def describe_near_misses(self) -> list[str]:
         return [f"{path or '<root>'}: looks like {rule} but {reason}" for path, rule, reason in self.near_misses]
+
+    def describe_notes(self) -> list[str]:
+        """One line per distinct (rule, note), naming the modules it applies to."""
+        grouped: dict[tuple[str, str], list[str]] = {}
+        for path, rule, note in self.notes:
+            grouped.setdefault((rule, note), []).append(path or "<root>")
+        return [f"{rule} ({len(paths)}: {', '.join(paths)}): {note}" for (rule, note), paths in grouped.items()]
 
 
 def _as_tuple(x) -> tuple:
@@ -99,6 +109,9 @@ def _apply_rules(module: nn.Module, path: str, report: RewriteReport) -> nn.Modu
             report.near_misses.append((path, rule.name, reason))
             continue
         report.rewritten.append((path, rule.name))
+        note = getattr(replacement, "rewrite_note", None)
+        if isinstance(note, str) and note:
+            report.notes.append((path, rule.name, note))
         module = replacement
     return module
 
