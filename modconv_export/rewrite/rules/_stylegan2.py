@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["modconv_weight", "looks_like_modconv", "check_modconv", "style_width", "original_failure", "number"]
+from ..registry import probe_tensor
+
+__all__ = ["modconv_weight", "looks_like_modconv", "check_modconv", "style_width", "original_failure", "number", "modconv_probe"]
 
 
 def number(value) -> bool:
@@ -33,6 +35,13 @@ def style_width(modulation: nn.Module, out_features: int) -> int | None:
         if tensor.dim() == 2 and tensor.shape[0] == out_features:
             return int(tensor.shape[1])
     return None
+
+
+def modconv_probe(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probe inputs for either upstream ``ModulatedConv2d``: a feature map and a style vector."""
+    _, _, c_in, _, _ = modconv_weight(module).shape
+    width = style_width(module.modulation, c_in)
+    return (probe_tensor(module, 2, c_in, 8, 8, seed=1), probe_tensor(module, 2, width, seed=2))
 
 
 def check_modconv(module: nn.Module, modes: tuple, children: set[str]) -> str | None:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch.nn as nn
 
 from ...export_forms_stylegan2 import StyleModulatedConv2d
-from ..registry import probe_tensor, register_rule
-from ._stylegan2 import check_modconv, looks_like_modconv, modconv_weight, number, style_width
+from ..registry import register_rule
+from ._stylegan2 import check_modconv, looks_like_modconv, modconv_probe, modconv_weight, number
 
 _MODES = {None: "same", "upsample": "up_bilinear", "downsample": "down_bilinear"}
 
@@ -27,13 +27,7 @@ def _check(module: nn.Module) -> str | None:
     return check_modconv(module, tuple(_MODES), {"modulation"})
 
 
-def _probe(module: nn.Module):
-    _, _, c_in, _, _ = modconv_weight(module).shape
-    width = style_width(module.modulation, c_in)
-    return (probe_tensor(module, 2, c_in, 8, 8, seed=1), probe_tensor(module, 2, width, seed=2))
-
-
-@register_rule("stylegan2_clean_modulated_conv", looks_like=_looks_like, check=_check, probe_inputs=_probe)
+@register_rule("stylegan2_clean_modulated_conv", looks_like=_looks_like, check=_check, probe_inputs=modconv_probe)
 def replace_clean_modulated_conv(module: nn.Module) -> nn.Module:
     """GFPGAN clean ``ModulatedConv2d`` -> input-modulated conv (bilinear resampling kept) with a constant weight."""
     return StyleModulatedConv2d(

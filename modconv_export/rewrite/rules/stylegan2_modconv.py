@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch.nn as nn
 
 from ...export_forms_stylegan2 import StyleModulatedConv2d, UpFirDn2d
-from ..registry import probe_tensor, register_rule
-from ._stylegan2 import check_modconv, looks_like_modconv, modconv_weight, number, style_width
+from ..registry import register_rule
+from ._stylegan2 import check_modconv, looks_like_modconv, modconv_probe, modconv_weight, number
 
 _MODES = {None: "same", "upsample": "up_transposed", "downsample": "down_strided"}
 
@@ -30,13 +30,7 @@ def _check(module: nn.Module) -> str | None:
     return reason
 
 
-def _probe(module: nn.Module):
-    _, _, c_in, _, _ = modconv_weight(module).shape
-    width = style_width(module.modulation, c_in)
-    return (probe_tensor(module, 2, c_in, 8, 8, seed=1), probe_tensor(module, 2, width, seed=2))
-
-
-@register_rule("stylegan2_modulated_conv", looks_like=_looks_like, check=_check, probe_inputs=_probe)
+@register_rule("stylegan2_modulated_conv", looks_like=_looks_like, check=_check, probe_inputs=modconv_probe)
 def replace_modulated_conv(module: nn.Module) -> nn.Module:
     """basicsr ``ModulatedConv2d`` -> input-modulated (transposed) conv with a constant weight."""
     _, c_out, c_in, _, _ = modconv_weight(module).shape
