@@ -21,6 +21,8 @@ def check_writable_target(path: str | os.PathLike) -> Path:
     """Resolve ``path`` and fail clearly if its directory is missing or not writable."""
     target = Path(path).expanduser()
     parent = target.parent if str(target.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise ExportError(f"output directory is not a directory: {parent}")
     if not parent.is_dir():
         raise ExportError(f"output directory does not exist: {parent}")
     if not os.access(parent, os.W_OK | os.X_OK):

@@ -102,6 +102,12 @@ def test_missing_output_directory(tiny_decoder, tiny_args, tmp_path):
         export_onnx(tiny_decoder, tiny_args, tmp_path / "nope" / "out.onnx", exporter="torchscript")
 
 
+def test_output_parent_is_a_file(tiny_decoder, tiny_args, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ExportError, match="is not a directory"):
+        export_onnx(tiny_decoder, tiny_args, tmp_path / "afile" / "out.onnx", exporter="torchscript")
+
+
 def test_opset_bounds(tiny_decoder, tiny_args, tmp_path):
     top = max_supported_opset("torchscript")
     assert DEFAULT_OPSET <= top
