@@ -30,7 +30,7 @@ from .files import atomic_output
 from .graph import computed_conv_weights, non_standard_ops
 from .precision import PRECISIONS, to_half
 from .rewrite import make_exportable
-from .rewrite.engine import _deepcopy
+from .rewrite import copy_module
 from .symbolic import lowerings_for, lowerings_installed
 
 __all__ = ["DEFAULT_OPSET", "export_onnx", "export_torchscript", "max_supported_opset", "resolve_opset"]
@@ -135,7 +135,7 @@ def _prepare(model: nn.Module, args: Any, rewrite: bool, strict: bool) -> tuple[
     if not isinstance(model, nn.Module):
         raise ExportError(f"expected a torch.nn.Module, got {type(model).__name__}")
     args = _as_args(args)
-    exportable = make_exportable(model, strict=strict) if rewrite else _deepcopy(model).eval()
+    exportable = make_exportable(model, strict=strict) if rewrite else copy_module(model).eval()
     try:
         with torch.no_grad():
             outputs = exportable(*args)

@@ -1,12 +1,13 @@
 """Rewrite: turn seed-style layers into export forms (see :mod:`.engine` and :mod:`.rules`)."""
 
 from . import rules  # noqa: F401  (registers the built-in rules)
-from .engine import RewriteReport, make_exportable, rewrite_model, rewrite_report
+from .engine import RewriteReport, copy_module, make_exportable, rewrite_model, rewrite_report
 from .registry import Rule, register_rule, registered_rules, unregister_rule
 
 __all__ = [
     "RewriteReport",
     "Rule",
+    "copy_module",
     "make_exportable",
     "register_rule",
     "registered_rules",

@@ -18,7 +18,7 @@ import torch.nn as nn
 from ..errors import RewriteError
 from .registry import Rule, registered_rules
 
-__all__ = ["RewriteReport", "rewrite_model", "make_exportable", "rewrite_report"]
+__all__ = ["RewriteReport", "copy_module", "rewrite_model", "make_exportable", "rewrite_report"]
 
 _REPORT_ATTR = "_modconv_export_report"
 
@@ -124,7 +124,7 @@ def _rewrite_tree(module: nn.Module, path: str, report: RewriteReport) -> nn.Mod
     return _apply_rules(module, path, report)
 
 
-def _deepcopy(model: nn.Module) -> nn.Module:
+def copy_module(model: nn.Module) -> nn.Module:
     """``copy.deepcopy`` that also copes with hook-computed tensor attributes.
 
     After one forward, an ``EqualLR`` hook leaves ``module.weight`` as a non-leaf tensor, which
@@ -146,7 +146,7 @@ def rewrite_model(model: nn.Module, *, strict: bool = False) -> tuple[nn.Module,
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
     report = RewriteReport()
-    copied = _deepcopy(model).eval()
+    copied = copy_module(model).eval()
     rewritten = _rewrite_tree(copied, "", report).eval()
     if report.near_misses:
         lines = report.describe_near_misses()

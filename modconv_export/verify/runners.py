@@ -177,9 +177,9 @@ class EagerRunner(_TorchRunner):
         if placed:
             self.module = self.model
         else:
-            from ..rewrite.engine import _deepcopy  # copes with EqualLR's hook-computed tensors
+            from ..rewrite import copy_module  # copes with EqualLR's hook-computed tensors
 
-            self.module = _deepcopy(self.model).to(device=self.device, dtype=self.dtype)
+            self.module = copy_module(self.model).to(device=self.device, dtype=self.dtype)
         self.prepared = True
 
     def infer(self, inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
