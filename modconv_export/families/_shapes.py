@@ -8,9 +8,10 @@ which the loader shows to the user as the reason a checkpoint was not understood
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from typing import Any, Mapping
 
-__all__ = ["indices", "shape_of"]
+__all__ = ["indices", "known_fields", "shape_of"]
 
 
 def shape_of(state_dict: Mapping[str, Any], key: str, dims: int | None = None) -> tuple[int, ...]:
@@ -28,3 +29,12 @@ def indices(state_dict: Mapping[str, Any], pattern: str) -> list[int]:
     regex = re.compile(pattern)
     found = {int(m.group(1)) for key in state_dict if (m := regex.fullmatch(key))}
     return sorted(found)
+
+
+def known_fields(config_cls: type, config: Mapping[str, Any], label: str) -> dict[str, Any]:
+    """The entries of ``config`` that are fields of the dataclass ``config_cls``; unknown keys are an error."""
+    known = {f.name for f in fields(config_cls)}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"unknown {label} config keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    return {k: config[k] for k in known if k in config}

@@ -11,7 +11,7 @@ Resolution is ``4 * 2**(len(channels) - 1)``: ``channels`` lists each block's wi
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from math import sqrt
 from typing import Any, Mapping
 
@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..reference import EqualLinear, ModulatedConv2d, PixelNorm
-from ._shapes import indices, shape_of
+from ._shapes import indices, known_fields, shape_of
 from .registry import Family, InputSpec, register_family
 
 __all__ = ["DECODER_FAMILY", "DecoderConfig", "StyledImageDecoder", "build", "infer_config", "inputs"]
@@ -39,11 +39,7 @@ class DecoderConfig:
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> "DecoderConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"unknown decoder config keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        values = {k: config[k] for k in known if k in config}
+        values = known_fields(cls, config, "decoder")
         if "channels" in values:
             values["channels"] = tuple(values["channels"])
         ints = [v for k, v in values.items() if k != "channels"] + list(values.get("channels", ()))

@@ -18,7 +18,7 @@ Images are RGB in [-1, 1] (LATS normalises with mean 0.5, std 0.5); the output i
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from math import sqrt
 from typing import Any, Iterable, Mapping
 
@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..reference import EqualConv2d, EqualLinear, ModulatedConv2d, PixelNorm
-from ._shapes import indices, shape_of
+from ._shapes import indices, known_fields, shape_of
 from .registry import Family, InputSpec, register_family
 
 __all__ = ["LATSConfig", "LATSGenerator", "LATS_FAMILY", "age_code", "build", "infer_config", "inputs"]
@@ -55,11 +55,7 @@ class LATSConfig:
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> "LATSConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"unknown LATS config keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        values = {k: config[k] for k in known if k in config}
+        values = known_fields(cls, config, "LATS")
         for key, value in values.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "n_blocks" else 1):
                 raise ValueError(f"LATS config {key}={value!r} must be a positive integer")
