@@ -120,10 +120,15 @@ def get_family(name: str) -> Family:
         raise UnknownFamilyError(f"unknown model family {name!r} (known: {known})") from None
 
 
+def _readable(pattern: str) -> str:
+    """A key pattern as a person reads it: ``^mapping\\.\\d+\\.weight$`` -> ``mapping.N.weight``."""
+    return pattern.strip("^$").replace(r"\d+", "N").replace("\\", "")
+
+
 def recognize(state_dict: Mapping[str, Any]) -> Family:
     """The family whose key patterns all match ``state_dict``; :class:`UnknownFamilyError` otherwise."""
     for family in _FAMILIES.values():
         if family.matches(state_dict):
             return family
-    tried = "; ".join(f"{f.name} (keys like {', '.join(f.key_patterns)})" for f in _FAMILIES.values()) or "no families registered"
+    tried = "; ".join(f"{f.name} (keys like {', '.join(map(_readable, f.key_patterns))})" for f in _FAMILIES.values()) or "no families registered"
     raise UnknownFamilyError(f"state_dict matches no known model family; looked for: {tried}")
