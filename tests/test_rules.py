@@ -16,7 +16,7 @@ from modconv_export import RewriteError, make_exportable, rewrite_model
 from modconv_export.export_forms import DepthwiseBlur, InputModulatedConv2d
 from modconv_export.reference import Blur, EqualConv2d, EqualLinear, ModulatedConv2d
 from modconv_export.rewrite import registered_rules
-from user_layers.my_stylegan import Smooth, StyleConv, StyleLinear, UserGenerator
+from user_layers.my_stylegan import Smooth, SmoothFn, StyleConv, StyleLinear, UserGenerator
 
 
 class OneLayer(nn.Module):
@@ -28,6 +28,19 @@ class OneLayer(nn.Module):
         return self.layer(*args)
 
 
+class RenamedBlur(nn.Module):
+    """A user's blur keeping its kernels as ``k_back``/``k_fwd`` (backward one first) and an asymmetric kernel."""
+
+    def __init__(self, ch):
+        super().__init__()
+        k = torch.arange(9, dtype=torch.float32).reshape(1, 1, 3, 3) / 36.0
+        self.register_buffer("k_back", k.flip(2, 3).repeat(ch, 1, 1, 1))
+        self.register_buffer("k_fwd", k.repeat(ch, 1, 1, 1))
+
+    def forward(self, x):
+        return SmoothFn.apply(x, self.k_fwd, self.k_back)
+
+
 # rule name -> list of (case id, module factory, inputs factory, expected export-form type or None)
 RULE_CASES = {
     "modulated_conv": [
@@ -37,6 +50,7 @@ RULE_CASES = {
     "blur": [
         ("seed", lambda: Blur(4), lambda: (torch.randn(2, 4, 5, 5),), DepthwiseBlur),
         ("user-copy", lambda: Smooth(4), lambda: (torch.randn(2, 4, 5, 5),), DepthwiseBlur),
+        ("other-buffer-names", lambda: RenamedBlur(3), lambda: (torch.randn(2, 3, 6, 5),), DepthwiseBlur),
     ],
     "equal_lr": [
         ("linear", lambda: EqualLinear(6, 3), lambda: (torch.randn(2, 6),), None),

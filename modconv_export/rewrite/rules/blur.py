@@ -1,38 +1,58 @@
 """Replace a seed-style ``Blur`` (a fixed per-channel kernel applied through a custom autograd
 Function) by :class:`~modconv_export.export_forms.DepthwiseBlur`, one depthwise conv.
 
-Structure: a leaf module with no parameters and a ``weight`` buffer of shape ``[C, 1, k, k]`` (odd
-``k``). The probe confirms it computes exactly ``conv2d(x, weight, padding=k//2, groups=C)``.
+Structure: a leaf module with no parameters and a buffer of shape ``[C, 1, k, k]`` (odd ``k``) --
+the seed's ``weight``, or under another name in a user's copy; where there are several (the seed also
+keeps ``weight_flip`` for its backward), the one the module actually convolves with is chosen on a
+probe input. The engine's probe then confirms the module computes exactly
+``conv2d(x, kernel, padding=k//2, groups=C)``.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ...export_forms import DepthwiseBlur
 from ..registry import probe_tensor, register_rule
 
 
+def _kernels(module: nn.Module) -> list[torch.Tensor]:
+    """Candidate kernels, the seed's ``weight`` first."""
+    named = sorted(module._buffers.items(), key=lambda item: item[0] != "weight")
+    return [b for _, b in named if b is not None and b.dim() == 4 and b.shape[1] == 1]
+
+
 def looks_like_blur(module: nn.Module) -> bool:
     if isinstance(module, DepthwiseBlur) or list(module.children()) or module._parameters:
         return False
-    weight = module._buffers.get("weight")
-    return weight is not None and weight.dim() == 4 and weight.shape[1] == 1
+    return bool(_kernels(module))
 
 
 def _check(module: nn.Module) -> str | None:
-    k_h, k_w = module._buffers["weight"].shape[-2:]
+    shapes = {tuple(k.shape) for k in _kernels(module)}
+    if len(shapes) > 1:
+        return f"it holds kernels of different shapes {sorted(shapes)}"
+    k_h, k_w = next(iter(shapes))[-2:]
     if k_h != k_w or k_h % 2 == 0:
         return f"its kernel is {k_h}x{k_w}; only square odd kernels keep the size with symmetric padding"
     return None
 
 
 def _probe(module: nn.Module):
-    channels = module._buffers["weight"].shape[0]
+    channels = _kernels(module)[0].shape[0]
     return (probe_tensor(module, 2, channels, 9, 8),)
 
 
 @register_rule("blur", looks_like=looks_like_blur, check=_check, probe_inputs=_probe)
 def replace_blur(module: nn.Module) -> nn.Module:
     """Seed ``Blur`` -> depthwise ``Conv(group=C)`` with the kernel as a constant."""
-    return DepthwiseBlur(module._buffers["weight"])
+    kernels = _kernels(module)
+    if len(kernels) > 1:
+        (x,) = _probe(module)
+        with torch.no_grad():
+            expected = module(x)
+            errors = [float((F.conv2d(x, k, padding=k.shape[-1] // 2, groups=k.shape[0]) - expected).abs().max()) for k in kernels]
+        kernels = [kernels[errors.index(min(errors))]]
+    return DepthwiseBlur(kernels[0])
