@@ -185,3 +185,23 @@ def test_unrelated_modules_left_alone():
     exportable, report = rewrite_model(model)
     assert report.rewritten == [] and report.near_misses == []
     assert isinstance(exportable[2], nn.Conv2d)
+
+
+class NoiseHolder(nn.Module):
+    """StyleGAN2's fixed noise buffers: parameter-free, [1, 1, H, W] maps -- not a blur."""
+
+    def __init__(self):
+        super().__init__()
+        for i, size in enumerate((4, 8, 16)):
+            self.register_buffer(f"noise{i}", torch.randn(1, 1, size, size))
+
+    def forward(self, x):
+        return x + self.noise0
+
+
+def test_noise_buffers_are_not_taken_for_a_blur():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        exportable, report = rewrite_model(OneLayer(NoiseHolder(), 1))
+    assert report.rewritten == [] and report.near_misses == []
+    assert isinstance(exportable.layer, NoiseHolder)

@@ -1,10 +1,10 @@
 """Replace a seed-style ``Blur`` (a fixed per-channel kernel applied through a custom autograd
 Function) by :class:`~modconv_export.export_forms.DepthwiseBlur`, one depthwise conv.
 
-Structure: a leaf module with no parameters and a buffer of shape ``[C, 1, k, k]`` (odd ``k``) --
-the seed's ``weight``, or under another name in a user's copy; where there are several (the seed also
-keeps ``weight_flip`` for its backward), the one the module actually convolves with is chosen on a
-probe input. The engine's probe then confirms the module computes exactly
+Structure: a leaf module with no parameters whose buffers are all kernels of one shape ``[C, 1, k, k]``
+(odd ``k`` <= 7) -- the seed's ``weight``, or under another name in a user's copy; where there are
+several (the seed also keeps ``weight_flip`` for its backward), the one the module actually convolves
+with is chosen on a probe input. The engine's probe then confirms the module computes exactly
 ``conv2d(x, kernel, padding=k//2, groups=C)``.
 """
 
@@ -24,17 +24,22 @@ def _kernels(module: nn.Module) -> list[torch.Tensor]:
     return [b for _, b in named if b is not None and b.dim() == 4 and b.shape[1] == 1]
 
 
+#: Blur kernels are small; a parameter-free holder of larger [N, 1, H, W] maps (StyleGAN2's fixed
+#: noise buffers) is not a blur.
+MAX_KERNEL = 7
+
+
 def looks_like_blur(module: nn.Module) -> bool:
     if isinstance(module, DepthwiseBlur) or list(module.children()) or module._parameters:
         return False
-    return bool(_kernels(module))
+    buffers = [b for b in module._buffers.values() if b is not None]
+    kernels = _kernels(module)
+    # every buffer a kernel of one common shape (the seed: weight and weight_flip), and a small one
+    return bool(kernels) and len(kernels) == len(buffers) and len({tuple(k.shape) for k in kernels}) == 1 and max(kernels[0].shape[-2:]) <= MAX_KERNEL
 
 
 def _check(module: nn.Module) -> str | None:
-    shapes = {tuple(k.shape) for k in _kernels(module)}
-    if len(shapes) > 1:
-        return f"it holds kernels of different shapes {sorted(shapes)}"
-    k_h, k_w = next(iter(shapes))[-2:]
+    k_h, k_w = _kernels(module)[0].shape[-2:]
     if k_h != k_w or k_h % 2 == 0:
         return f"its kernel is {k_h}x{k_w}; only square odd kernels keep the size with symmetric padding"
     return None
