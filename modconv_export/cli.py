@@ -123,14 +123,9 @@ def _check_targets(args: argparse.Namespace) -> None:
         if path is None:
             continue
         try:
-            target = check_writable_target(path)
-            fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=target.parent)
+            check_writable_target(path)
         except ExportError as exc:
             raise ExportError(f"{option} {path}: {exc}") from None
-        except OSError as exc:  # os.access says yes to root; read-only mounts and full disks say no here
-            raise ExportError(f"{option} {path}: output directory is not writable: {target.parent} ({exc.strerror})") from None
-        os.close(fd)
-        os.unlink(probe)
         resolved = Path(path).expanduser().resolve()
         if resolved in seen:
             raise UsageError(f"{option} {path} is the same file as {seen[resolved]}")

@@ -17,6 +17,20 @@ from .errors import ExportError
 __all__ = ["atomic_output", "check_writable_target"]
 
 
+def _temporary_file(target: Path, suffix: str) -> Path:
+    """Create an empty file beside ``target``; an unwritable directory is an :class:`ExportError`.
+
+    Creating a file is the only reliable test: ``os.access`` says yes to root, and read-only mounts or
+    a full disk only show when something is written.
+    """
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    except OSError as exc:
+        raise ExportError(f"output directory is not writable: {target.parent} ({exc.strerror})") from None
+    os.close(fd)
+    return Path(name)
+
+
 def check_writable_target(path: str | os.PathLike) -> Path:
     """Resolve ``path`` and fail clearly if its directory is missing or not writable."""
     target = Path(path).expanduser()
@@ -25,10 +39,9 @@ def check_writable_target(path: str | os.PathLike) -> Path:
         raise ExportError(f"output directory is not a directory: {parent}")
     if not parent.is_dir():
         raise ExportError(f"output directory does not exist: {parent}")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ExportError(f"output directory is not writable: {parent}")
     if target.is_dir():
         raise ExportError(f"output path is a directory: {target}")
+    _temporary_file(target, ".probe").unlink()
     return target
 
 
@@ -42,9 +55,7 @@ def _umask() -> int:
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the target's directory; move it onto ``path`` if the block succeeds."""
     target = check_writable_target(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _temporary_file(target, ".partial")
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
