@@ -103,3 +103,16 @@ def probe_tensor(module: nn.Module, *shape: int, seed: int = 0) -> torch.Tensor:
     device, dtype = param_device_dtype(module)
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(*shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+
+
+def conv_shape_mismatch(module: nn.Module, shape: tuple[int, ...]) -> str | None:
+    """Why a conv-like module's ``in_channels``/``out_channels``/``kernel_size`` (where it has them)
+    disagree with its weight ``shape`` (``[..., Cout, Cin, k, k]``), or a non-square kernel; else ``None``."""
+    c_out, c_in, k_h, k_w = shape[-4:]
+    if k_h != k_w:
+        return f"its kernel is {k_h}x{k_w}, not square"
+    for attr, expected in (("in_channels", c_in), ("out_channels", c_out), ("kernel_size", k_h)):
+        value = getattr(module, attr, expected)
+        if value != expected:
+            return f"{attr}={value} disagrees with weight shape {tuple(shape)}"
+    return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..registry import probe_tensor
+from ..registry import conv_shape_mismatch, probe_tensor
 
 __all__ = ["modconv_weight", "looks_like_modconv", "check_modconv", "style_width", "original_failure", "number", "modconv_probe"]
 
@@ -46,13 +46,10 @@ def modconv_probe(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 def check_modconv(module: nn.Module, modes: tuple, children: set[str]) -> str | None:
     """``None`` when ``module`` has the shared StyleGAN2 modulated-conv structure, else the reason."""
-    _, c_out, c_in, k_h, k_w = modconv_weight(module).shape
-    if k_h != k_w:
-        return f"its kernel is {k_h}x{k_w}, not square"
-    for attr, expected in (("in_channels", c_in), ("out_channels", c_out), ("kernel_size", k_h)):
-        value = getattr(module, attr, expected)
-        if value != expected:
-            return f"{attr}={value} disagrees with weight shape {tuple(modconv_weight(module).shape)}"
+    c_in = modconv_weight(module).shape[2]
+    mismatch = conv_shape_mismatch(module, tuple(modconv_weight(module).shape))
+    if mismatch:
+        return mismatch
     if not isinstance(getattr(module, "demodulate", None), bool):
         return "it has no boolean 'demodulate' flag"
     if not number(getattr(module, "eps", None)) or module.eps < 0:

@@ -15,7 +15,7 @@ from math import sqrt
 import torch.nn as nn
 
 from ...export_forms import InputModulatedConv2d
-from ..registry import probe_tensor, register_rule
+from ..registry import conv_shape_mismatch, probe_tensor, register_rule
 
 # Per-channel scaling commutes with these paddings (a non-zero constant pad would not).
 _SCALE_COMMUTING_PADS = (nn.ReflectionPad2d, nn.ReplicationPad2d, nn.ZeroPad2d)
@@ -48,13 +48,10 @@ def _demod_flag(module: nn.Module):
 
 def _check(module: nn.Module) -> str | None:
     weight = _weight(module)
-    c_out, c_in, k_h, k_w = weight.shape
-    if k_h != k_w:
-        return f"its kernel is {k_h}x{k_w}, not square"
-    for attr, expected in (("in_channels", c_in), ("out_channels", c_out), ("kernel_size", k_h)):
-        value = getattr(module, attr, expected)
-        if value != expected:
-            return f"{attr}={value} disagrees with weight shape {tuple(weight.shape)}"
+    c_out = weight.shape[0]
+    mismatch = conv_shape_mismatch(module, tuple(weight.shape))
+    if mismatch:
+        return mismatch
     bias = module._parameters.get("bias")
     if bias is None or bias.numel() != c_out:
         return f"it has no bias of {c_out} values"
