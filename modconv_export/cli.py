@@ -32,10 +32,11 @@ import torch
 from . import __version__
 from .diagnose import describe_export_failure
 from .errors import ExportError, ModconvExportError
-from .export import export_onnx, export_torchscript, resolve_opset
+from .export import Prepared, export_onnx, export_torchscript, prepare_export, resolve_opset
 from .files import atomic_output, check_writable_target
 from .load import LoadedModel, forward_parameters, load_model
-from .rewrite import RewriteReport, registered_rules, rewrite_model
+from .rewrite import RewriteReport, registered_rules
+from .rewrite.graph import GRAPH_RULES
 
 __all__ = ["EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PARITY", "EXIT_USAGE", "UsageError", "build_parser", "main", "parse_input"]
 
@@ -267,13 +268,21 @@ def _outputs_of(result) -> list:
     return list(result) if isinstance(result, (tuple, list)) else [result]
 
 
-def _rewrite(module: torch.nn.Module, console: _Console) -> tuple[torch.nn.Module, RewriteReport]:
-    exportable, report = rewrite_model(module)
+def _rewrite(module: torch.nn.Module, inputs: _Inputs, precision: str, console: _Console) -> Prepared:
+    console.progress("rewriting (module rules, then the traced graph) ...")
+    with _captured_fds(keep=False):
+        prepared = prepare_export(module, inputs.tensors, precision=precision)
+    report = prepared.report
     counts = report.counts()
+    graph_rules = set(GRAPH_RULES.values())
+    module_counts = {n: c for n, c in counts.items() if n not in graph_rules}
     builtin = ["modulated_conv", "blur", "equal_lr"]  # always shown; other rules when they matched
-    names = [n for n in builtin if n in {r.name for r in registered_rules()}] + sorted(set(counts) - set(builtin))
+    names = [n for n in builtin if n in {r.name for r in registered_rules()}] + sorted(set(module_counts) - set(builtin))
     detail = ", ".join(f"{n}: {counts.get(n, 0)}" for n in names)
-    console.say(f"rewrote {report.count()} modules ({detail})")
+    console.say(f"rewrote {sum(module_counts.values())} modules ({detail})")
+    convs, demods = counts.get(GRAPH_RULES["conv"], 0), counts.get(GRAPH_RULES["demod"], 0)
+    console.say(f"rewrote {_plural(convs, 'batch-grouped convolution', 'batch-grouped convolutions')} in the traced graph"
+                f" ({_plural(demods, 'demodulation', 'demodulations')} computed from the style)")  # fmt: skip
     for path, rule in report.rewritten:
         console.detail(f"  {path or '<root>'} -> {rule}")
     for line in report.describe_notes():  # e.g. how noise injection was made deterministic
@@ -284,10 +293,20 @@ def _rewrite(module: torch.nn.Module, console: _Console) -> tuple[torch.nn.Modul
                 console.detail(f"  near miss: {line}")
         else:
             console.say(f"  {_plural(len(report.near_misses), 'near miss', 'near misses')} left as they are (-v shows why)")
-    return exportable, report
+    return prepared
 
 
-def _export(args: argparse.Namespace, loaded: LoadedModel, exportable: torch.nn.Module, rewrite: RewriteReport, inputs: _Inputs, outputs: list, console: _Console) -> dict:
+def _torchscript_source(loaded: LoadedModel, prepared: Prepared, inputs: _Inputs, precision: str) -> torch.nn.Module:
+    """The fp32 form without ONNX lowerings that the TorchScript file (and the eager row) is made from:
+    the ONNX one when it is that already, else a second rewrite."""
+    if precision == "fp32" and not getattr(prepared.module, "lowerings", None):
+        return prepared.module
+    with _captured_fds(keep=False):
+        return prepare_export(loaded.module, inputs.tensors, lowerings=False).module
+
+
+def _export(args: argparse.Namespace, loaded: LoadedModel, prepared: Prepared, inputs: _Inputs, outputs: list, console: _Console, ts_source=None) -> dict:
+    exportable, rewrite = prepared.module, prepared.report
     opset = resolve_opset(args.opset, args.exporter)
     family_outputs = list(loaded.family.outputs) if loaded.family and len(loaded.family.outputs) == len(outputs) else None
     console.progress(f"exporting {args.output} ({args.exporter} exporter, opset {opset}) ...")
@@ -298,7 +317,7 @@ def _export(args: argparse.Namespace, loaded: LoadedModel, exportable: torch.nn.
                         input_names=inputs.names, output_names=family_outputs, precision=args.precision)  # fmt: skip
         except ExportError as exc:
             misses = [p for p, _, _ in rewrite.near_misses]
-            better = describe_export_failure(exportable, inputs.tensors, exc.__cause__, args.exporter, misses) if exc.__cause__ else None
+            better = describe_export_failure(prepared.source or exportable, inputs.tensors, exc.__cause__, args.exporter, misses) if exc.__cause__ else None
             if misses:  # an unrewritten look-alike is the usual reason a generator does not export
                 listed = ", ".join(p or "<root>" for p in misses[:3])
                 better = f"{better or exc}; note: {_plural(len(misses), 'near miss', 'near misses')} left unrewritten ({listed}; -v shows why)"
@@ -312,13 +331,13 @@ def _export(args: argparse.Namespace, loaded: LoadedModel, exportable: torch.nn.
         console.progress(f"writing TorchScript {args.torchscript} ...")
         start = time.perf_counter()
         with _captured_fds(keep=args.debug):
-            export_torchscript(exportable, inputs.tensors, args.torchscript, rewrite=False)
+            export_torchscript(ts_source, inputs.tensors, args.torchscript, rewrite=False)
         console.say(f"wrote TorchScript {args.torchscript} ({_size(args.torchscript)}) in {time.perf_counter() - start:.1f} s")
         info["torchscript"] = str(args.torchscript)
     return info
 
 
-def _verify(args: argparse.Namespace, loaded: LoadedModel, inputs: _Inputs, console: _Console):
+def _verify(args: argparse.Namespace, loaded: LoadedModel, inputs: _Inputs, console: _Console, exportable=None):
     from .verify import check_parity
 
     make = None
@@ -333,7 +352,7 @@ def _verify(args: argparse.Namespace, loaded: LoadedModel, inputs: _Inputs, cons
     with _captured_fds(keep=args.debug):
         report = check_parity(loaded.module, inputs.tensors, onnx_path=args.output, torchscript_path=args.torchscript,
                               providers=_providers(args.providers), rtol=args.rtol, atol=args.atol, make_inputs=make,
-                              precision=args.precision)  # fmt: skip
+                              precision=args.precision, exportable=exportable)  # fmt: skip
     console.say(f"verified in {time.perf_counter() - start:.1f} s")
     console.say(report.format_table())
     return report
@@ -368,8 +387,10 @@ def _run(args: argparse.Namespace, console: _Console) -> int:
         if not any(is_image_like(tuple(o.shape)) for o in outputs if hasattr(o, "shape")):
             raise UsageError("--report-image: the model has no image-like output ([N, 1|3|4, H, W]) to draw")
 
-    exportable, rewrite = _rewrite(loaded.module, console)
-    exported = _export(args, loaded, exportable, rewrite, inputs, outputs, console)
+    prepared = _rewrite(loaded.module, inputs, args.precision, console)
+    rewrite = prepared.report
+    ts_source = _torchscript_source(loaded, prepared, inputs, args.precision) if (args.torchscript or not args.no_verify) else None
+    exported = _export(args, loaded, prepared, inputs, outputs, console, ts_source)
     summary = {
         "tool": PROG,
         "version": __version__,
@@ -382,7 +403,7 @@ def _run(args: argparse.Namespace, console: _Console) -> int:
         "export": exported,
     }
     try:
-        report = None if args.no_verify else _verify(args, loaded, inputs, console)
+        report = None if args.no_verify else _verify(args, loaded, inputs, console, ts_source)
     except ModconvExportError as exc:  # e.g. the model itself fails at another batch size
         kept = " and ".join(p for p in (args.output, args.torchscript) if p)
         _error(f"parity check FAILED: {kept} kept, but the check could not run: {exc}")
