@@ -34,9 +34,15 @@ def _depthwise(input: torch.Tensor, kernel: torch.Tensor, padding: int) -> torch
     return F.conv2d(input, kernel, padding=padding, groups=kernel.shape[0])
 
 
-def apply_function(function: type, *args: Any) -> Any:
-    """``function.apply(*args)`` as an FX call target (FX cannot name a Function's bound ``apply``)."""
-    return function.apply(*args)
+def _caller(function: type) -> Callable:
+    """``function.apply`` as an FX call target: FX names a target by its module and name, which a
+    Function's bound ``apply`` does not have, so the generated code gets this closure as a global."""
+
+    def apply(*args: Any) -> Any:
+        return function.apply(*args)
+
+    apply.__name__ = f"apply_{function.__name__}"
+    return apply
 
 
 def _python_binding(target: Any) -> Callable | None:
@@ -98,7 +104,7 @@ def traceable(form: GraphExportForm, *, keep_lowerings: bool = False) -> GraphEx
             if function is None or not keep_lowerings:
                 name = function.__qualname__ if function else str(node.target)
                 raise RewriteError(f"the graph calls {name} through its ONNX lowering, which a TorchScript file cannot hold")
-            node.target, node.args = apply_function, (function, *node.args)
+            node.target = _caller(function)
     for node in list(graph.nodes):
         if node.op == "call_function" and getattr(node.target, "namespace", None) == "aten" and _reads_sizes(node):
             binding = _python_binding(node.target)
