@@ -33,11 +33,28 @@ def _on_path(env: str) -> None:
         sys.path.insert(0, root)
 
 
-def rosinality():
-    """The rosinality ``model`` module, with its CUDA extension builds stubbed out."""
+def _stub_extension_builds() -> None:
+    """rosinality's ``op`` package compiles CUDA kernels when imported; on the CPU it never calls them.
+    Done when this module is imported, since unpickling a wrapper imports ``op`` right after it."""
     import torch.utils.cpp_extension as cpp_extension
 
     cpp_extension.load = lambda *args, **kwargs: types.SimpleNamespace()
+
+
+def _stub_requests() -> None:
+    """NVlabs' ``dnnlib`` imports ``requests`` (for downloads only); a stand-in where it is absent."""
+    try:
+        import requests  # noqa: F401
+    except ImportError:
+        sys.modules["requests"] = types.ModuleType("requests")
+
+
+_stub_extension_builds()
+_stub_requests()
+
+
+def rosinality():
+    """The rosinality ``model`` module (its CUDA extension builds are stubbed out)."""
     _on_path(ROSINALITY_ENV)
     import model
 
@@ -46,10 +63,6 @@ def rosinality():
 
 def nvlabs():
     """NVlabs' ``training.networks`` module (``requests`` stubbed when it is not installed)."""
-    try:
-        import requests  # noqa: F401
-    except ImportError:
-        sys.modules["requests"] = types.ModuleType("requests")
     _on_path(NVLABS_ENV)
     from training import networks
 

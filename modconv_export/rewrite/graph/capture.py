@@ -133,21 +133,34 @@ def _specialized(exc: BaseException) -> bool:
     return isinstance(exc, UserError) and exc.error_type == UserErrorType.CONSTRAINT_VIOLATION
 
 
+def _functional(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """``program`` without in-place ops (NVlabs adds noise with ``x.add_(noise)`` to a view of the conv
+    output). The graph passes read data flow: a mutation would make a recorded value or a folded
+    constant wrong. Functionalising costs a retrace, so it runs only where a mutation is present."""
+    mutates = any(n.op == "call_function" and torch.Tag.inplace in getattr(n.target, "tags", ()) for n in program.graph.nodes)
+    return program.run_decompositions({}) if mutates else program
+
+
 def _export(model: nn.Module, args: tuple, dynamic_shapes: Any) -> torch.export.ExportedProgram:
     """``torch.export`` without dynamo first (it runs any Python); with dynamo (``strict``) where that
-    fails, since dynamo copes with what the other cannot (``weight.data`` in a forward, as the seed has)."""
+    fails, since dynamo copes with what the other cannot (``weight.data`` in a forward, as the seed has).
+    The program is functional (:func:`_functional`)."""
     with quiet():
+        return _functional(_capture_either(model, args, dynamic_shapes))
+
+
+def _capture_either(model: nn.Module, args: tuple, dynamic_shapes: Any) -> torch.export.ExportedProgram:
+    try:
+        _drop_hook_state(model)
+        return torch.export.export(model, args, dynamic_shapes=dynamic_shapes, strict=False)
+    except Exception as first:
+        if _specialized(first):
+            raise
         try:
-            _drop_hook_state(model)
-            return torch.export.export(model, args, dynamic_shapes=dynamic_shapes, strict=False)
-        except Exception as first:
-            if _specialized(first):
-                raise
-            try:
-                _drop_hook_state(model)  # what the failed trace's hooks stored (fake tensors)
-                return torch.export.export(model, args, dynamic_shapes=dynamic_shapes, strict=True)
-            except Exception:
-                raise first from None
+            _drop_hook_state(model)  # what the failed trace's hooks stored (fake tensors)
+            return torch.export.export(model, args, dynamic_shapes=dynamic_shapes, strict=True)
+        except Exception:
+            raise first from None
 
 
 def _explain(exc: BaseException, model: nn.Module, args: tuple, batch: int | None = None) -> CaptureError:

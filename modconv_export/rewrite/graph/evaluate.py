@@ -31,8 +31,10 @@ def record(gm: fx.GraphModule, args: tuple, wanted: Iterable[fx.Node]) -> tuple[
     class _Recorder(fx.Interpreter):
         def run_node(self, node: fx.Node) -> Any:
             value = super().run_node(node)
-            if node in wanted or not isinstance(value, torch.Tensor):
+            if not isinstance(value, torch.Tensor):
                 values[node] = value
+            elif node in wanted:
+                values[node] = value.clone()  # a later op of the run must not change what was recorded
             return value
 
     with torch.no_grad():
