@@ -34,7 +34,7 @@ from .metadata import export_properties, name_nodes_by_module, parity_properties
 from .precision import PRECISIONS, to_half
 from .rewrite import RewriteReport, copy_module, rewrite_model
 from .rewrite.graph import GraphExportForm, rewrite_graph
-from .rewrite.graph.capture import at_batch, first_line
+from .rewrite.graph.capture import at_batch, dynamic_batch_shapes, first_line
 from .rewrite.graph.traceable import traceable
 from .symbolic import lowerings_for, lowerings_installed, registered_lowerings
 from .symbolic.install import function_of_op
@@ -203,11 +203,6 @@ def prepare_export(
     return Prepared(form, args, _run_eager(form, args), report, source=module)
 
 
-def _takes_varargs(model: nn.Module) -> bool:
-    params = list(inspect.signature(model.forward).parameters.values())
-    return len(params) == 1 and params[0].kind == inspect.Parameter.VAR_POSITIONAL
-
-
 class _WithModuleNames(nn.Module):
     """Runs a graph form node by node, so that re-tracing it keeps each node's module path.
 
@@ -230,12 +225,7 @@ class _WithModuleNames(nn.Module):
 def _export_dynamo(model, args, input_names, output_names, opset, dynamic_batch, table) -> onnx.ModelProto:
     import torch.fx.traceback as fx_traceback
 
-    dynamic_shapes = None
-    if dynamic_batch:
-        batch = torch.export.Dim("batch")
-        dynamic_shapes = tuple({0: batch} if isinstance(a, torch.Tensor) and a.dim() > 0 else None for a in args)
-        if isinstance(model, GraphExportForm) or _takes_varargs(model):  # forward(*args): one argument, the tuple
-            dynamic_shapes = (dynamic_shapes,)
+    dynamic_shapes = dynamic_batch_shapes(model, args) if dynamic_batch else None
     context = contextlib.nullcontext()
     if isinstance(model, GraphExportForm) and model.program is not None and dynamic_batch:
         model, dynamic_shapes = model.program, None  # captured as is, nothing rewritten: no second trace

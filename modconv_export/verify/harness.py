@@ -326,12 +326,11 @@ def check_parity(
 
         def ts_source() -> torch.jit.ScriptModule:
             if "trace" not in cache:
-                from ..errors import ExportError
                 from ..export import trace_torchscript as trace
 
                 try:
                     cache["trace"] = trace(rewritten(), args, rewrite=False, check=False)
-                except ExportError as exc:
+                except ModconvExportError as exc:
                     cache["trace"] = RunnerUnavailable(f"in-memory TorchScript trace failed: {exc}")
             if isinstance(cache["trace"], Exception):
                 raise cache["trace"]

@@ -30,7 +30,7 @@ from torch.utils import _pytree as pytree
 from ...errors import RewriteError
 from .batch import batch_symbol
 
-__all__ = ["CaptureError", "GraphCapture", "at_batch", "capture", "first_line", "plain_graph_module"]
+__all__ = ["CaptureError", "GraphCapture", "at_batch", "capture", "dynamic_batch_shapes", "first_line", "plain_graph_module"]
 
 
 class CaptureError(RewriteError):
@@ -74,18 +74,26 @@ def at_batch(args: tuple, batch: int, *, seed: int | None = None) -> tuple:
     return tuple(out)
 
 
-def _dynamic_shapes(model: nn.Module, args: tuple) -> Any:
+def dynamic_batch_shapes(model: nn.Module, args: tuple) -> Any:
+    """``dynamic_shapes`` for ``torch.export``: axis 0 of every tensor argument is one symbolic ``batch``.
+
+    Given per parameter of ``model.forward`` (a ``*noise`` parameter gets a tuple), the structure
+    ``torch.export`` matches against the call, whatever mix of named and variadic parameters it has.
+    """
     import inspect
 
     batch = torch.export.Dim("batch")
-    shapes = tuple({0: batch} if isinstance(a, torch.Tensor) and a.dim() > 0 else None for a in args)
+
+    def spec(value: Any) -> Any:
+        if isinstance(value, (tuple, list)):
+            return type(value)(spec(v) for v in value)
+        return {0: batch} if isinstance(value, torch.Tensor) and value.dim() > 0 else None
+
     try:
-        params = list(inspect.signature(model.forward).parameters.values())
+        bound = inspect.signature(model.forward).bind(*args)
     except (TypeError, ValueError):
-        params = []
-    if len(params) == 1 and params[0].kind == params[0].VAR_POSITIONAL:
-        return (shapes,)  # forward(*args): torch.export sees one argument, the tuple
-    return shapes
+        return tuple(spec(a) for a in args)
+    return {name: spec(value) for name, value in bound.arguments.items()}
 
 
 @contextlib.contextmanager
@@ -218,7 +226,7 @@ def capture(model: nn.Module, args: tuple) -> GraphCapture:
     if not all(isinstance(a, torch.Tensor) for a in args):
         raise CaptureError("graph capture takes tensor inputs only")
     try:
-        program = _export(model, at_batch(args, 2), _dynamic_shapes(model, args))
+        program = _export(model, at_batch(args, 2), dynamic_batch_shapes(model, args))
     except Exception as exc:
         if not _specialized(exc):
             raise _explain(exc, model, at_batch(args, 2)) from exc

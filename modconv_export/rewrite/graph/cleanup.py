@@ -39,6 +39,17 @@ def _attribute_inputs(node: fx.Node) -> list[fx.Node]:
     return found
 
 
+_IDENTITY_OPS = {aten.to.dtype, aten._to_copy.default, aten.alias.default, aten.detach.default, aten.clone.default, aten.contiguous.default}
+
+
+def _is_identity(node: fx.Node) -> bool:
+    """A cast or copy of a parameter to what it already is (``w.to(x.dtype)`` in float32): nothing to fold."""
+    if node.target not in _IDENTITY_OPS or not isinstance(node.args[0], fx.Node) or node.args[0].op != "get_attr":
+        return False
+    before, after = node.args[0].meta.get("val"), node.meta.get("val")
+    return isinstance(before, torch.Tensor) and isinstance(after, torch.Tensor) and before.dtype == after.dtype and before.shape == after.shape
+
+
 def _is_conv_weight(node: fx.Node) -> bool:
     """Whether ``node`` is the weight of a convolution (which runtimes want as an initializer, whatever its size)."""
     from .grouped_conv import conv_call
@@ -58,7 +69,7 @@ def fold_constants(gm: fx.GraphModule, facts: GraphFacts | None = None, *, dry_r
         if not any(not facts.is_constant(user) or user.op == "output" for user in node.users):
             continue
         sources = _attribute_inputs(node)
-        if not sources:
+        if not sources or _is_identity(node):
             continue
         meta = node.meta.get("val")
         value = None if isinstance(meta, torch.Tensor) else evaluate(gm, node, {})
