@@ -363,8 +363,8 @@ def _rewrite(module: torch.nn.Module, inputs: _Inputs, precision: str, console: 
 def _torchscript_source(loaded: LoadedModel, prepared: Prepared, inputs: _Inputs, precision: str) -> torch.nn.Module:
     """The fp32 form without ONNX lowerings that the TorchScript file (and the eager row) is made from:
     the ONNX one when it is that already, else a second rewrite."""
-    if precision == "fp32" and not getattr(prepared.module, "lowerings", None):
-        return prepared.module
+    if prepared.fp32 is not None and not getattr(prepared.fp32, "lowerings", None):
+        return prepared.fp32
     with _captured_fds(keep=False):
         return prepare_export(loaded.module, inputs.tensors, lowerings=False).module
 

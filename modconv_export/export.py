@@ -33,7 +33,7 @@ from .graph import computed_conv_weights, non_standard_ops
 from .metadata import export_properties, name_nodes_by_module, parity_properties, rewrite_properties, strip_debug_metadata
 from .precision import PRECISIONS, to_half
 from .rewrite import RewriteReport, copy_module, rewrite_model
-from .rewrite.graph import GraphExportForm, rewrite_graph
+from .rewrite.graph import GraphExportForm, half_form, rewrite_graph
 from .rewrite.graph.capture import at_batch, dynamic_batch_shapes, first_line
 from .rewrite.graph.traceable import traceable
 from .symbolic import lowerings_for, lowerings_installed, registered_lowerings
@@ -150,6 +150,9 @@ class Prepared:
     report: RewriteReport | None
     #: The model as modules, after the module rules and before graph capture: where failures are located.
     source: nn.Module | None = None
+    #: The float32 export form (``module`` itself unless ``precision="fp16"``): what TorchScript and the
+    #: eager parity row are made from.
+    fp32: nn.Module | None = None
 
 
 def _run_eager(module: nn.Module, args: tuple) -> Any:
@@ -186,11 +189,9 @@ def prepare_export(
         module = model if isinstance(model, GraphExportForm) else copy_module(model).eval()
         if precision == "fp16" and not isinstance(model, GraphExportForm):
             module = to_half(module, args)
-        return Prepared(module, args, _run_eager(module, args), report, source=module)
+        return Prepared(module, args, _run_eager(module, args), report, source=module, fp32=module if precision == "fp32" else None)
     module, report = rewrite_model(model, strict=strict)
     _run_eager(module, args)  # a model that rejects its inputs says so before the slower capture
-    if precision == "fp16":
-        module = to_half(module, args)
     # The capture traces through every autograd Function's forward, except those the user registered an
     # ONNX lowering for: they stay one custom op each, for the exporter to translate.
     found = registered_lowerings() if lowerings else []
@@ -200,7 +201,10 @@ def prepare_export(
     form.lowerings = [lowering for lowering in found if lowering.function in called]
     if strict and report.near_misses:
         raise RewriteError("; ".join(report.describe_near_misses()))
-    return Prepared(form, args, _run_eager(form, args), report, source=module)
+    fp32 = form
+    if precision == "fp16":
+        form = half_form(form, args)
+    return Prepared(form, args, _run_eager(form, args), report, source=module, fp32=fp32)
 
 
 class _WithModuleNames(nn.Module):

@@ -11,6 +11,7 @@ the seed layers (LATS) and GFPGAN's clean StyleGAN2 from the PyPI archive.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
@@ -163,3 +164,20 @@ def test_exported_graph_has_constant_weights_and_no_per_sample_weight(exported):
     shapes = [[d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim] for v in inferred.graph.value_info if v.type.tensor_type.HasField("shape")]
     # the demodulation no longer builds [B, Cout, Cin, k, k]: 5-D values are per-channel vectors at most
     assert shapes and all(sum(d != 1 for d in dims[1:]) <= 1 for dims in shapes if len(dims) == 5)
+
+
+@pytest.mark.parametrize("name", list(_case_params()))
+def test_half_precision_is_decided_on_the_graph(name, built, no_module_rules, tmp_path):
+    """fp16 for code the toolkit has never seen: float16 convolutions, float32 islands and I/O, finite output."""
+    model, inputs, _, _ = built(name)
+    path = export_onnx(model, inputs(1, 0), tmp_path / "half.onnx", precision="fp16")
+    proto = onnx.load(str(path))
+    dtypes = {i.name: i.data_type for i in proto.graph.initializer}
+    assert conv_nodes(proto) and all(dtypes[c.weight] == onnx.TensorProto.FLOAT16 for c in conv_nodes(proto))
+    assert {v.type.tensor_type.elem_type for v in [*proto.graph.input, *proto.graph.output]} == {onnx.TensorProto.FLOAT}
+    for batch in (1, 3):
+        args = inputs(batch, seed=30 + batch)
+        with torch.no_grad():
+            expected = model(*args).numpy()
+        actual = _run("onnx", path, args)
+        assert np.isfinite(actual).all() and relative_l2(actual, expected) <= 1e-2

@@ -35,7 +35,7 @@ from .form import GraphExportForm
 from .grouped_conv import find_grouped_convs, rewrite_grouped_conv
 from .noise import zero_gaussian_draws
 
-__all__ = ["CaptureError", "GraphCapture", "GraphExportForm", "GRAPH_RULES", "PROBE_BATCH", "rewrite_graph"]
+__all__ = ["CaptureError", "GraphCapture", "GraphExportForm", "GRAPH_RULES", "HALF_TOLERANCE", "PROBE_BATCH", "half_form", "rewrite_graph"]
 
 #: Batch size of the probe run that proves each replacement (distinct from the capture's 2).
 PROBE_BATCH = 3
@@ -47,6 +47,8 @@ GRAPH_RULES = {
 }
 #: Relative L2 the rewritten graph may differ from the captured one on the probe (float reassociation).
 GRAPH_TOLERANCE = 1e-4
+#: Relative L2 the float16 graph may differ from the float32 one on the probe (the fp16 parity limit).
+HALF_TOLERANCE = 1e-2
 
 
 def _flat(outputs: Any) -> list[torch.Tensor]:
@@ -122,3 +124,29 @@ def rewrite_graph(model: nn.Module, args: tuple, report: Any) -> GraphExportForm
     if not error <= GRAPH_TOLERANCE:
         raise RewriteError(f"the rewritten graph differs from the captured one on the probe (relative L2 {error:.2e})")
     return GraphExportForm(gm, captured.out_spec)
+
+
+def half_form(form: GraphExportForm, args: tuple) -> GraphExportForm:
+    """A float16 copy of ``form`` (:mod:`.half`: feature maps in float16, float32 islands, float32 I/O).
+
+    Checked against ``form`` on the probe inputs: finite everywhere and within :data:`HALF_TOLERANCE`, or
+    a :class:`RewriteError` saying by how much it is not.
+    """
+    import copy
+
+    from .evaluate import annotate
+    from .half import to_half_graph
+
+    gm = copy.deepcopy(form.graph_module)
+    annotate(gm, tuple(args))
+    to_half_graph(gm)
+    half = GraphExportForm(gm, form.out_spec, form.lowerings)
+    probe = at_batch(tuple(args), PROBE_BATCH, seed=0)
+    with torch.no_grad():
+        actual, expected = _flat(half(*probe)), _flat(form(*probe))
+    if not all(bool(torch.isfinite(a).all()) for a in actual):
+        raise RewriteError("in float16 the model's outputs are not finite on the probe inputs")
+    error = _compare(actual, expected)
+    if not error <= HALF_TOLERANCE:
+        raise RewriteError(f"in float16 the model's outputs differ from float32 by relative L2 {error:.2e} on the probe (limit {HALF_TOLERANCE:.0e})")
+    return half

@@ -112,16 +112,75 @@ def quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
+_GUARDS = {
+    torch.ops.aten._assert_tensor_metadata.default,
+    torch.ops.aten._assert_scalar.default,
+    torch.ops.aten.sym_constrain_range_for_size.default,
+    torch.ops.aten.sym_constrain_range.default,
+}
+
+
+_REGIONS = {torch.ops.higher_order.wrap_with_set_grad_enabled, torch.ops.higher_order.wrap_with_autocast}
+
+
+def _inline_regions(gm: fx.GraphModule) -> None:
+    """Inline the subgraphs dynamo wraps in grad-mode or autocast regions (an autograd Function's forward,
+    captured in strict mode): for export their ops are ordinary ops, and every pass must see them."""
+    import operator
+
+    graph = gm.graph
+    while True:
+        region = next((n for n in graph.nodes if n.op == "call_function" and n.target in _REGIONS), None)
+        if region is None:
+            break
+        owner = next(a for a in region.args if isinstance(a, fx.Node) and a.op == "get_attr")
+        body: fx.GraphModule = getattr(gm, owner.target)
+        operands = list(region.args[region.args.index(owner) + 1 :])
+        env: dict[fx.Node, Any] = {}
+        outputs: Any = None
+        with graph.inserting_before(region):
+            for node in body.graph.nodes:
+                if node.op == "placeholder":
+                    env[node] = operands.pop(0)
+                elif node.op == "output":
+                    outputs = fx.node.map_arg(node.args[0], env.__getitem__)
+                elif node.op == "get_attr":
+                    name, value = f"_modconv_region_{owner.target}_{node.target}".replace(".", "_"), getattr(body, node.target)
+                    if isinstance(value, torch.Tensor):
+                        gm.register_buffer(name, value)
+                    else:
+                        setattr(gm, name, value)
+                    env[node] = graph.get_attr(name)
+                else:
+                    env[node] = graph.node_copy(node, env.__getitem__)
+        outputs = list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
+        for user in list(region.users):
+            if user.target is operator.getitem:
+                user.replace_all_uses_with(outputs[user.args[1]])
+                graph.erase_node(user)
+        if region.users:
+            raise CaptureError(f"cannot inline the {region.target} region {owner.target}")
+        graph.erase_node(region)
+        if not owner.users:
+            graph.erase_node(owner)
+    gm.delete_all_unused_submodules()
+
+
 def plain_graph_module(program: torch.export.ExportedProgram) -> tuple[fx.GraphModule, Any]:
-    """The unlifted module of ``program`` as a plain GraphModule (flat inputs and outputs, no guards)."""
+    """The unlifted module of ``program`` as a plain GraphModule (flat inputs and outputs, no guards,
+    no nested regions)."""
     unlifted = program.module()
     graph = unlifted.graph
     for node in list(graph.nodes):
         if node.op == "call_module" and not node.users:
             graph.erase_node(node)  # _guards_fn: shape guards for the original pytree call
+        elif node.op == "call_function" and node.target in _GUARDS and not node.users:
+            graph.erase_node(node)  # dtype and range assertions of the capture, not of the model
     graph._codegen = fx.graph.CodeGen()
     module = fx.GraphModule(unlifted, graph)
+    _inline_regions(module)
     module.delete_all_unused_submodules()
+    module.recompile()
     return module, program.call_spec.out_spec
 
 

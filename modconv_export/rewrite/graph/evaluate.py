@@ -13,7 +13,7 @@ from typing import Any, Iterable
 import torch
 import torch.fx as fx
 
-__all__ = ["attribute", "evaluate", "record", "relative_l2"]
+__all__ = ["annotate", "attribute", "evaluate", "record", "relative_l2"]
 
 
 def attribute(module: torch.nn.Module, target: str) -> Any:
@@ -40,6 +40,21 @@ def record(gm: fx.GraphModule, args: tuple, wanted: Iterable[fx.Node]) -> tuple[
     with torch.no_grad():
         outputs = _Recorder(gm).run(*args)
     return values, outputs
+
+
+def annotate(gm: fx.GraphModule, args: tuple) -> None:
+    """Give every node without value metadata (those the passes added) a ``meta["val"]``: a ``meta``-device
+    tensor of its dtype and shape, from one run on ``args``."""
+
+    class _Annotator(fx.Interpreter):
+        def run_node(self, node: fx.Node) -> Any:
+            value = super().run_node(node)
+            if "val" not in node.meta:
+                node.meta["val"] = torch.empty(value.shape, dtype=value.dtype, device="meta") if isinstance(value, torch.Tensor) else value
+            return value
+
+    with torch.no_grad():
+        _Annotator(gm).run(*args)
 
 
 def evaluate(gm: fx.GraphModule, node: fx.Node, known: dict[fx.Node, Any]) -> Any:

@@ -5,7 +5,7 @@
 into the trace. The captured graph calls ATen overloads directly, so before tracing (for a TorchScript
 file, or for the legacy TorchScript-based ONNX exporter) every ``sym_size`` becomes a ``size`` call and
 every op that receives a size becomes its Python binding (``torch.reshape``, ``Tensor.view``, ...).
-Shape assertions, which only guard the capture, are dropped. The toolkit's own blur op is traced as the
+The toolkit's own blur op is traced as the
 plain convolution it is, so a saved file needs nothing from this package.
 """
 
@@ -26,7 +26,6 @@ aten = torch.ops.aten
 
 __all__ = ["traceable"]
 
-_DROP = {aten._assert_scalar.default, aten.sym_constrain_range_for_size.default, aten.sym_constrain_range.default, aten._assert_tensor_metadata.default}
 _NAMESPACES = (torch, torch.Tensor, torch._C._nn, torch._C._special, torch._C._linalg, torch._C._fft)
 
 
@@ -43,6 +42,11 @@ def _caller(function: type) -> Callable:
 
     apply.__name__ = f"apply_{function.__name__}"
     return apply
+
+
+def _cast(input: torch.Tensor, *, dtype: torch.dtype | None = None, **_: Any) -> torch.Tensor:
+    """``aten._to_copy`` as the public ``Tensor.to``, which the legacy ONNX exporter converts."""
+    return input.to(dtype) if dtype is not None else input.clone()
 
 
 def _python_binding(target: Any) -> Callable | None:
@@ -89,14 +93,14 @@ def traceable(form: GraphExportForm, *, keep_lowerings: bool = False) -> GraphEx
     for node in list(graph.nodes):
         if node.op != "call_function":
             continue
-        if node.target in _DROP:
-            graph.erase_node(node)
-        elif node.target is aten.sym_size.int:
+        if node.target is aten.sym_size.int:
             with graph.inserting_before(node):
                 size = graph.call_method("size", node.args)
             size.meta.update(node.meta)
             node.replace_all_uses_with(size)
             graph.erase_node(node)
+        elif node.target is aten._to_copy.default:
+            node.target = _cast
         elif getattr(node.target, "overloadpacket", None) is torch.ops.modconv_export.depthwise_conv2d:
             node.target = _depthwise
         elif getattr(node.target, "namespace", None) == "modconv_export":
