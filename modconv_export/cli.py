@@ -1,9 +1,10 @@
 """``modconv-export MODEL OUT.onnx``: load -> rewrite -> export -> verify from the shell.
 
 Every mistake the user can make is one line on stderr (``modconv-export: error: ...``) and exit 2,
-never a traceback (``--debug`` shows it) and never a half-written file: outputs are written under a
-temporary name beside the target and renamed on success, and every output directory is checked
-before the slow export starts. A parity failure is exit 1: the file stays, the table says why.
+never a traceback (``--debug`` shows it) and never a half-written file: the outputs of a run are one
+transaction (:class:`~modconv_export.files.Outputs`), renamed into place together after every step
+succeeded, and every output directory is checked before the slow export starts. A parity failure is
+exit 1: the files stay, the table says why. Signals: see :mod:`modconv_export.interrupts`.
 
 Step results and the result table go to stdout; live progress for the slow steps goes to stderr only
 on a terminal (or with ``-v``), so a script's stderr holds nothing but the error line.
@@ -14,12 +15,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import re
-import signal
 import sys
 import tempfile
-import threading
 import time
 import traceback
 import warnings
@@ -33,8 +33,10 @@ from . import __version__
 from .diagnose import describe_export_failure
 from .errors import ExportError, ModconvExportError
 from .export import export_onnx, export_torchscript, resolve_opset
-from .files import atomic_output, check_writable_target
+from .files import Outputs, check_writable_target, write_bytes
+from .interrupts import Interrupted, signals_raise
 from .load import LoadedModel, forward_parameters, load_model
+from .memory import OutOfMemory, check_fits, is_allocation_failure
 from .rewrite import RewriteReport, registered_rules, rewrite_model
 
 __all__ = ["EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PARITY", "EXIT_USAGE", "UsageError", "build_parser", "main", "parse_input"]
@@ -59,8 +61,13 @@ MODEL may be:
   a pickled nn.Module (torch.save(model)): only with --trust-pickle, since unpickling runs code;
     its classes must be importable from the current directory or an --import-path
 
-exit status: 0 exported and verified, 1 exported but parity failed (file kept),
-             2 bad input or export error (nothing written), 3 internal error, 130 interrupted
+--trust-pickle loads only torch.nn classes, pure math functions and classes defined in --import-path
+directories or the current directory; any other global is refused before anything is built
+(--allow-global MODULE.NAME adds one you trust).
+
+exit status: 0 exported and verified, 1 exported but parity failed (files kept),
+             2 bad input or export error (nothing written), 3 internal error,
+             130 SIGINT, 143 SIGTERM, 129 SIGHUP (nothing written, existing files untouched)
 """
 
 
@@ -85,10 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-image", metavar="PATH.png", help="write a reference/output/difference picture (needs Pillow)")
     p.add_argument("--no-verify", action="store_true", help="skip the parity check")
     p.add_argument("--providers", default="cpu,cuda", metavar="LIST", help="devices to verify on (default: cpu,cuda; missing CUDA is reported as not run)")
-    p.add_argument("--rtol", type=float, metavar="X", help="relative-L2 limit for every backend (default: per device, 1e-4 on CPU)")
-    p.add_argument("--atol", type=float, metavar="X", help="also bound the largest absolute difference")
-    p.add_argument("--trust-pickle", action="store_true", help="allow a pickled module (unpickling runs code from the file)")
+    p.add_argument("--rtol", type=_limit, metavar="X", help="relative-L2 limit for every backend (default: per device, 1e-4 on CPU)")
+    p.add_argument("--atol", type=_limit, metavar="X", help="also bound the largest absolute difference")
+    p.add_argument("--trust-pickle", action="store_true", help="allow a pickled module, under an allowlist (see below)")
     p.add_argument("--import-path", action="append", default=[], metavar="DIR", help="directory to import a pickled model's classes from (repeatable)")
+    p.add_argument("--allow-global", action="append", default=[], metavar="MODULE.NAME", help="also allow this global in a trusted pickle (repeatable)")
     p.add_argument("-v", "--verbose", action="store_true", help="list rewritten modules, near misses and progress")
     p.add_argument("--debug", action="store_true", help="show tracebacks and the exporters' own output")
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
@@ -107,6 +115,17 @@ def parse_input(text: str) -> tuple[str, tuple[int, ...]]:
     if not match or min(shape) < 1:
         raise UsageError(f"malformed --input {text!r}: expected NAME=SHAPE with SHAPE like 1x3x64x64 (positive integers joined by x)")
     return match.group(1), shape
+
+
+def _limit(text: str) -> float:
+    """A tolerance: a finite number > 0 (``inf`` would make every check pass, ``nan`` none)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
 
 
 def _shape_text(shape: Sequence[int]) -> str:
@@ -152,6 +171,11 @@ def _providers(text: str) -> tuple[str, ...]:
 # -- output ---------------------------------------------------------------------------------------
 
 
+def _printable(text: str) -> str:
+    """File names may hold bytes that are not UTF-8 (kept as surrogate escapes): show them as ``\\xff``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 class _Console:
     """Results to stdout; live progress to stderr only where someone watches (a terminal, or ``-v``)."""
 
@@ -160,15 +184,15 @@ class _Console:
         self.live = verbose or sys.stderr.isatty()
 
     def say(self, line: str = "") -> None:
-        print(line, flush=True)
+        print(_printable(line), flush=True)
 
     def progress(self, line: str) -> None:
         if self.live:
-            print(f"{PROG}: {line}", file=sys.stderr, flush=True)
+            print(_printable(f"{PROG}: {line}"), file=sys.stderr, flush=True)
 
     def detail(self, line: str) -> None:
         if self.verbose:
-            print(line, flush=True)
+            print(_printable(line), flush=True)
 
 
 @contextlib.contextmanager
@@ -235,6 +259,7 @@ def _resolve_inputs(loaded: LoadedModel, given: list[tuple[str, tuple[int, ...]]
         specs = list(loaded.inputs)
         names = known
         dims = [tuple(shapes.get(s.name, s.shape)) for s in specs]
+        _check_memory(names, dims, [s.dtype.itemsize for s in specs])
         tensors = tuple(s.example(d, seed=i) for i, (s, d) in enumerate(zip(specs, dims)))
         return _Inputs(names, dims, tensors, specs)
     params, required, varargs = forward_parameters(loaded.module)
@@ -248,9 +273,22 @@ def _resolve_inputs(loaded: LoadedModel, given: list[tuple[str, tuple[int, ...]]
         missing = [p for p in required if p not in names_given]
         if missing:
             raise UsageError(f"missing --input for {', '.join(missing)} ({signature})")
+    _check_memory(names_given, [s for _, s in given], [4] * len(given))
     gen = torch.Generator().manual_seed(0)
     tensors = tuple(torch.randn(*shape, generator=gen) for _, shape in given)
     return _Inputs(names_given, [s for _, s in given], tensors, None)
+
+
+#: The parity check runs batch 3 (and the exporter traces batch 2) of the example inputs' non-batch shape.
+_LARGEST_BATCH = 3
+
+
+def _check_memory(names: Sequence[str], shapes: Sequence[tuple[int, ...]], itemsizes: Sequence[int]) -> None:
+    """Refuse example inputs this machine cannot hold, before allocating them."""
+    per_sample = sum(math.prod(s[1:]) * size for s, size in zip(shapes, itemsizes))
+    batch = max([_LARGEST_BATCH, *(s[0] for s in shapes if s)])
+    given = " ".join(f"{n}={_shape_text(s)}" for n, s in zip(names, shapes))
+    check_fits(per_sample * batch, f"the inputs {given} (at batch {batch}, before any activation)")
 
 
 def _run_eager(module: torch.nn.Module, inputs: _Inputs):
@@ -260,6 +298,8 @@ def _run_eager(module: torch.nn.Module, inputs: _Inputs):
     except Exception as exc:
         text = " ".join(str(exc).split())[:300]
         given = " ".join(f"{n}={_shape_text(s)}" for n, s in zip(inputs.names, inputs.shapes))
+        if is_allocation_failure(exc):
+            raise OutOfMemory(f"out of memory running the model on the inputs {given}: {text}") from exc
         raise UsageError(f"the model rejects the inputs {given}: {type(exc).__name__}: {text}") from exc
 
 
@@ -287,14 +327,15 @@ def _rewrite(module: torch.nn.Module, console: _Console) -> tuple[torch.nn.Modul
     return exportable, report
 
 
-def _export(args: argparse.Namespace, loaded: LoadedModel, exportable: torch.nn.Module, rewrite: RewriteReport, inputs: _Inputs, outputs: list, console: _Console) -> dict:
+def _export(args: argparse.Namespace, loaded: LoadedModel, exportable: torch.nn.Module, rewrite: RewriteReport, inputs: _Inputs, outputs: list, console: _Console, files: Outputs) -> dict:
     opset = resolve_opset(args.opset, args.exporter)
     family_outputs = list(loaded.family.outputs) if loaded.family and len(loaded.family.outputs) == len(outputs) else None
     console.progress(f"exporting {args.output} ({args.exporter} exporter, opset {opset}) ...")
     start = time.perf_counter()
+    onnx_tmp = files.stage(args.output)
     with _captured_fds(keep=args.debug):
         try:
-            export_onnx(exportable, inputs.tensors, args.output, exporter=args.exporter, opset=opset, rewrite=False,
+            export_onnx(exportable, inputs.tensors, onnx_tmp, exporter=args.exporter, opset=opset, rewrite=False,
                         input_names=inputs.names, output_names=family_outputs, precision=args.precision)  # fmt: skip
         except ExportError as exc:
             misses = [p for p, _, _ in rewrite.near_misses]
@@ -306,19 +347,21 @@ def _export(args: argparse.Namespace, loaded: LoadedModel, exportable: torch.nn.
                 raise
             raise ExportError(better) from exc
     seconds = time.perf_counter() - start
-    console.say(f"exported {args.output} ({_size(args.output)}, {args.exporter} exporter, opset {opset}, {args.precision}, dynamic batch) in {seconds:.1f} s")
+    console.say(f"exported {args.output} ({_size(onnx_tmp)}, {args.exporter} exporter, opset {opset}, {args.precision}, dynamic batch) in {seconds:.1f} s")
     info = {"onnx": str(args.output), "exporter": args.exporter, "opset": opset, "precision": args.precision, "seconds": round(seconds, 3), "torchscript": None}
     if args.torchscript:
         console.progress(f"writing TorchScript {args.torchscript} ...")
         start = time.perf_counter()
+        ts_tmp = files.stage(args.torchscript)
         with _captured_fds(keep=args.debug):
-            export_torchscript(exportable, inputs.tensors, args.torchscript, rewrite=False)
-        console.say(f"wrote TorchScript {args.torchscript} ({_size(args.torchscript)}) in {time.perf_counter() - start:.1f} s")
+            export_torchscript(exportable, inputs.tensors, ts_tmp, rewrite=False)
+        console.say(f"wrote TorchScript {args.torchscript} ({_size(ts_tmp)}) in {time.perf_counter() - start:.1f} s")
         info["torchscript"] = str(args.torchscript)
     return info
 
 
-def _verify(args: argparse.Namespace, loaded: LoadedModel, inputs: _Inputs, console: _Console):
+def _verify(args: argparse.Namespace, loaded: LoadedModel, inputs: _Inputs, console: _Console, files: Outputs):
+    """Check this run's own files (the temporaries), whatever another run writes to the same names meanwhile."""
     from .verify import check_parity
 
     make = None
@@ -330,23 +373,28 @@ def _verify(args: argparse.Namespace, loaded: LoadedModel, inputs: _Inputs, cons
 
     console.progress("verifying against eager PyTorch ...")
     start = time.perf_counter()
+    ts_tmp = files.temporary(args.torchscript) if args.torchscript else None
     with _captured_fds(keep=args.debug):
-        report = check_parity(loaded.module, inputs.tensors, onnx_path=args.output, torchscript_path=args.torchscript,
+        report = check_parity(loaded.module, inputs.tensors, onnx_path=files.temporary(args.output), torchscript_path=ts_tmp,
                               providers=_providers(args.providers), rtol=args.rtol, atol=args.atol, make_inputs=make,
                               precision=args.precision)  # fmt: skip
+    report.files = {"onnx": str(args.output), "torchscript": str(args.torchscript) if args.torchscript else None}
     console.say(f"verified in {time.perf_counter() - start:.1f} s")
     console.say(report.format_table())
     return report
 
 
-def _write_report(path: str, summary: dict, parity) -> None:
+def _write_report(path: str, summary: dict, parity, files: Outputs) -> None:
     data = dict(summary, parity=parity.to_json() if parity is not None else None)
     text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False)
-    with atomic_output(path) as tmp:
-        tmp.write_text(text + "\n", encoding="utf-8")
+    try:
+        encoded = text.encode("utf-8")
+    except UnicodeEncodeError:  # a file name with bytes that are not UTF-8: JSON's \\u escapes keep them
+        encoded = json.dumps(data, indent=2, ensure_ascii=True, allow_nan=False).encode("ascii")
+    write_bytes(files.stage(path), encoded + b"\n")
 
 
-def _run(args: argparse.Namespace, console: _Console) -> int:
+def _run(args: argparse.Namespace, console: _Console, files: Outputs) -> int:
     given = [parse_input(text) for text in args.input]
     _providers(args.providers)
     _check_targets(args)
@@ -356,7 +404,7 @@ def _run(args: argparse.Namespace, console: _Console) -> int:
 
     start = time.perf_counter()
     console.progress(f"loading {args.model} ...")
-    loaded = load_model(args.model, trust_pickle=args.trust_pickle, import_paths=args.import_path)
+    loaded = load_model(args.model, trust_pickle=args.trust_pickle, import_paths=args.import_path, allow_globals=args.allow_global)
     console.say(f"loaded {args.model}: {loaded.describe()} in {time.perf_counter() - start:.1f} s")
     inputs = _resolve_inputs(loaded, given)
     outputs = _outputs_of(_run_eager(loaded.module, inputs))
@@ -369,7 +417,7 @@ def _run(args: argparse.Namespace, console: _Console) -> int:
             raise UsageError("--report-image: the model has no image-like output ([N, 1|3|4, H, W]) to draw")
 
     exportable, rewrite = _rewrite(loaded.module, console)
-    exported = _export(args, loaded, exportable, rewrite, inputs, outputs, console)
+    exported = _export(args, loaded, exportable, rewrite, inputs, outputs, console, files)
     summary = {
         "tool": PROG,
         "version": __version__,
@@ -381,18 +429,22 @@ def _run(args: argparse.Namespace, console: _Console) -> int:
                     "notes": [{"path": p, "rule": r, "note": note} for p, r, note in rewrite.notes]},  # fmt: skip
         "export": exported,
     }
+    kept = " and ".join(p for p in (args.output, args.torchscript) if p)
     try:
-        report = None if args.no_verify else _verify(args, loaded, inputs, console)
+        report = None if args.no_verify else _verify(args, loaded, inputs, console, files)
+    except OutOfMemory:
+        raise
     except ModconvExportError as exc:  # e.g. the model itself fails at another batch size
-        kept = " and ".join(p for p in (args.output, args.torchscript) if p)
+        files.commit()
         _error(f"parity check FAILED: {kept} kept, but the check could not run: {exc}")
         return EXIT_PARITY
     if args.report:
-        _write_report(args.report, summary, report)
+        _write_report(args.report, summary, report, files)
     if report is not None and args.report_image:
         from .verify import write_report_image
 
-        write_report_image(report, args.report_image)
+        write_report_image(report, files.stage(args.report_image))
+    files.commit()  # every step succeeded (or only parity failed): all outputs replace their targets together
 
     verdict = "not verified (--no-verify)" if report is None else report.summary
     console.say("")
@@ -405,8 +457,7 @@ def _run(args: argparse.Namespace, console: _Console) -> int:
     for key, value in rows:
         console.say(f"  {key:<12} {value}")
     if report is not None and not report.passed:
-        kept = " and ".join(p for p in (args.output, args.torchscript) if p)
-        print(f"{PROG}: parity check FAILED: {kept} kept, but it does not match the eager model (see the table)", file=sys.stderr)
+        _error(f"parity check FAILED: {kept} kept, but it does not match the eager model (see the table)", prefix="")
         return EXIT_PARITY
     return EXIT_OK
 
@@ -414,25 +465,8 @@ def _run(args: argparse.Namespace, console: _Console) -> int:
 # -- entry point ----------------------------------------------------------------------------------
 
 
-def _error(message: str) -> None:
-    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so temporary output files are removed on the way out."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def _error(message: str, prefix: str = "error: ") -> None:
+    print(_printable(f"{PROG}: {prefix}{' '.join(message.split())}"), file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
@@ -442,6 +476,13 @@ def _restored_sys_path() -> Iterator[None]:
         yield
     finally:
         sys.path[:] = saved
+
+
+def _interrupted(signal_name: str, files: Outputs) -> None:
+    if files.committed:
+        _error(f"interrupted by {signal_name} after the outputs were written (they are complete)")
+    else:
+        _error(f"interrupted by {signal_name} (nothing written; existing files are untouched)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -456,11 +497,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version
         return int(exc.code or 0)
     console = _Console(args.verbose)
-    with warnings.catch_warnings(), _terminate_as_interrupt(), _restored_sys_path():
+    files = Outputs()
+    with warnings.catch_warnings(), signals_raise(), _restored_sys_path():
         if not debug:
             warnings.simplefilter("ignore")
         try:
-            return _run(args, console)
+            with files:
+                return _run(args, console, files)
+        except Interrupted as exc:
+            _interrupted(exc.signal_name, files)
+            return exc.exit_code
+        except KeyboardInterrupt:  # the default SIGINT handler (a caller that replaced ours)
+            _interrupted("SIGINT", files)
+            return EXIT_INTERRUPTED
         except ModconvExportError as exc:
             if debug:
                 traceback.print_exc()
@@ -471,12 +520,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 traceback.print_exc()
             _error(f"{str(exc.filename) + ': ' if exc.filename else ''}{exc.strerror or exc}")
             return EXIT_USAGE
-        except KeyboardInterrupt:
-            _error("interrupted (a file being written was discarded; existing files are untouched)")
-            return EXIT_INTERRUPTED
         except Exception as exc:
             if debug:
                 traceback.print_exc()
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            if is_allocation_failure(exc):
+                _error(f"out of memory: {type(exc).__name__}: {text[:300]}")
+                return EXIT_USAGE
             _error(f"internal error: {type(exc).__name__}: {text} (a bug in {PROG}: rerun with --debug and report the traceback)")
             return EXIT_INTERNAL

@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import onnx
+import onnx.version_converter
 import onnx_ir as ir
 from onnx_ir.passes.common import IdentityEliminationPass
 import torch
 import torch.nn as nn
 
 from .errors import ExportError
-from .files import atomic_output
+from .files import atomic_output, write_bytes
 from .graph import computed_conv_weights, non_standard_ops
 from .precision import PRECISIONS, to_half
 from .rewrite import make_exportable
@@ -209,6 +210,29 @@ def _pin_output_shapes(proto: onnx.ModelProto, outputs: Any, dynamic_batch: bool
     return ir.serde.serialize_model(model)
 
 
+def opset_of(proto: onnx.ModelProto) -> int | None:
+    """The default-domain (``ai.onnx``) opset a model imports."""
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def _with_opset(proto: onnx.ModelProto, opset: int, exporter: str) -> onnx.ModelProto:
+    """The file must have the opset asked for: the dynamo exporter writes opset 18 and converts down on a
+    best-effort basis, keeping 18 when that fails. Convert with onnx's converter once more, else refuse."""
+    if opset_of(proto) == opset:
+        return proto
+    written = opset_of(proto)
+    try:
+        converted = onnx.version_converter.convert_version(proto, opset)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    else:
+        if opset_of(converted) == opset:
+            return converted
+        reason = f"the converter wrote opset {opset_of(converted)}"
+    raise ExportError(f"the {exporter} exporter wrote opset {written}, not the requested {opset}, and converting it failed ({reason}); "
+                      f"use --opset {written} or the other exporter")  # fmt: skip
+
+
 def _check_graph(proto: onnx.ModelProto) -> onnx.ModelProto:
     bad = non_standard_ops(proto)
     if bad:
@@ -269,9 +293,10 @@ def export_onnx(
     except Exception as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"{exporter} export failed: {type(exc).__name__}: {message}") from exc
-    proto = _check_graph(_pin_output_shapes(proto, outputs, dynamic_batch))
+    proto = _check_graph(_pin_output_shapes(_with_opset(proto, opset, exporter), outputs, dynamic_batch))
+    data = proto.SerializeToString()
     with atomic_output(path) as tmp:
-        onnx.save_model(proto, str(tmp))
+        write_bytes(tmp, data)
     return Path(path)
 
 
@@ -303,6 +328,8 @@ def export_torchscript(model: nn.Module, args: Any, path: str | os.PathLike, *, 
     for e, a in zip(_as_args(expected), _as_args(actual)):
         if e.shape != a.shape or not torch.allclose(e, a, rtol=1e-4, atol=1e-5):
             raise ExportError("the traced TorchScript module does not reproduce eager at another batch size (batch frozen?)")
+    buffer = io.BytesIO()  # torch.jit.save's own file writer aborts the process on a full disk
+    torch.jit.save(traced, buffer)
     with atomic_output(path) as tmp:
-        torch.jit.save(traced, str(tmp))
+        write_bytes(tmp, buffer.getvalue())
     return Path(path)
