@@ -131,11 +131,11 @@ class _ClassGuard:
 
     def _new(self, _guard: Any, *args: Any) -> Any:
         if args:
-            raise UnpicklingError(f"refused: the file creates {self.name} with arguments of its own")
+            raise UnpicklingError(f"the file creates {self.name} with arguments of its own (a trusted pickle may only restore saved objects)")
         return self.cls.__new__(self.cls)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        raise UnpicklingError(f"refused: the file calls {self.name}(...) (a trusted pickle may restore saved objects, not construct them)")
+        raise UnpicklingError(f"the file calls {self.name}(...) (a trusted pickle may only restore saved objects, not construct them)")
 
     def __repr__(self) -> str:
         return f"<guarded class {self.name}>"
@@ -148,7 +148,7 @@ def _torch_function(owner: Any, name: Any) -> Any:
     """``getattr`` as pickle uses it for ``torch.tanh`` and friends; nothing else."""
     fn = _pure_functions().get(f"{_TORCH_FUNCTIONS_CLASS}.{name}") if owner is _TORCH_FUNCTIONS_TOKEN else None
     if fn is None:
-        raise UnpicklingError(f"refused: the file calls getattr({owner!r}, {name!r}) (only pure torch functions such as torch.tanh)")
+        raise UnpicklingError(f"the file calls getattr({owner!r}, {name!r}) (only pure torch functions such as torch.tanh are looked up so)")
     return fn
 
 

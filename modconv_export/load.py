@@ -262,6 +262,9 @@ def _from_trusted_pickle(f: IO[bytes], path: Path, fmt: str, import_paths: Seque
             with torch.serialization.safe_globals(allowlist.safe_globals()):
                 obj = torch.load(f, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:  # the unpickler's own refusal (a global the listing missed, a guarded call)
+            if fmt == "pickle" and "persistent_load" in str(exc):  # the legacy format records module classes so
+                raise LoadError(f"{path}: is a pickled module in torch's legacy format (_use_new_zipfile_serialization=False), "
+                                "which the safe unpickler cannot read; re-save it with torch.save's default format") from exc  # fmt: skip
             raise LoadError(f"{path}: refused even with --trust-pickle: {_unpickler_reason(exc)}") from exc
         except Exception as exc:
             if is_allocation_failure(exc):
