@@ -33,11 +33,14 @@ class Interrupted(BaseException):
         return signal.Signals(self.signum).name
 
 
-_state = {"depth": 0, "raised": False}
+_state: dict = {"depth": 0, "raised": False, "deferring": 0, "pending": None}
 
 
 def _handler(signum: int, frame: object) -> None:
     if _state["raised"]:  # already unwinding: let the clean-up finish, the first signal decides the exit status
+        return
+    if _state["deferring"]:  # inside a critical section: raise when it ends
+        _state["pending"] = _state["pending"] or signum
         return
     _state["raised"] = True
     raise Interrupted(signum)
@@ -50,7 +53,7 @@ def signals_raise() -> Iterator[None]:
         yield
         return
     if _state["depth"] == 0:
-        _state["raised"] = False
+        _state.update(raised=False, pending=None)
     _state["depth"] += 1
     previous = {s: signal.signal(s, _handler) for s in HANDLED}
     try:
@@ -63,12 +66,25 @@ def signals_raise() -> Iterator[None]:
 
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
-    """Hold the handled signals back for a short critical section (renaming outputs); they arrive right after it."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+    """Hold the handled signals back for a short critical section (renaming outputs); they arrive right after it.
+
+    Our handler only notes a signal that arrives meanwhile (the process may have other threads, so
+    blocking it in this thread alone is not enough); with Python's default handlers installed, the
+    signals are blocked in this thread instead.
+    """
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+    block = hasattr(signal, "pthread_sigmask") and any(signal.getsignal(s) is not _handler for s in HANDLED)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED) if block else None
+    _state["deferring"] += 1
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        _state["deferring"] -= 1
+        if old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    pending = _state["pending"]
+    if pending and not _state["deferring"] and not _state["raised"]:
+        _state.update(pending=None, raised=True)
+        raise Interrupted(pending)
