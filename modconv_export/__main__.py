@@ -1,15 +1,28 @@
 """``python -m modconv_export`` and the ``modconv-export`` console script.
 
 Signal handlers come first: importing torch and the exporters takes seconds, and a Ctrl-C or SIGTERM
-in that time must end as one line with the documented status, like one during the run.
+in that time must end as one line with the documented status, like one during the run. An
+interrupted process leaves at once (``os._exit``, after flushing its output): an import cut short
+leaves half-initialised modules (numpy, say) whose clean-up at interpreter exit would print
+tracebacks of its own, and there is nothing left to clean up -- temporary outputs are already removed.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Sequence
 
 from .interrupts import Interrupted, signals_raise
+
+
+def _leave(code: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -19,8 +32,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .cli import main as cli_main
         except Interrupted as exc:
             print(f"modconv-export: error: interrupted by {exc.signal_name} while starting (nothing written)", file=sys.stderr, flush=True)
-            return exc.exit_code
-        return cli_main(argv)
+            _leave(exc.exit_code)
+        try:
+            code = cli_main(argv)
+        except Interrupted as exc:  # after the run had already ended
+            code = exc.exit_code
+        if code >= 128:  # interrupted: see the module docstring
+            _leave(code)
+        return code
 
 
 if __name__ == "__main__":

@@ -132,12 +132,17 @@ def _shape_text(shape: Sequence[int]) -> str:
     return "x".join(str(d) for d in shape)
 
 
+def _real(path: str) -> Path:
+    """The file a path names (``os.path.realpath`` also survives symlink loops, where ``resolve`` raises)."""
+    return Path(os.path.realpath(os.path.expanduser(path)))
+
+
 def _check_targets(args: argparse.Namespace) -> None:
     """Fail before any slow step if an output cannot be written or would clobber the input."""
     if Path(args.output).suffix.lower() != ".onnx":
         raise UsageError(f"OUT must be an .onnx file, got {args.output!r} (TorchScript goes to --torchscript PATH)")
     targets = {"OUT": args.output, "--torchscript": args.torchscript, "--report": args.report, "--report-image": args.report_image}
-    seen = {Path(args.model).expanduser().resolve(): "MODEL"}
+    seen = {_real(args.model): "MODEL"}
     for option, path in targets.items():
         if path is None:
             continue
@@ -145,7 +150,7 @@ def _check_targets(args: argparse.Namespace) -> None:
             check_writable_target(path)
         except ExportError as exc:
             raise ExportError(f"{option} {path}: {exc}") from None
-        resolved = Path(path).expanduser().resolve()
+        resolved = _real(path)
         if resolved in seen:
             raise UsageError(f"{option} {path} is the same file as {seen[resolved]}")
         seen[resolved] = option
@@ -400,7 +405,7 @@ def _run(args: argparse.Namespace, console: _Console, files: Outputs) -> int:
     _check_targets(args)
     resolve_opset(args.opset, args.exporter)  # a bad --opset fails now, not after loading
     for directory in reversed(args.import_path):  # keep the user's classes importable for the whole run (main restores)
-        sys.path.insert(0, str(Path(directory).expanduser().resolve()))
+        sys.path.insert(0, str(_real(directory)))
 
     start = time.perf_counter()
     console.progress(f"loading {args.model} ...")

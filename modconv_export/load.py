@@ -194,7 +194,7 @@ def _load_weights_only(f: IO[bytes], path: Path, fmt: str) -> tuple[Any, str | N
         return torch.load(f, map_location="cpu", weights_only=True), None
     except pickle.UnpicklingError as exc:
         message = str(exc)
-    except (EOFError, RuntimeError, UnicodeDecodeError, ValueError, KeyError, IndexError, TypeError) as exc:
+    except Exception as exc:  # torch's readers fail in many ways on damaged bytes (even AssertionError)
         if is_allocation_failure(exc):
             raise
         raise LoadError(f"{path}: is truncated or corrupt ({_one_line(exc)})") from exc
@@ -248,7 +248,7 @@ def _refusal(path: Path, refused: Sequence[Decision]) -> LoadError:
 
 
 def _from_trusted_pickle(f: IO[bytes], path: Path, fmt: str, import_paths: Sequence[str | os.PathLike], allow_globals: Sequence[str]) -> LoadedModel:
-    dirs = [Path(p).expanduser().resolve() for p in import_paths]
+    dirs = [Path(os.path.realpath(os.path.expanduser(p))) for p in import_paths]
     for given, d in zip(import_paths, dirs):
         if not d.is_dir():
             raise LoadError(f"--import-path {given}: not a directory")

@@ -278,22 +278,6 @@ def test_a_signal_during_the_start_up_imports_is_one_line(sig, code, work, tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
-# -- two runs, one name --------------------------------------------------------------------------------
-
-
-def test_two_runs_to_the_same_output_each_judge_their_own_file(work, tmp_path):
-    """One model passes parity, the other (a batch-size branch) fails: each verdict is about its own export."""
-    shared = tmp_path / "shared.onnx"
-    good = subprocess.Popen([sys.executable, "-m", "modconv_export", work / "dec.pt", shared, *FAST], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    bad = subprocess.Popen([sys.executable, "-m", "modconv_export", work / "batch.pt", shared, "--trust-pickle", "--import-path", FIXTURES,
-                            "--input", "x=1x4", *FAST], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    (good_out, good_err), (bad_out, bad_err) = good.communicate(timeout=300), bad.communicate(timeout=300)
-    assert good.returncode == 0, good_out + good_err
-    assert bad.returncode == 1 and "parity check FAILED: " in one_line(bad_err), bad_out + bad_err
-    onnx.checker.check_model(onnx.load(shared))
-    assert leftovers(tmp_path) == []
-
-
 # -- names and options ---------------------------------------------------------------------------------
 
 
