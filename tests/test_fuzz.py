@@ -274,7 +274,7 @@ OPTION_VALUES = {
 
 def test_fuzz_paths_and_options(base, tmp_path, capfd):
     rng = random.Random(3303)
-    for i in range(45):
+    for i in range(36):
         d = tmp_path / f"o{i}"
         d.mkdir()
         odd_dir = d / _name(rng, "") if rng.random() < 0.3 else d
@@ -335,7 +335,7 @@ def test_fuzz_failing_writes(base, tmp_path, capfd, monkeypatch):
 
     rng = random.Random(5505)
     real = files_module.write_bytes
-    for i in range(10):
+    for i in range(6):
         d = tmp_path / f"w{i}"
         d.mkdir()
         paths = targets(d, rng, base)
@@ -365,7 +365,7 @@ def test_fuzz_failing_writes(base, tmp_path, capfd, monkeypatch):
 
 def test_fuzz_concurrent_runs(base, tmp_path):
     rng = random.Random(6606)
-    for i in range(2):
+    for i in range(1):
         d = tmp_path / f"c{i}"
         d.mkdir()
         shared = d / "shared.onnx"

@@ -27,6 +27,8 @@ from modconv_export import LoadError, load_model
 from modconv_export.cli import main
 from pickle_payloads import Attr, Build, Call, G, NewObj, Persistent, StackGlobal, plain_pickle, save, to_bytes
 
+pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol 4")  # the STACK_GLOBAL payloads' own protocol
+
 TESTS = Path(__file__).parent
 USER_CODE = TESTS / "fixtures" / "user_code"
 ERROR = "modconv-export: error: "
