@@ -28,14 +28,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from modconv_export import export_onnx, save_checkpoint
 from modconv_export.cli import main
-from modconv_export.families import get_family
+from cli_inputs import FIXTURES, write_cli_inputs
 from pickle_payloads import Attr, Build, Call, G, NewObj, StackGlobal, plain_pickle, save
 
-FIXTURES = Path(__file__).parent / "fixtures" / "foreign_layers"
 USER_CODE = Path(__file__).parent / "fixtures" / "user_code"
-CONFIG = {"latent_dim": 16, "n_mlp": 2, "channels": [8, 8], "output_nc": 3}
 FAST = ["--exporter", "torchscript", "--providers", "cpu"]
 CLEAN_CODES = {0, 1, 2, 129, 130, 143}
 TEMP_SUFFIXES = (".partial", ".probe", ".old")
@@ -46,20 +43,7 @@ PROBLEMS: list[str] = []
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("fuzz")
-    torch.manual_seed(0)
-    model = get_family("decoder").build(CONFIG)
-    save_checkpoint(d / "dec.pt", "decoder", CONFIG, model.state_dict())
-    torch.save(model.state_dict(), d / "legacy_sd.pt", _use_new_zipfile_serialization=False)
-    sys.path.insert(0, str(FIXTURES))
-    try:
-        import tricky_models
-    finally:
-        sys.path.remove(str(FIXTURES))
-    torch.save(tricky_models.head("batch"), d / "batch.pt")
-    torch.save(tricky_models.head("fixed"), d / "module.pt")
-    export_onnx(nn.Linear(4, 4).eval(), torch.randn(1, 4), d / "old.onnx", exporter="torchscript")
-    return d
+    return write_cli_inputs(tmp_path_factory.mktemp("fuzz"))
 
 
 # -- judging one case ------------------------------------------------------------------------------------

@@ -23,13 +23,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from modconv_export import export_onnx, files as files_module, save_checkpoint
+from modconv_export import export_onnx, files as files_module
+from cli_inputs import write_cli_inputs
 from modconv_export.cli import main
-from modconv_export.families import get_family
 from modconv_export.files import Outputs
 
-FIXTURES = Path(__file__).parent / "fixtures" / "foreign_layers"
-CONFIG = {"latent_dim": 16, "n_mlp": 2, "channels": [8, 8], "output_nc": 3}
 ERROR = "modconv-export: error: "
 FAST = ["--exporter", "torchscript", "--providers", "cpu"]
 
@@ -50,18 +48,7 @@ def leftovers(*dirs: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("outputs")
-    torch.manual_seed(0)
-    model = get_family("decoder").build(CONFIG)
-    save_checkpoint(d / "dec.pt", "decoder", CONFIG, model.state_dict())
-    sys.path.insert(0, str(FIXTURES))
-    try:
-        import tricky_models
-    finally:
-        sys.path.remove(str(FIXTURES))
-    torch.save(tricky_models.head("batch"), d / "batch.pt")
-    export_onnx(nn.Linear(4, 4).eval(), torch.randn(1, 4), d / "old.onnx", exporter="torchscript")
-    return d
+    return write_cli_inputs(tmp_path_factory.mktemp("outputs"))
 
 
 @pytest.fixture
@@ -218,7 +205,7 @@ def test_a_signal_in_any_step_leaves_the_old_files(step, work, out, capfd, monke
     real = getattr(sys.modules[module], name)
 
     def step_then_signal(*args, **kwargs):
-        result = real(*args, **kwargs)
+        real(*args, **kwargs)
         os.kill(os.getpid(), sig)
         time.sleep(1)  # the handler raises here, inside the step
         raise AssertionError("the signal did not interrupt the step")
