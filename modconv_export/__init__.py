@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # first: the modules record it in what they write
 
 #: public name -> the submodule that defines it
 _EXPORTS = {
@@ -37,9 +37,10 @@ _EXPORTS = {
     "rewrite_report": "rewrite",
     "register_function_lowering": "symbolic",
     "unregister_function_lowering": "symbolic",
+    "check_parity": "verify",  # pulls in ONNX Runtime
 }
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+__all__ = sorted([*(n for n in _EXPORTS if n != "check_parity"), "__version__"])
 
 if TYPE_CHECKING:
     from .checkpoint import load_checkpoint, save_checkpoint

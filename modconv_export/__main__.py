@@ -10,10 +10,11 @@ tracebacks of its own, and there is nothing left to clean up -- temporary output
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Sequence
 
-from .interrupts import Interrupted, signals_raise
+from .interrupts import HANDLED, Interrupted, exit_on_signal
 
 
 def _leave(code: int) -> None:
@@ -27,19 +28,18 @@ def _leave(code: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Install the signal handlers, import the command line and run it."""
-    with signals_raise():
+    with exit_on_signal("modconv-export: error: interrupted by {signal} (nothing written)"):
+        from .cli import main as cli_main  # seconds of imports
+
         try:
-            from .cli import main as cli_main
-        except Interrupted as exc:
-            print(f"modconv-export: error: interrupted by {exc.signal_name} while starting (nothing written)", file=sys.stderr, flush=True)
-            _leave(exc.exit_code)
-        try:
-            code = cli_main(argv)
-        except Interrupted as exc:  # after the run had already ended
+            code = cli_main(argv)  # installs its own handlers for the run
+        except Interrupted as exc:  # a second signal while the run was reporting the first
             code = exc.exit_code
-        if code >= 128:  # interrupted: see the module docstring
-            _leave(code)
-        return code
+        for s in HANDLED:  # the run is over: its status stands
+            signal.signal(s, signal.SIG_IGN)
+    if code >= 128:  # interrupted: see the module docstring
+        _leave(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -33,10 +33,12 @@ from . import __version__
 from .diagnose import describe_export_failure
 from .errors import ExportError, ModconvExportError
 from .export import export_onnx, export_torchscript, resolve_opset
+from .families import registered_families
 from .files import Outputs, check_writable_target, write_bytes
-from .interrupts import Interrupted, signals_raise
+from .interrupts import Interrupted, deferred, signals_raise
 from .load import LoadedModel, forward_parameters, load_model
 from .memory import OutOfMemory, check_fits, is_allocation_failure
+from .metadata import family_properties, graph_sha256, record_parity
 from .rewrite import RewriteReport, registered_rules, rewrite_model
 
 __all__ = ["EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PARITY", "EXIT_USAGE", "UsageError", "build_parser", "main", "parse_input"]
@@ -58,24 +60,43 @@ EPILOG = """\
 MODEL may be:
   a modconv-export checkpoint  (modconv_export.save_checkpoint; loaded with weights_only=True)
   a bare state_dict of a known model family (recognised by its keys; loaded strictly)
-  a pickled nn.Module (torch.save(model)): only with --trust-pickle, since unpickling runs code;
-    its classes must be importable from the current directory or an --import-path
+  a pickled nn.Module (torch.save(model)): only with --trust-pickle, and only torch.nn classes,
+    pure math functions and classes defined in --import-path directories or the current directory;
+    any other global is refused before anything is built (--allow-global MODULE.NAME adds one)
 
---trust-pickle loads only torch.nn classes, pure math functions and classes defined in --import-path
-directories or the current directory; any other global is refused before anything is built
-(--allow-global MODULE.NAME adds one you trust).
+model families (a bare state_dict is recognised by its keys):
+{families}
 
 exit status: 0 exported and verified, 1 exported but parity failed (files kept),
-             2 bad input or export error (nothing written), 3 internal error,
-             130 SIGINT, 143 SIGTERM, 129 SIGHUP (nothing written, existing files untouched)
+             2 bad input, export error, full disk or out of memory (nothing written),
+             3 internal error, 130 SIGINT, 143 SIGTERM, 129 SIGHUP (nothing written)
+
+examples:
+  modconv-export samples/out/lats_small.pt out.onnx --report-image parity.png
+  modconv-export latest_net_g_running.pth lats.onnx --torchscript lats.pt --batch-sizes 1,4 --providers CPUExecutionProvider,CUDAExecutionProvider
+  modconv-export generator.pt g.onnx --trust-pickle --input latent=1x512 --save-inputs in.json --save-outputs ref.json --triton-repo models
 """
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the toolkit's version and the ONNX Runtime build it found (distribution, providers)."""
+
+    def __init__(self, option_strings, dest, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and the ONNX Runtime build found, then exit")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from .ort_options import describe_ort_build
+
+        print(f"{PROG} {__version__}\n{describe_ort_build()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
+    families = "\n".join(f"  {f.name:<10} {f.description}" for f in registered_families())
     p = _Parser(
         prog=PROG,
         description="Export a modulated-convolution generator to ONNX with a dynamic batch, verified against eager PyTorch.",
-        epilog=EPILOG,
+        epilog=EPILOG.format(families=families),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("model", metavar="MODEL", help="checkpoint, state_dict or (with --trust-pickle) pickled module")
@@ -88,18 +109,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default: 18)")
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
                    help="fp16: float16 feature maps, float32 style/demodulation; I/O stays float32 (default: fp32)")
+    p.add_argument("--keep-debug-metadata", action="store_true",
+                   help="keep the exporter's per-node debug metadata (stack traces with this machine's paths; about half the file)")  # fmt: skip
     p.add_argument("--report", metavar="PATH.json", help="write a JSON report (model, rewrite, export, parity rows)")
     p.add_argument("--report-image", metavar="PATH.png", help="write a reference/output/difference picture (needs Pillow)")
+    p.add_argument("--save-inputs", metavar="PATH.json", help="write the parity inputs in Polygraphy's JSON format (polygraphy run --load-inputs)")
+    p.add_argument("--save-outputs", metavar="PATH.json", help="write the eager reference outputs as Polygraphy RunResults (--load-outputs)")
+    p.add_argument("--triton-repo", metavar="DIR", help="also write a Triton model repository: DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx (NAME: OUT's stem)")
+    p.add_argument("--triton-max-batch-size", type=int, default=8, metavar="N", help="max_batch_size of the Triton config (default: 8)")
     p.add_argument("--no-verify", action="store_true", help="skip the parity check")
-    p.add_argument("--providers", default="cpu,cuda", metavar="LIST", help="devices to verify on (default: cpu,cuda; missing CUDA is reported as not run)")
-    p.add_argument("--rtol", type=_limit, metavar="X", help="relative-L2 limit for every backend (default: per device, 1e-4 on CPU)")
-    p.add_argument("--atol", type=_limit, metavar="X", help="also bound the largest absolute difference")
+    p.add_argument("--providers", default="cpu,cuda", metavar="LIST",
+                   help="devices to verify on: cpu, cuda or ONNX Runtime's names (CUDAExecutionProvider), comma-separated "
+                        "(default: cpu,cuda; missing CUDA is reported as not run)")  # fmt: skip
+    p.add_argument("--batch-sizes", default="1,3", metavar="LIST", help="batch sizes to verify, comma-separated (default: 1,3)")
+    p.add_argument("--max-rel-l2", type=_limit, metavar="X", help="relative-L2 limit for every backend (default: per device, 1e-4 on CPU)")
+    p.add_argument("--rtol", type=_limit, metavar="X", help="also check element-wise: |out - ref| <= atol + rtol*|ref| (allclose; default: off)")
+    p.add_argument("--atol", type=_limit, metavar="X", help="absolute part of that element-wise check (alone: bounds the largest difference)")
     p.add_argument("--trust-pickle", action="store_true", help="allow a pickled module, under an allowlist (see below)")
     p.add_argument("--import-path", action="append", default=[], metavar="DIR", help="directory to import a pickled model's classes from (repeatable)")
     p.add_argument("--allow-global", action="append", default=[], metavar="MODULE.NAME", help="also allow this global in a trusted pickle (repeatable)")
-    p.add_argument("-v", "--verbose", action="store_true", help="list rewritten modules, near misses and progress")
+    talk = p.add_mutually_exclusive_group()
+    talk.add_argument("-v", "--verbose", action="store_true", help="list rewritten modules, near misses and progress")
+    talk.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors (the exit status tells the result)")
     p.add_argument("--debug", action="store_true", help="show tracebacks and the exporters' own output")
-    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    p.add_argument("--version", action=_VersionAction)
     return p
 
 
@@ -141,7 +174,8 @@ def _check_targets(args: argparse.Namespace) -> None:
     """Fail before any slow step if an output cannot be written or would clobber the input."""
     if Path(args.output).suffix.lower() != ".onnx":
         raise UsageError(f"OUT must be an .onnx file, got {args.output!r} (TorchScript goes to --torchscript PATH)")
-    targets = {"OUT": args.output, "--torchscript": args.torchscript, "--report": args.report, "--report-image": args.report_image}
+    targets = {"OUT": args.output, "--torchscript": args.torchscript, "--report": args.report, "--report-image": args.report_image,
+               "--save-inputs": args.save_inputs, "--save-outputs": args.save_outputs}  # fmt: skip
     seen = {_real(args.model): "MODEL"}
     for option, path in targets.items():
         if path is None:
@@ -154,8 +188,18 @@ def _check_targets(args: argparse.Namespace) -> None:
         if resolved in seen:
             raise UsageError(f"{option} {path} is the same file as {seen[resolved]}")
         seen[resolved] = option
-    if args.no_verify and args.report_image:
-        raise UsageError("--report-image needs the parity check: drop --no-verify")
+    for option in ("report_image", "save_inputs", "save_outputs"):
+        if args.no_verify and getattr(args, option):
+            raise UsageError(f"--{option.replace('_', '-')} needs the parity check: drop --no-verify")
+    if args.triton_repo:
+        from .handoff import triton_config
+
+        triton_config(_triton_name(args), [], [], max_batch_size=args.triton_max_batch_size, gpu=False)  # a bad name or size fails now
+        repo = Path(args.triton_repo).expanduser()
+        try:
+            check_writable_target((repo if repo.is_dir() else repo.parent) / "probe")
+        except ExportError as exc:
+            raise ExportError(f"--triton-repo {args.triton_repo}: {exc}") from None
     if args.report_image:
         from .verify import MissingExtraError
 
@@ -165,12 +209,27 @@ def _check_targets(args: argparse.Namespace) -> None:
             raise MissingExtraError("--report-image needs Pillow: pip install 'modconv-export[image]' (or pip install pillow)") from None
 
 
+#: ``--providers`` names: the short ones and ONNX Runtime's execution-provider names.
+_PROVIDER_NAMES = {"cpu": "cpu", "cuda": "cuda", "cpuexecutionprovider": "cpu", "cudaexecutionprovider": "cuda"}
+
+
 def _providers(text: str) -> tuple[str, ...]:
-    names = tuple(p.strip() for p in text.split(",") if p.strip())
-    bad = [p for p in names if p not in ("cpu", "cuda")]
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    bad = [p for p in names if p.lower() not in _PROVIDER_NAMES]
     if bad or not names:
-        raise UsageError(f"--providers takes cpu and/or cuda, comma-separated, got {text!r}")
-    return names
+        raise UsageError(f"--providers takes cpu, cuda, CPUExecutionProvider or CUDAExecutionProvider, comma-separated, got {text!r}")
+    return tuple(dict.fromkeys(_PROVIDER_NAMES[p.lower()] for p in names))
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise UsageError(f"--batch-sizes takes positive integers, comma-separated (e.g. 1,3,8), got {text!r}")
+    return tuple(dict.fromkeys(int(p) for p in parts))
+
+
+def _triton_name(args: argparse.Namespace) -> str:
+    return Path(args.output).stem
 
 
 # -- output ---------------------------------------------------------------------------------------
@@ -184,12 +243,14 @@ def _printable(text: str) -> str:
 class _Console:
     """Results to stdout; live progress to stderr only where someone watches (a terminal, or ``-v``)."""
 
-    def __init__(self, verbose: bool) -> None:
+    def __init__(self, verbose: bool, quiet: bool = False) -> None:
         self.verbose = verbose
-        self.live = verbose or sys.stderr.isatty()
+        self.quiet = quiet
+        self.live = not quiet and (verbose or sys.stderr.isatty())
 
     def say(self, line: str = "") -> None:
-        print(_printable(line), flush=True)
+        if not self.quiet:
+            print(_printable(line), flush=True)
 
     def progress(self, line: str) -> None:
         if self.live:
@@ -216,12 +277,13 @@ def _captured_fds(keep: bool) -> Iterator[list[str]]:
             os.dup2(sink.fileno(), 2)
             yield holder
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
+            with deferred():  # the terminal must get fds 1 and 2 back, whatever signal arrives
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+                for fd in saved:
+                    os.close(fd)
             sink.seek(0)
             holder.append(sink.read().decode("utf-8", "replace"))
 
@@ -284,14 +346,10 @@ def _resolve_inputs(loaded: LoadedModel, given: list[tuple[str, tuple[int, ...]]
     return _Inputs(names_given, [s for _, s in given], tensors, None)
 
 
-#: The parity check runs batch 3 (and the exporter traces batch 2) of the example inputs' non-batch shape.
-_LARGEST_BATCH = 3
-
-
 def _check_memory(names: Sequence[str], shapes: Sequence[tuple[int, ...]], itemsizes: Sequence[int]) -> None:
-    """Refuse example inputs this machine cannot hold, before allocating them."""
+    """Refuse example inputs this machine cannot hold, before allocating them (at the largest batch used)."""
     per_sample = sum(math.prod(s[1:]) * size for s, size in zip(shapes, itemsizes))
-    batch = max([_LARGEST_BATCH, *(s[0] for s in shapes if s)])
+    batch = max([3, *(s[0] for s in shapes if s)])  # the exporter traces batch 2, the parity check runs 3
     given = " ".join(f"{n}={_shape_text(s)}" for n, s in zip(names, shapes))
     check_fits(per_sample * batch, f"the inputs {given} (at batch {batch}, before any activation)")
 
@@ -341,7 +399,8 @@ def _export(args: argparse.Namespace, loaded: LoadedModel, exportable: torch.nn.
     with _captured_fds(keep=args.debug):
         try:
             export_onnx(exportable, inputs.tensors, onnx_tmp, exporter=args.exporter, opset=opset, rewrite=False,
-                        input_names=inputs.names, output_names=family_outputs, precision=args.precision)  # fmt: skip
+                        input_names=inputs.names, output_names=family_outputs, precision=args.precision,
+                        keep_debug_metadata=args.keep_debug_metadata, metadata=family_properties(loaded.family))  # fmt: skip
         except ExportError as exc:
             misses = [p for p, _, _ in rewrite.near_misses]
             better = describe_export_failure(exportable, inputs.tensors, exc.__cause__, args.exporter, misses) if exc.__cause__ else None
@@ -378,15 +437,33 @@ def _verify(args: argparse.Namespace, loaded: LoadedModel, inputs: _Inputs, cons
 
     console.progress("verifying against eager PyTorch ...")
     start = time.perf_counter()
-    ts_tmp = files.temporary(args.torchscript) if args.torchscript else None
     with _captured_fds(keep=args.debug):
-        report = check_parity(loaded.module, inputs.tensors, onnx_path=files.temporary(args.output), torchscript_path=ts_tmp,
-                              providers=_providers(args.providers), rtol=args.rtol, atol=args.atol, make_inputs=make,
-                              precision=args.precision)  # fmt: skip
+        report = check_parity(loaded.module, inputs.tensors, onnx_path=files.temporary(args.output),
+                              torchscript_path=files.temporary(args.torchscript) if args.torchscript else None,
+                              trace_torchscript=not args.torchscript, providers=_providers(args.providers), batch_sizes=_batch_sizes(args.batch_sizes),
+                              rtol=args.rtol, atol=args.atol, max_rel_l2=args.max_rel_l2, make_inputs=make, precision=args.precision)  # fmt: skip
     report.files = {"onnx": str(args.output), "torchscript": str(args.torchscript) if args.torchscript else None}
     console.say(f"verified in {time.perf_counter() - start:.1f} s")
     console.say(report.format_table())
     return report
+
+
+def _hand_off(args: argparse.Namespace, report, files: Outputs) -> list[tuple[str, str]]:
+    """Polygraphy data and the Triton repository, from the finished (verified and recorded) file."""
+    from . import handoff
+
+    rows = []
+    onnx_tmp = files.temporary(args.output)
+    if args.save_inputs or args.save_outputs:
+        staged = [files.stage(p) if p else None for p in (args.save_inputs, args.save_outputs)]
+        handoff.save_parity_data(report, onnx_tmp, *staged)
+        rows.append(("polygraphy", ", ".join(p for p in (args.save_inputs, args.save_outputs) if p)))
+    if args.triton_repo:
+        with _captured_fds(keep=args.debug):  # ONNX Runtime logs a failed CUDA probe on fd 2
+            gpu = handoff.cuda_found(onnx_tmp, report)
+        model = handoff.write_triton_repository(args.triton_repo, _triton_name(args), onnx_tmp, max_batch_size=args.triton_max_batch_size, gpu=gpu, outputs=files)
+        rows.append(("triton", f"{model} (max_batch_size {args.triton_max_batch_size}, {'KIND_GPU' if gpu else 'KIND_CPU'})"))
+    return rows
 
 
 def _write_report(path: str, summary: dict, parity, files: Outputs) -> None:
@@ -402,6 +479,7 @@ def _write_report(path: str, summary: dict, parity, files: Outputs) -> None:
 def _run(args: argparse.Namespace, console: _Console, files: Outputs) -> int:
     given = [parse_input(text) for text in args.input]
     _providers(args.providers)
+    _batch_sizes(args.batch_sizes)
     _check_targets(args)
     resolve_opset(args.opset, args.exporter)  # a bad --opset fails now, not after loading
     for directory in reversed(args.import_path):  # keep the user's classes importable for the whole run (main restores)
@@ -434,6 +512,8 @@ def _run(args: argparse.Namespace, console: _Console, files: Outputs) -> int:
                     "notes": [{"path": p, "rule": r, "note": note} for p, r, note in rewrite.notes]},  # fmt: skip
         "export": exported,
     }
+    onnx_tmp = files.temporary(args.output)
+    digest = graph_sha256(onnx_tmp)  # the graph the parity check reads; record_parity refuses any other
     kept = " and ".join(p for p in (args.output, args.torchscript) if p)
     try:
         report = None if args.no_verify else _verify(args, loaded, inputs, console, files)
@@ -443,12 +523,15 @@ def _run(args: argparse.Namespace, console: _Console, files: Outputs) -> int:
         files.commit()
         _error(f"parity check FAILED: {kept} kept, but the check could not run: {exc}")
         return EXIT_PARITY
+    if report is not None:
+        record_parity(onnx_tmp, report, graph_digest=digest)
     if args.report:
         _write_report(args.report, summary, report, files)
     if report is not None and args.report_image:
         from .verify import write_report_image
 
         write_report_image(report, files.stage(args.report_image))
+    handed = _hand_off(args, report, files)
     files.commit()  # every step succeeded (or only parity failed): all outputs replace their targets together
 
     verdict = "not verified (--no-verify)" if report is None else report.summary
@@ -458,6 +541,7 @@ def _run(args: argparse.Namespace, console: _Console, files: Outputs) -> int:
             ("onnx", f"{args.output} ({_size(args.output)}, opset {exported['opset']}, {args.exporter}, batch dynamic)"),  # fmt: skip
             ("torchscript", f"{args.torchscript} ({_size(args.torchscript)})" if args.torchscript else "-"),
             ("report", ", ".join(p for p in (args.report, args.report_image) if p) or "-"),
+            *handed,
             ("parity", verdict)]  # fmt: skip
     for key, value in rows:
         console.say(f"  {key:<12} {value}")
@@ -501,7 +585,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except SystemExit as exc:  # --help, --version
         return int(exc.code or 0)
-    console = _Console(args.verbose)
+    console = _Console(args.verbose, args.quiet)
     files = Outputs()
     with warnings.catch_warnings(), signals_raise(), _restored_sys_path():
         if not debug:

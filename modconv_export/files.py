@@ -86,7 +86,16 @@ class Outputs:
 
     def __init__(self) -> None:
         self._staged: dict[Path, Path] = {}
+        self._made: list[Path] = []  # folders made for outputs, removed again if the run fails
         self.committed = False
+
+    def make_dirs(self, path: str | os.PathLike) -> Path:
+        """Make the folder ``path`` and its missing parents; :meth:`discard` removes the ones made here."""
+        path = Path(path).expanduser()
+        missing = [p for p in [path, *path.parents] if not p.exists()]
+        path.mkdir(parents=True, exist_ok=True)
+        self._made += reversed(missing)
+        return path
 
     def stage(self, path: str | os.PathLike) -> Path:
         """A new empty temporary beside ``path`` that :meth:`commit` will move onto it."""
@@ -147,11 +156,20 @@ class Outputs:
                     target.unlink()  # it did not exist before this run
 
     def discard(self) -> None:
-        """Remove every temporary (the targets are untouched)."""
+        """Remove every temporary and, unless committed, the folders made for them (the targets are untouched)."""
+        with deferred():  # a second signal must not leave a temporary behind
+            self._discard()
+
+    def _discard(self) -> None:
         for tmp in self._staged.values():
             with contextlib.suppress(OSError):
                 tmp.unlink()
         self._staged.clear()
+        if not self.committed:
+            for folder in reversed(self._made):  # the deepest first; a folder something else filled stays
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+        self._made.clear()
 
     def __enter__(self) -> Outputs:
         return self

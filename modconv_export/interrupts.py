@@ -1,18 +1,26 @@
-"""Signals as exceptions: SIGINT, SIGTERM and SIGHUP unwind the run like an error, so temporary outputs are removed.
+"""Signals: SIGINT, SIGTERM and SIGHUP end a run with one line and status ``128 + signal number``
+(130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP), never a traceback and never a partial file.
 
-Stdlib only: the command line installs these handlers before it imports torch, so a signal during the
-slow start-up imports is one line too, not a traceback. Exit status ``128 + signal number``: 130 for
-SIGINT, 143 for SIGTERM, 129 for SIGHUP.
+Stdlib only, so the command line can install its handlers before it imports torch:
+
+* :func:`exit_on_signal` -- during the start-up imports: one line and an immediate exit (nothing has
+  been written yet, and an import cut short must not be resumed or cleaned up);
+* :func:`signals_raise` -- during the run: the signal raises :class:`Interrupted` where the main thread
+  is, so the run unwinds like an error and its temporary outputs are removed;
+* :func:`deferred` -- around the few statements that must not be cut (renaming the outputs into place,
+  removing the temporaries): a signal that arrives meanwhile is raised right after them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
 from typing import Iterator
 
-__all__ = ["HANDLED", "Interrupted", "deferred", "signals_raise"]
+__all__ = ["HANDLED", "Interrupted", "deferred", "exit_on_signal", "signals_raise"]
 
 HANDLED = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
@@ -33,49 +41,63 @@ class Interrupted(BaseException):
         return signal.Signals(self.signum).name
 
 
-_state: dict = {"depth": 0, "raised": False, "deferring": 0, "pending": None}
+_state: dict = {"deferring": 0, "pending": None}
 
 
-def _handler(signum: int, frame: object) -> None:
-    if _state["raised"]:  # already unwinding: let the clean-up finish, the first signal decides the exit status
-        return
+def _raise(signum: int, frame: object) -> None:
     if _state["deferring"]:  # inside a critical section: raise when it ends
         _state["pending"] = _state["pending"] or signum
         return
-    _state["raised"] = True
-    raise Interrupted(signum)
+    raise Interrupted(signum)  # every time: a library that swallowed the first one does not swallow the next
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 @contextlib.contextmanager
-def signals_raise() -> Iterator[None]:
-    """Within the block (main thread only), the first handled signal raises :class:`Interrupted`; later ones are ignored."""
-    if threading.current_thread() is not threading.main_thread():
+def _handlers(handler) -> Iterator[None]:
+    if not _main_thread():
         yield
         return
-    if _state["depth"] == 0:
-        _state.update(raised=False, pending=None)
-    _state["depth"] += 1
-    previous = {s: signal.signal(s, _handler) for s in HANDLED}
+    previous = {s: signal.signal(s, handler) for s in HANDLED}
     try:
         yield
     finally:
         for s, old in previous.items():
             signal.signal(s, old)
-        _state["depth"] -= 1
+
+
+def exit_on_signal(message: str) -> contextlib.AbstractContextManager[None]:
+    """Within the block, a handled signal prints ``message`` (``{signal}`` is its name) and exits at once."""
+
+    def leave(signum: int, frame: object) -> None:
+        try:
+            print(message.format(signal=signal.Signals(signum).name), file=sys.stderr, flush=True)
+        finally:
+            os._exit(128 + signum)
+
+    return _handlers(leave)
+
+
+def signals_raise() -> contextlib.AbstractContextManager[None]:
+    """Within the block (main thread only), a handled signal raises :class:`Interrupted`."""
+    _state.update(deferring=0, pending=None)
+    return _handlers(_raise)
 
 
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
-    """Hold the handled signals back for a short critical section (renaming outputs); they arrive right after it.
+    """Hold the handled signals back for a short critical section; they are raised right after it.
 
     Our handler only notes a signal that arrives meanwhile (the process may have other threads, so
-    blocking it in this thread alone is not enough); with Python's default handlers installed, the
-    signals are blocked in this thread instead.
+    blocking it in this thread alone is not enough); with other handlers installed (Python's default
+    ones, for a library caller), the signals are blocked in this thread instead.
     """
-    if threading.current_thread() is not threading.main_thread():
+    if not _main_thread():
         yield
         return
-    block = hasattr(signal, "pthread_sigmask") and any(signal.getsignal(s) is not _handler for s in HANDLED)
+    block = hasattr(signal, "pthread_sigmask") and any(signal.getsignal(s) is not _raise for s in HANDLED)
     old = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED) if block else None
     _state["deferring"] += 1
     try:
@@ -85,6 +107,6 @@ def deferred() -> Iterator[None]:
         if old is not None:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
     pending = _state["pending"]
-    if pending and not _state["deferring"] and not _state["raised"]:
-        _state.update(pending=None, raised=True)
+    if pending and not _state["deferring"]:
+        _state["pending"] = None
         raise Interrupted(pending)

@@ -30,6 +30,8 @@ from modconv_export.files import Outputs
 
 ERROR = "modconv-export: error: "
 FAST = ["--exporter", "torchscript", "--providers", "cpu"]
+#: the modules that hand output bytes to files.write_bytes
+WRITERS = ("modconv_export.files", "modconv_export.export", "modconv_export.cli", "modconv_export.metadata", "modconv_export.handoff", "modconv_export.verify.picture")
 
 
 def one_line(stderr: str) -> str:
@@ -71,27 +73,49 @@ def all_outputs(out: Path) -> list[str]:
 # -- the transaction -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("failing", [2, 4], ids=["torchscript", "picture"])  # the fuzz suite fails the others at random
+@pytest.mark.parametrize("failing", ["g.ts", "g.png"])  # the fuzz suite fails the others at random
 def test_a_full_disk_at_any_output_changes_nothing(failing, work, out, capfd, monkeypatch):
-    """write_bytes is where every output reaches the disk: fail the n-th one with ENOSPC after half the data."""
-    real, calls = files_module.write_bytes, []
+    """write_bytes is where every output reaches the disk: fail the one for ``failing`` with ENOSPC after half the data."""
+    real = files_module.write_bytes
 
     def full_disk(path, data):
-        calls.append(path)
-        if len(calls) == failing:
+        if failing in Path(path).name:
             with open(path, "wb") as f:
                 f.write(data[: len(data) // 2])
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         real(path, data)
 
-    for module in ("modconv_export.files", "modconv_export.export", "modconv_export.cli", "modconv_export.verify.picture"):
+    for module in WRITERS:
         monkeypatch.setattr(f"{module}.write_bytes", full_disk)
     before = snapshot(out)
-    outputs = all_outputs(out) if failing == 4 else [*all_outputs(out)[:4], "--no-verify"]  # only the picture needs the check
+    outputs = all_outputs(out) if failing == "g.png" else [*all_outputs(out)[:4], "--no-verify"]  # only the picture needs the check
     code = main([str(work / "dec.pt"), str(out / "g.onnx"), *outputs, *FAST])
     line = one_line(capfd.readouterr().err)
     assert code == 2 and "No space left on device" in line, line
     assert snapshot(out) == before  # nothing partial, nothing replaced (not even the outputs written before)
+
+
+def test_hand_off_files_join_the_transaction(work, out, capfd, monkeypatch):
+    """Polygraphy data and a Triton repository too: a write failing in the repository leaves no folder behind."""
+    real = files_module.write_bytes
+
+    def full_disk(path, data):
+        if "config.pbtxt" in Path(path).name:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real(path, data)
+
+    for module in WRITERS:
+        monkeypatch.setattr(f"{module}.write_bytes", full_disk)
+    (out / "in.json").write_text("old inputs")
+    before = snapshot(out)
+    argv = [str(work / "dec.pt"), str(out / "g.onnx"), "--save-inputs", str(out / "in.json"), "--save-outputs", str(out / "ref.json"),
+            "--triton-repo", str(out / "repo"), *FAST]  # fmt: skip
+    assert main(argv) == 2 and "No space left on device" in one_line(capfd.readouterr().err)
+    assert snapshot(out) == before and not (out / "repo").exists()
+    monkeypatch.undo()
+    assert main(argv) == 0, capfd.readouterr().err
+    assert (out / "repo" / "g" / "1" / "model.onnx").read_bytes() == (out / "g.onnx").read_bytes()
+    assert json.loads((out / "in.json").read_text()) and leftovers(out, out / "repo" / "g", out / "repo" / "g" / "1") == []
 
 
 def test_a_failing_torchscript_step_keeps_the_old_onnx(work, out, capfd, monkeypatch):

@@ -8,7 +8,7 @@ Polygraphy-style parts: :mod:`.runners` (one prepare/infer/release interface per
 from .harness import check_parity, random_inputs
 from .metrics import Metrics, compare
 from .picture import MissingExtraError, write_report_image
-from .report import ImageSample, ParityReport, ParityRow
+from .report import ImageSample, ParityData, ParityReport, ParityRow
 from .runners import EagerRunner, OnnxRuntimeRunner, Runner, RunnerUnavailable, TorchScriptRunner
 from .tolerances import DEFAULT_REL_L2, Tolerance, resolve_tolerance
 
@@ -19,6 +19,7 @@ __all__ = [
     "Metrics",
     "MissingExtraError",
     "OnnxRuntimeRunner",
+    "ParityData",
     "ParityReport",
     "ParityRow",
     "Runner",

@@ -19,9 +19,13 @@ Defaults, with the reasoning:
   convolution products, so a few layers accumulate ~1e-3..5e-3. Overflow past 65504 is the typical fp16
   failure, and shows up as Inf/NaN -- which must be zero.
 
-``rtol`` replaces the relative-L2 limit; ``atol``, if given, additionally bounds the largest absolute
-difference. Either may be one number for every backend or a mapping keyed by backend name
-(``"ort-cuda"``), device (``"cuda"``) or ``"*"``, most specific first.
+``max_rel_l2`` replaces the relative-L2 limit. ``rtol``/``atol`` add an element-wise check with the
+semantics of ``numpy.allclose`` and ``torch.testing.assert_close``: every element must satisfy
+``|actual - reference| <= atol + rtol * |reference|`` (a missing one of the two counts as 0, so ``atol``
+alone bounds the largest absolute difference). Polygraphy's default check differs slightly: an element
+fails there only if *both* its absolute and its relative difference exceed their limits. Each may be one
+number for every backend or a mapping keyed by backend name (``"ort-cuda"``), device (``"cuda"``) or
+``"*"``, most specific first.
 """
 
 from __future__ import annotations
@@ -60,25 +64,40 @@ def backend_device(backend: str) -> str:
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Limits for one backend: relative L2, optional absolute error, and no non-finite values."""
+    """Limits for one backend: relative L2, an optional element-wise ``rtol``/``atol`` band, no NaN/Inf."""
 
     rel_l2: float
+    rtol: float | None = None
     atol: float | None = None
     max_nonfinite: int = 0
     why: str = ""
 
+    @property
+    def elementwise(self) -> bool:
+        return self.rtol is not None or self.atol is not None
+
+    def band(self) -> tuple[float, float]:
+        """``(rtol, atol)`` of the element-wise check, a missing one as 0."""
+        return (self.rtol or 0.0, self.atol or 0.0)
+
     def judge(self, metrics: Metrics) -> tuple[bool, str]:
-        """``(passed, verdict)``; the verdict names the deciding number, e.g. ``rel-L2 3.0e-06 <= 1e-04``."""
+        """``(passed, verdict)``; the verdict names the deciding numbers, e.g. ``rel-L2 3.0e-06 ≤ 1e-04``.
+
+        ``metrics`` must have been measured with this tolerance's :meth:`band` when it is element-wise.
+        """
         if metrics.ref_nonfinite:
             return False, f"reference has {metrics.ref_nonfinite} NaN/Inf values"
         if metrics.nonfinite > self.max_nonfinite:
             return False, f"{metrics.nan_count} NaN + {metrics.inf_count} Inf values"
         ok = metrics.rel_l2 <= self.rel_l2
         verdict = f"rel-L2 {metrics.rel_l2:.1e} {'≤' if ok else '>'} {self.rel_l2:.0e}"
-        if self.atol is not None:
-            abs_ok = metrics.max_abs <= self.atol
-            verdict += f", max-abs {metrics.max_abs:.1e} {'≤' if abs_ok else '>'} {self.atol:.0e}"
-            ok = ok and abs_ok
+        if self.elementwise:
+            rtol, atol = self.band()
+            outside = metrics.outside_band
+            if outside is None:
+                raise ValueError("element-wise tolerance: measure with compare(..., rtol=, atol=)")
+            verdict += f", {outside}/{metrics.numel} elements outside atol {atol:.0e} + rtol {rtol:.0e}·|ref|"
+            ok = ok and outside == 0
         return ok, verdict
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,11 +115,13 @@ def _pick(override: ToleranceOverride, backend: str) -> float | None:
     return float(override)
 
 
-def resolve_tolerance(backend: str, precision: str, rtol: ToleranceOverride = None, atol: ToleranceOverride = None) -> Tolerance:
+def resolve_tolerance(
+    backend: str, precision: str, rtol: ToleranceOverride = None, atol: ToleranceOverride = None, max_rel_l2: ToleranceOverride = None
+) -> Tolerance:
     """The limits for ``backend`` (``"ort-cpu"``, ``"torchscript-cuda"`` ...) at ``precision``."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     key = (backend_device(backend), precision)
-    rel = _pick(rtol, backend)
+    rel = _pick(max_rel_l2, backend)
     why = _WHY[key] if rel is None else "overridden by the caller"
-    return Tolerance(rel_l2=DEFAULT_REL_L2[key] if rel is None else rel, atol=_pick(atol, backend), why=why)
+    return Tolerance(rel_l2=DEFAULT_REL_L2[key] if rel is None else rel, rtol=_pick(rtol, backend), atol=_pick(atol, backend), why=why)
