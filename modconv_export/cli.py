@@ -19,7 +19,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import time
 import traceback
 import warnings
@@ -30,12 +29,13 @@ from typing import Iterator, Sequence
 import torch
 
 from . import __version__
+from .console import PROG, Console, captured_fds, error, file_size, plural
 from .diagnose import describe_export_failure
 from .errors import ExportError, ModconvExportError
 from .export import export_onnx, export_torchscript, resolve_opset
 from .families import registered_families
 from .files import Outputs, check_writable_target, write_bytes
-from .interrupts import Interrupted, deferred, signals_raise
+from .interrupts import Interrupted, signals_raise
 from .load import LoadedModel, forward_parameters, load_model
 from .memory import OutOfMemory, check_fits, is_allocation_failure
 from .metadata import family_properties, graph_sha256, record_parity
@@ -43,7 +43,6 @@ from .rewrite import RewriteReport, registered_rules, rewrite_model
 
 __all__ = ["EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PARITY", "EXIT_USAGE", "UsageError", "build_parser", "main", "parse_input"]
 
-PROG = "modconv-export"
 EXIT_OK, EXIT_PARITY, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
@@ -235,72 +234,6 @@ def _triton_name(args: argparse.Namespace) -> str:
 # -- output ---------------------------------------------------------------------------------------
 
 
-def _printable(text: str) -> str:
-    """File names may hold bytes that are not UTF-8 (kept as surrogate escapes): show them as ``\\xff``."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-class _Console:
-    """Results to stdout; live progress to stderr only where someone watches (a terminal, or ``-v``)."""
-
-    def __init__(self, verbose: bool, quiet: bool = False) -> None:
-        self.verbose = verbose
-        self.quiet = quiet
-        self.live = not quiet and (verbose or sys.stderr.isatty())
-
-    def say(self, line: str = "") -> None:
-        if not self.quiet:
-            print(_printable(line), flush=True)
-
-    def progress(self, line: str) -> None:
-        if self.live:
-            print(_printable(f"{PROG}: {line}"), file=sys.stderr, flush=True)
-
-    def detail(self, line: str) -> None:
-        if self.verbose:
-            print(_printable(line), flush=True)
-
-
-@contextlib.contextmanager
-def _captured_fds(keep: bool) -> Iterator[list[str]]:
-    """Send fds 1 and 2 to a temp file (the exporters' C++ logs bypass Python); yields the text holder."""
-    holder: list[str] = []
-    if keep:
-        yield holder
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        try:
-            os.dup2(sink.fileno(), 1)
-            os.dup2(sink.fileno(), 2)
-            yield holder
-        finally:
-            with deferred():  # the terminal must get fds 1 and 2 back, whatever signal arrives
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os.dup2(saved[0], 1)
-                os.dup2(saved[1], 2)
-                for fd in saved:
-                    os.close(fd)
-            sink.seek(0)
-            holder.append(sink.read().decode("utf-8", "replace"))
-
-
-def _plural(n: int, one: str, many: str) -> str:
-    return f"{n} {one if n == 1 else many}"
-
-
-def _size(path: str | os.PathLike) -> str:
-    n = float(Path(path).stat().st_size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
-
-
 # -- the steps ------------------------------------------------------------------------------------
 
 
@@ -370,7 +303,7 @@ def _outputs_of(result) -> list:
     return list(result) if isinstance(result, (tuple, list)) else [result]
 
 
-def _rewrite(module: torch.nn.Module, console: _Console) -> tuple[torch.nn.Module, RewriteReport]:
+def _rewrite(module: torch.nn.Module, console: Console) -> tuple[torch.nn.Module, RewriteReport]:
     exportable, report = rewrite_model(module)
     counts = report.counts()
     builtin = ["modulated_conv", "blur", "equal_lr"]  # always shown; other rules when they matched
@@ -386,17 +319,17 @@ def _rewrite(module: torch.nn.Module, console: _Console) -> tuple[torch.nn.Modul
             for line in report.describe_near_misses():
                 console.detail(f"  near miss: {line}")
         else:
-            console.say(f"  {_plural(len(report.near_misses), 'near miss', 'near misses')} left as they are (-v shows why)")
+            console.say(f"  {plural(len(report.near_misses), 'near miss', 'near misses')} left as they are (-v shows why)")
     return exportable, report
 
 
-def _export(args: argparse.Namespace, loaded: LoadedModel, exportable: torch.nn.Module, rewrite: RewriteReport, inputs: _Inputs, outputs: list, console: _Console, files: Outputs) -> dict:
+def _export(args: argparse.Namespace, loaded: LoadedModel, exportable: torch.nn.Module, rewrite: RewriteReport, inputs: _Inputs, outputs: list, console: Console, files: Outputs) -> dict:
     opset = resolve_opset(args.opset, args.exporter)
     family_outputs = list(loaded.family.outputs) if loaded.family and len(loaded.family.outputs) == len(outputs) else None
     console.progress(f"exporting {args.output} ({args.exporter} exporter, opset {opset}) ...")
     start = time.perf_counter()
     onnx_tmp = files.stage(args.output)
-    with _captured_fds(keep=args.debug):
+    with captured_fds(keep=args.debug):
         try:
             export_onnx(exportable, inputs.tensors, onnx_tmp, exporter=args.exporter, opset=opset, rewrite=False,
                         input_names=inputs.names, output_names=family_outputs, precision=args.precision,
@@ -406,25 +339,25 @@ def _export(args: argparse.Namespace, loaded: LoadedModel, exportable: torch.nn.
             better = describe_export_failure(exportable, inputs.tensors, exc.__cause__, args.exporter, misses) if exc.__cause__ else None
             if misses:  # an unrewritten look-alike is the usual reason a generator does not export
                 listed = ", ".join(p or "<root>" for p in misses[:3])
-                better = f"{better or exc}; note: {_plural(len(misses), 'near miss', 'near misses')} left unrewritten ({listed}; -v shows why)"
+                better = f"{better or exc}; note: {plural(len(misses), 'near miss', 'near misses')} left unrewritten ({listed}; -v shows why)"
             if better is None:
                 raise
             raise ExportError(better) from exc
     seconds = time.perf_counter() - start
-    console.say(f"exported {args.output} ({_size(onnx_tmp)}, {args.exporter} exporter, opset {opset}, {args.precision}, dynamic batch) in {seconds:.1f} s")
+    console.say(f"exported {args.output} ({file_size(onnx_tmp)}, {args.exporter} exporter, opset {opset}, {args.precision}, dynamic batch) in {seconds:.1f} s")
     info = {"onnx": str(args.output), "exporter": args.exporter, "opset": opset, "precision": args.precision, "seconds": round(seconds, 3), "torchscript": None}
     if args.torchscript:
         console.progress(f"writing TorchScript {args.torchscript} ...")
         start = time.perf_counter()
         ts_tmp = files.stage(args.torchscript)
-        with _captured_fds(keep=args.debug):
+        with captured_fds(keep=args.debug):
             export_torchscript(exportable, inputs.tensors, ts_tmp, rewrite=False)
-        console.say(f"wrote TorchScript {args.torchscript} ({_size(ts_tmp)}) in {time.perf_counter() - start:.1f} s")
+        console.say(f"wrote TorchScript {args.torchscript} ({file_size(ts_tmp)}) in {time.perf_counter() - start:.1f} s")
         info["torchscript"] = str(args.torchscript)
     return info
 
 
-def _verify(args: argparse.Namespace, loaded: LoadedModel, inputs: _Inputs, console: _Console, files: Outputs):
+def _verify(args: argparse.Namespace, loaded: LoadedModel, inputs: _Inputs, console: Console, files: Outputs):
     """Check this run's own files (the temporaries), whatever another run writes to the same names meanwhile."""
     from .verify import check_parity
 
@@ -437,7 +370,7 @@ def _verify(args: argparse.Namespace, loaded: LoadedModel, inputs: _Inputs, cons
 
     console.progress("verifying against eager PyTorch ...")
     start = time.perf_counter()
-    with _captured_fds(keep=args.debug):
+    with captured_fds(keep=args.debug):
         report = check_parity(loaded.module, inputs.tensors, onnx_path=files.temporary(args.output),
                               torchscript_path=files.temporary(args.torchscript) if args.torchscript else None,
                               trace_torchscript=not args.torchscript, providers=_providers(args.providers), batch_sizes=_batch_sizes(args.batch_sizes),
@@ -459,7 +392,7 @@ def _hand_off(args: argparse.Namespace, report, files: Outputs) -> list[tuple[st
         handoff.save_parity_data(report, onnx_tmp, *staged)
         rows.append(("polygraphy", ", ".join(p for p in (args.save_inputs, args.save_outputs) if p)))
     if args.triton_repo:
-        with _captured_fds(keep=args.debug):  # ONNX Runtime logs a failed CUDA probe on fd 2
+        with captured_fds(keep=args.debug):  # ONNX Runtime logs a failed CUDA probe on fd 2
             gpu = handoff.cuda_found(onnx_tmp, report)
         model = handoff.write_triton_repository(args.triton_repo, _triton_name(args), onnx_tmp, max_batch_size=args.triton_max_batch_size, gpu=gpu, outputs=files)
         rows.append(("triton", f"{model} (max_batch_size {args.triton_max_batch_size}, {'KIND_GPU' if gpu else 'KIND_CPU'})"))
@@ -476,7 +409,7 @@ def _write_report(path: str, summary: dict, parity, files: Outputs) -> None:
     write_bytes(files.stage(path), encoded + b"\n")
 
 
-def _run(args: argparse.Namespace, console: _Console, files: Outputs) -> int:
+def _run(args: argparse.Namespace, console: Console, files: Outputs) -> int:
     given = [parse_input(text) for text in args.input]
     _providers(args.providers)
     _batch_sizes(args.batch_sizes)
@@ -521,7 +454,7 @@ def _run(args: argparse.Namespace, console: _Console, files: Outputs) -> int:
         raise
     except ModconvExportError as exc:  # e.g. the model itself fails at another batch size
         files.commit()
-        _error(f"parity check FAILED: {kept} kept, but the check could not run: {exc}")
+        error(f"parity check FAILED: {kept} kept, but the check could not run: {exc}")
         return EXIT_PARITY
     if report is not None:
         record_parity(onnx_tmp, report, graph_digest=digest)
@@ -538,24 +471,20 @@ def _run(args: argparse.Namespace, console: _Console, files: Outputs) -> int:
     console.say("")
     console.say("result")
     rows = [("model", f"{args.model} ({loaded.kind}{', family ' + loaded.family.name if loaded.family else ''})"),
-            ("onnx", f"{args.output} ({_size(args.output)}, opset {exported['opset']}, {args.exporter}, batch dynamic)"),  # fmt: skip
-            ("torchscript", f"{args.torchscript} ({_size(args.torchscript)})" if args.torchscript else "-"),
+            ("onnx", f"{args.output} ({file_size(args.output)}, opset {exported['opset']}, {args.exporter}, batch dynamic)"),  # fmt: skip
+            ("torchscript", f"{args.torchscript} ({file_size(args.torchscript)})" if args.torchscript else "-"),
             ("report", ", ".join(p for p in (args.report, args.report_image) if p) or "-"),
             *handed,
             ("parity", verdict)]  # fmt: skip
     for key, value in rows:
         console.say(f"  {key:<12} {value}")
     if report is not None and not report.passed:
-        _error(f"parity check FAILED: {kept} kept, but it does not match the eager model (see the table)", prefix="")
+        error(f"parity check FAILED: {kept} kept, but it does not match the eager model (see the table)", prefix="")
         return EXIT_PARITY
     return EXIT_OK
 
 
 # -- entry point ----------------------------------------------------------------------------------
-
-
-def _error(message: str, prefix: str = "error: ") -> None:
-    print(_printable(f"{PROG}: {prefix}{' '.join(message.split())}"), file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
@@ -569,9 +498,9 @@ def _restored_sys_path() -> Iterator[None]:
 
 def _interrupted(signal_name: str, files: Outputs) -> None:
     if files.committed:
-        _error(f"interrupted by {signal_name} after the outputs were written (they are complete)")
+        error(f"interrupted by {signal_name} after the outputs were written (they are complete)")
     else:
-        _error(f"interrupted by {signal_name} (nothing written; existing files are untouched)")
+        error(f"interrupted by {signal_name} (nothing written; existing files are untouched)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -581,11 +510,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
-        _error(str(exc))
+        error(str(exc))
         return EXIT_USAGE
     except SystemExit as exc:  # --help, --version
         return int(exc.code or 0)
-    console = _Console(args.verbose, args.quiet)
+    console = Console(args.verbose, args.quiet)
     files = Outputs()
     with warnings.catch_warnings(), signals_raise(), _restored_sys_path():
         if not debug:
@@ -602,19 +531,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ModconvExportError as exc:
             if debug:
                 traceback.print_exc()
-            _error(str(exc))
+            error(str(exc))
             return EXIT_USAGE
         except OSError as exc:  # the environment, not the user's input: a full disk, a vanished directory
             if debug:
                 traceback.print_exc()
-            _error(f"{str(exc.filename) + ': ' if exc.filename else ''}{exc.strerror or exc}")
+            error(f"{str(exc.filename) + ': ' if exc.filename else ''}{exc.strerror or exc}")
             return EXIT_USAGE
         except Exception as exc:
             if debug:
                 traceback.print_exc()
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             if is_allocation_failure(exc):
-                _error(f"out of memory: {type(exc).__name__}: {text[:300]}")
+                error(f"out of memory: {type(exc).__name__}: {text[:300]}")
                 return EXIT_USAGE
-            _error(f"internal error: {type(exc).__name__}: {text} (a bug in {PROG}: rerun with --debug and report the traceback)")
+            error(f"internal error: {type(exc).__name__}: {text} (a bug in {PROG}: rerun with --debug and report the traceback)")
             return EXIT_INTERNAL
