@@ -10,6 +10,7 @@ state_dict, in the zip or the legacy format, at protocol 2 (torch's default) or 
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import struct
 import types
@@ -17,6 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+
+class Touch:
+    """The classic payload: pickled by reference to ``os.system`` (``posix.system``), it runs ``touch MARKER``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
 
 
 class Expr:

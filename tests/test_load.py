@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import sys
 import zipfile
@@ -14,6 +13,7 @@ import torch.nn as nn
 
 from modconv_export import LoadError, ModconvExportError, load_checkpoint, load_model, save_checkpoint
 from modconv_export.families import Family, InputSpec, get_family, register_family
+from pickle_payloads import Touch
 from modconv_export.families import registry as family_registry
 
 FIXTURES = Path(__file__).parent / "fixtures" / "foreign_layers"
@@ -231,16 +231,6 @@ def test_legacy_format_state_dict_loads(bad_files, decoder_state):
 # -- malicious pickles -------------------------------------------------------------------------------
 
 
-class _Touch:
-    """Unpickling this runs ``os.system('touch MARKER')``."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 class _PathTouch:
     """A payload no denylist names (``pathlib.Path.touch``): only the weights_only loader stops it."""
 
@@ -254,7 +244,7 @@ class _PathTouch:
 @pytest.mark.parametrize("legacy", [False, True])
 def test_malicious_pickle_never_runs(tmp_path, legacy):
     marker = tmp_path / "PWNED"
-    payload = {"weight": torch.zeros(2), "hook": _Touch(marker)}
+    payload = {"weight": torch.zeros(2), "hook": Touch(marker)}
     torch.save(payload, tmp_path / "evil.pt", _use_new_zipfile_serialization=not legacy)
     with pytest.raises(LoadError, match=r"posix\.system|nt\.system") as info:
         load_model(tmp_path / "evil.pt")

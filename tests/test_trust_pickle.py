@@ -8,7 +8,6 @@ and must see the marker, which proves the payload live. Both torch.save formats 
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 import subprocess
@@ -25,7 +24,7 @@ import torch.nn as nn
 
 from modconv_export import LoadError, load_model
 from modconv_export.cli import main
-from pickle_payloads import Attr, Build, Call, G, NewObj, Persistent, StackGlobal, plain_pickle, save, to_bytes
+from pickle_payloads import Attr, Build, Call, G, NewObj, Persistent, StackGlobal, Touch, plain_pickle, save, to_bytes
 
 pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol 4")  # the STACK_GLOBAL payloads' own protocol
 
@@ -55,16 +54,6 @@ class _HoldsTouch(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
-
-
-class _Touch:
-    """Pickled by reference to ``os.system`` (as ``posix.system``), the classic payload."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 class Ctx:
@@ -103,7 +92,7 @@ def _state_dict_with(payload) -> dict:
 #: kind -> (build(ctx) -> object to save, pickle protocol, what the refusal must name)
 PAYLOADS: dict[str, tuple[Callable[[Ctx], object], int, str]] = {
     "os.system": (lambda c: Call(G("os", "system"), c.sh), 2, r"os\.system"),
-    "posix.system via __reduce__": (lambda c: {"w": torch.ones(2), "hook": _Touch(c.marker)}, 2, r"posix\.system"),
+    "posix.system via __reduce__": (lambda c: {"w": torch.ones(2), "hook": Touch(c.marker)}, 2, r"posix\.system"),
     "getattr(torch.os, 'system')": (lambda c: Call(Attr(G("torch", "os"), "system"), c.sh), 2, r"torch\.os"),
     "STACK_GLOBAL torch.serialization + os.system": (lambda c: Call(StackGlobal("torch.serialization", "os.system"), c.sh), 4, r"torch\.serialization\.os\.system"),
     "STACK_GLOBAL torch._utils_internal + os.system": (lambda c: Call(StackGlobal("torch._utils_internal", "os.system"), c.sh), 4, r"torch\._utils_internal\.os\.system"),
@@ -150,7 +139,7 @@ PAYLOADS: dict[str, tuple[Callable[[Ctx], object], int, str]] = {
 
 def _npy_with_object(c: Ctx) -> str:
     path = c.tmp / "objects.npy"
-    np.save(path, np.array([_Touch(c.marker)], dtype=object), allow_pickle=True)
+    np.save(path, np.array([Touch(c.marker)], dtype=object), allow_pickle=True)
     return str(path)
 
 
