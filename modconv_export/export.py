@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import onnx
+import onnx.version_converter
 import onnx_ir as ir
 from onnx_ir.passes.common import IdentityEliminationPass
 import torch
@@ -28,7 +29,7 @@ import torch.nn as nn
 
 from . import __version__
 from .errors import ExportError, RewriteError
-from .files import atomic_output
+from .files import atomic_output, write_bytes
 from .graph import computed_conv_weights, non_standard_ops
 from .metadata import export_properties, name_nodes_by_module, parity_properties, rewrite_properties, strip_debug_metadata
 from .precision import PRECISIONS, to_half
@@ -297,6 +298,29 @@ def _finish(proto: onnx.ModelProto, outputs: Any, dynamic_batch: bool, keep_debu
     return ir.serde.serialize_model(model)
 
 
+def opset_of(proto: onnx.ModelProto) -> int | None:
+    """The default-domain (``ai.onnx``) opset a model imports."""
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def _with_opset(proto: onnx.ModelProto, opset: int, exporter: str) -> onnx.ModelProto:
+    """The file must have the opset asked for: the dynamo exporter writes opset 18 and converts down on a
+    best-effort basis, keeping 18 when that fails. Convert with onnx's converter once more, else refuse."""
+    if opset_of(proto) == opset:
+        return proto
+    written = opset_of(proto)
+    try:
+        converted = onnx.version_converter.convert_version(proto, opset)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    else:
+        if opset_of(converted) == opset:
+            return converted
+        reason = f"the converter wrote opset {opset_of(converted)}"
+    raise ExportError(f"the {exporter} exporter wrote opset {written}, not the requested {opset}, and converting it failed ({reason}); "
+                      f"use --opset {written} or the other exporter")  # fmt: skip
+
+
 def _check_graph(proto: onnx.ModelProto) -> onnx.ModelProto:
     bad = non_standard_ops(proto)
     if bad:
@@ -371,9 +395,10 @@ def export_onnx(
         raise
     except Exception as exc:
         raise ExportError(f"{exporter} export failed: {type(exc).__name__}: {first_line(exc)}") from exc
-    proto = _check_graph(_finish(proto, outputs, dynamic_batch, keep_debug_metadata, properties))
+    proto = _check_graph(_finish(_with_opset(proto, opset, exporter), outputs, dynamic_batch, keep_debug_metadata, properties))
+    data = proto.SerializeToString()
     with atomic_output(path) as tmp:
-        onnx.save_model(proto, str(tmp))
+        write_bytes(tmp, data)
     return Path(path)
 
 
@@ -420,6 +445,8 @@ def export_torchscript(model: nn.Module, args: Any, path: str | os.PathLike, *, 
     with eager before anything is written.
     """
     traced = trace_torchscript(model, args, rewrite=rewrite, strict=strict)
+    buffer = io.BytesIO()  # torch.jit.save's own file writer aborts the process on a full disk
+    torch.jit.save(traced, buffer)
     with atomic_output(path) as tmp:
-        torch.jit.save(traced, str(tmp))
+        write_bytes(tmp, buffer.getvalue())
     return Path(path)
