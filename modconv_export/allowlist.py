@@ -79,6 +79,13 @@ _TORCH_HELPER_CLASSES = (
     "torch.nn.modules.module._WrappedHook",
     "torch.nn.parallel.data_parallel.DataParallel",
 )
+#: NumPy data as pickled models hold it (NVlabs keeps ``weight_gain = lr / np.sqrt(n)``, StyleGAN3 filter
+#: parameters as arrays): dtypes, scalars from their bytes, arrays restored from their saved state. All
+#: build plain data; a scalar of a dtype holding Python objects is refused.
+_NUMPY_DATA = (
+    "numpy._core.multiarray.scalar", "numpy.core.multiarray.scalar", "numpy.dtype",
+    "numpy._core.multiarray._reconstruct", "numpy.core.multiarray._reconstruct", "numpy.ndarray",
+)  # fmt: skip
 _PACKAGE_DIR = Path(__file__).resolve().parent
 #: The reason given for a global that is simply not on the list.
 OUTSIDE = "outside the allowlist"
@@ -255,10 +262,41 @@ def _user_class(name: str, dirs: Sequence[Path]) -> Decision | None:
     return None
 
 
+def _numpy_scalar(dtype: Any, data: Any = None) -> Any:
+    import numpy as np
+
+    if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, (bytes, type(None))):
+        raise UnpicklingError(f"the file builds a NumPy scalar of {dtype!r} from {type(data).__name__} (only numbers are restored)")
+    scalar = (getattr(np, "_core", None) or np.core).multiarray.scalar
+    return scalar(dtype, data) if data is not None else scalar(dtype)
+
+
+def _numpy_array(cls: Any, shape: Any, code: Any) -> Any:
+    """An empty array for the unpickler to give its saved state (how ``ndarray.__reduce__`` pickles)."""
+    import numpy as np
+
+    if cls is not np.ndarray:
+        raise UnpicklingError(f"the file reconstructs {cls!r} as a NumPy array (only numpy.ndarray is restored)")
+    return np.ndarray.__new__(np.ndarray, shape, code)
+
+
+def numpy_dtype_classes() -> list[tuple[type, str]]:
+    """The dtype classes NumPy dtypes are instances of (the unpickler checks them when it restores a dtype's
+    state), under names no pickle can spell."""
+    import numpy as np
+
+    return [(cls, f"numpy.dtypes.{cls.__name__}\n(instances only)") for cls in vars(np.dtypes).values() if isinstance(cls, type) and issubclass(cls, np.dtype)]
+
+
 def decide(name: str, dirs: Sequence[Path], allowed: dict[str, Any] | None = None) -> Decision:
     """Whether a pickle may use global ``name`` (``module.qualname``), and what it gets for it."""
     if allowed and name in allowed:
         return Decision(name, allowed[name])
+    if name in _NUMPY_DATA and importlib.util.find_spec("numpy") is not None:
+        import numpy as np
+
+        kind = name.rpartition(".")[2]
+        return Decision(name, {"dtype": np.dtype, "ndarray": np.ndarray, "scalar": _numpy_scalar, "_reconstruct": _numpy_array}[kind])
     if name == _GETATTR:
         return Decision(name, _torch_function)
     if name == _TORCH_FUNCTIONS_CLASS:
@@ -309,6 +347,8 @@ class Allowlist:
         entries = []
         for d in self.decisions:
             entries.append((d.value, d.name))
+            if d.name == "numpy.dtype" and not d.refused:
+                entries += numpy_dtype_classes()
             if isinstance(d.value, _ClassGuard):
                 # BUILD checks ``type(instance)`` against the allowed values: the real class goes in under a
                 # name no pickle can spell (GLOBAL names end at a newline), so it is reachable only that way.

@@ -1,11 +1,11 @@
-"""rosinality's and NVlabs' StyleGAN2 generators, exported as users bring them: found in the traced graph.
+"""rosinality's StyleGAN2, NVlabs' StyleGAN2-ADA and StyleGAN3 generators, exported as users bring them.
 
 Neither codebase is on the package index and upstream code is never committed, so these tests read a
 checkout named by an environment variable and skip without it (commits pinned in
 ``tests/upstream_codebases/stylegan2_wrappers.py``)::
 
-    MODCONV_UPSTREAM_ROSINALITY=/path/to/stylegan2-pytorch \\
-    MODCONV_UPSTREAM_NVLABS=/path/to/stylegan2-ada-pytorch  python -m pytest tests/test_upstream_codebases.py
+    MODCONV_UPSTREAM_ROSINALITY=/path/to/stylegan2-pytorch MODCONV_UPSTREAM_NVLABS=/path/to/stylegan2-ada-pytorch \\
+    MODCONV_UPSTREAM_STYLEGAN3=/path/to/stylegan3  python -m pytest tests/test_upstream_codebases.py
 
 Each generator, at reduced size, must export to ONNX (both exporters) and TorchScript with a dynamic batch
 and match eager within relative L2 1e-4 at batch 1, 3 and 8; every modulated convolution must be named in
@@ -16,6 +16,7 @@ structure and would match some of them): the registry is emptied for the library
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -38,13 +39,22 @@ import stylegan2_wrappers as wrappers  # noqa: E402
 CODEBASES = {
     "rosinality": (wrappers.ROSINALITY_ENV, wrappers.RosinalityGenerator, 11),
     "nvlabs": (wrappers.NVLABS_ENV, wrappers.NVlabsGenerator, 11),
+    "stylegan3": (wrappers.STYLEGAN3_ENV, wrappers.StyleGAN3Generator, 5),  # 4 layers and the to-RGB layer
 }
+
+
+def _missing(name: str, env: str) -> str | None:
+    if not os.environ.get(env):
+        return f"set {env} to an upstream checkout to run it"
+    if name == "stylegan3" and importlib.util.find_spec("scipy") is None:
+        return "StyleGAN3 imports scipy, which is not installed"
+    return None
 
 
 def _params():
     for name, (env, _, _) in CODEBASES.items():
-        mark = pytest.mark.skipif(not os.environ.get(env), reason=f"set {env} to an upstream checkout to run it")
-        yield pytest.param(name, marks=mark, id=name)
+        reason = _missing(name, env)
+        yield pytest.param(name, marks=pytest.mark.skipif(reason is not None, reason=reason or ""), id=name)
 
 
 @pytest.fixture(scope="module", params=list(_params()))
@@ -75,13 +85,15 @@ def test_every_modulated_conv_is_found_in_the_graph(generator, graph_only):
 
 @pytest.mark.parametrize("fmt", ["dynamo", "torchscript", "jit"])
 def test_exports_with_a_dynamic_batch(generator, fmt, tmp_path, graph_only):
-    _, model, _ = generator
+    name, model, _ = generator
     path = tmp_path / ("g.pt" if fmt == "jit" else "g.onnx")
     if fmt == "jit":
         export_torchscript(model, _z(1, 0), path)
         run = torch.jit.load(str(path))
     else:
-        export_onnx(model, _z(1, 0), path, exporter=fmt)
+        # StyleGAN3's input layer uses affine_grid, which the legacy exporter converts from opset 20 on
+        opset = 20 if (name, fmt) == ("stylegan3", "torchscript") else None
+        export_onnx(model, _z(1, 0), path, exporter=fmt, opset=opset)
         assert computed_conv_weights(onnx.load(str(path))) == []
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         assert session.get_providers()[0] == "CPUExecutionProvider"
@@ -94,14 +106,25 @@ def test_exports_with_a_dynamic_batch(generator, fmt, tmp_path, graph_only):
         assert relative_l2(actual, expected) <= 1e-4, (batch, relative_l2(actual, expected))
 
 
+#: NVlabs pickles rebuild their classes from source code stored in the file (``persistence``): code the user
+#: must allow by name, as ``--allow-global`` documents.
+PERSISTENCE = ("--allow-global", "torch_utils.persistence._reconstruct_persistent_obj")
+
+
 def test_cli_exports_a_pickled_generator(generator, tmp_path):
     name, model, _ = generator
     torch.save(model, tmp_path / f"{name}.pt")
     checkout = os.environ[CODEBASES[name][0]]
+    # the upstream import-time stubs (CUDA builds, requests) reach the subprocess as a sitecustomize
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(f"import sys\nsys.path.insert(0, {str(WRAPPERS)!r})\nimport stylegan2_wrappers\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run(
         [sys.executable, "-m", "modconv_export", str(tmp_path / f"{name}.pt"), str(tmp_path / "out.onnx"), "--trust-pickle",
-         "--import-path", str(WRAPPERS), "--import-path", checkout, "--input", "z=1x64", "--torchscript", str(tmp_path / "out.ts")],
-        capture_output=True, text=True, timeout=900, cwd=tmp_path,
+         "--import-path", str(WRAPPERS), "--import-path", checkout, "--input", "z=1x64", "--torchscript", str(tmp_path / "out.ts"),
+         *(PERSISTENCE if name != "rosinality" else ())],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path, env=env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "PASSED" in proc.stdout and "FAILED" not in proc.stdout

@@ -11,6 +11,9 @@ so ``torch.save`` pickles of these wrappers load with ``--trust-pickle --import-
 * ``MODCONV_UPSTREAM_NVLABS``: NVlabs/stylegan2-ada-pytorch at d72cc7d041b42ec8e806021a205ed9349f87c6a4
   (StyleGAN3's ``networks_stylegan2`` is the same code). ``dnnlib`` imports ``requests`` for downloads,
   which is stubbed when absent; on the CPU its ops run their reference implementations.
+* ``MODCONV_UPSTREAM_STYLEGAN3``: NVlabs/stylegan3 at c233a919a6faee6e36a316ddd4eddababad1adf9, its
+  ``networks_stylegan3`` generator (needs scipy; ``pkg_resources.parse_version`` is stood in for by
+  ``packaging`` where setuptools is absent). It normalises the styles over the whole batch.
 """
 
 from __future__ import annotations
@@ -22,15 +25,25 @@ import types
 import torch
 import torch.nn as nn
 
-ROSINALITY_ENV, NVLABS_ENV = "MODCONV_UPSTREAM_ROSINALITY", "MODCONV_UPSTREAM_NVLABS"
+ROSINALITY_ENV, NVLABS_ENV, STYLEGAN3_ENV = "MODCONV_UPSTREAM_ROSINALITY", "MODCONV_UPSTREAM_NVLABS", "MODCONV_UPSTREAM_STYLEGAN3"
+
+
+#: Top-level packages NVlabs' two repositories both define: a process may use one checkout at a time.
+_NVLABS_PACKAGES = ("training", "torch_utils", "dnnlib")
 
 
 def _on_path(env: str) -> None:
+    """Put the checkout ``env`` names first on ``sys.path``, forgetting same-named packages of another one."""
     root = os.environ.get(env)
     if not root:
         raise RuntimeError(f"set {env} to the upstream checkout")
-    if root not in sys.path:
-        sys.path.insert(0, root)
+    for name in list(sys.modules):
+        module_file = getattr(sys.modules[name], "__file__", None) or ""
+        if name.split(".")[0] in _NVLABS_PACKAGES and not module_file.startswith(os.path.realpath(root)):
+            del sys.modules[name]
+    if root in sys.path:
+        sys.path.remove(root)
+    sys.path.insert(0, root)
 
 
 def _stub_extension_builds() -> None:
@@ -49,8 +62,20 @@ def _stub_requests() -> None:
         sys.modules["requests"] = types.ModuleType("requests")
 
 
+def _stub_pkg_resources() -> None:
+    """StyleGAN3's ``conv2d_gradfix`` reads ``pkg_resources.parse_version`` (setuptools), absent on new Pythons."""
+    try:
+        import pkg_resources  # noqa: F401
+    except ImportError:
+        from packaging.version import parse
+
+        sys.modules["pkg_resources"] = types.ModuleType("pkg_resources")
+        sys.modules["pkg_resources"].parse_version = parse
+
+
 _stub_extension_builds()
 _stub_requests()
+_stub_pkg_resources()
 
 
 def rosinality():
@@ -92,6 +117,23 @@ class NVlabsGenerator(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.generator(z, None, noise_mode="const")
+
+
+class StyleGAN3Generator(nn.Module):
+    """StyleGAN3-T ``Generator(z, c=None, noise_mode='const', force_fp32=True)``, four layers, 32 channels."""
+
+    def __init__(self, resolution: int = 32, z_dim: int = 64) -> None:
+        super().__init__()
+        _on_path(STYLEGAN3_ENV)
+        from training import networks_stylegan3
+
+        self.generator = networks_stylegan3.Generator(
+            z_dim=z_dim, c_dim=0, w_dim=z_dim, img_resolution=resolution, img_channels=3, mapping_kwargs={"num_layers": 2},
+            channel_base=1024, channel_max=32, num_layers=4, num_critical=1, conv_kernel=3, use_radial_filters=False,
+        )  # fmt: skip
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.generator(z, None, noise_mode="const", force_fp32=True)
 
 
 def randomize_biases(model: nn.Module, seed: int) -> nn.Module:

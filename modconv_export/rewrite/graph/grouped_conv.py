@@ -145,16 +145,22 @@ def _channel_index(kernel: torch.Tensor, groups: int, transposed: bool) -> tuple
 
 
 def _role(weights: torch.Tensor, kernel: torch.Tensor, factor: torch.Tensor, index: dict[str, torch.Tensor], widths: dict[str, int]) -> str | None:
-    """Whether ``weights`` (``[B, *kernel.shape]``) equal ``kernel`` scaled by ``factor`` (``[B, n]``) per
-    input channel, per output channel or per sample; ``None`` when none of these holds."""
-    batch, per_sample = factor.shape
+    """Whether ``weights`` (``[B, *kernel.shape]``) equal ``kernel`` scaled by ``factor`` per input channel,
+    per output channel or as a whole; ``None`` when none of these holds.
+
+    ``factor`` holds one row per sample (``[B, n]``) or one row for the whole batch (``[1, n]``: StyleGAN3
+    normalises its styles over the batch, a scalar every sample shares).
+    """
+    rows, per_row = factor.shape
     tol = _tolerance(kernel.dtype)
     for role in ("in", "out", "scalar"):
-        if per_sample != widths[role]:
+        if per_row != widths[role]:
             continue
-        scale = factor[:, index[role]] if role != "scalar" else factor.reshape(batch, 1, 1)
-        expected = kernel.unsqueeze(0) * scale.reshape(batch, *kernel.shape[:2], 1, 1)
-        if relative_l2(weights, expected) <= tol:
+        if role == "scalar":
+            scale = factor.reshape(rows, 1, 1, 1, 1)
+        else:
+            scale = factor[:, index[role]].reshape(rows, *kernel.shape[:2], 1, 1)
+        if relative_l2(weights, (kernel.unsqueeze(0) * scale).expand_as(weights)) <= tol:
             return role
     return None
 
@@ -239,11 +245,12 @@ def rewrite_grouped_conv(gm: fx.GraphModule, site: GroupedConv, values: dict[fx.
     generator = torch.Generator().manual_seed(0)
     for factor in site.factors:
         value = values[factor.node]
-        if value.numel() % batch:
-            return f"its factor {factor.node.name} {tuple(value.shape)} is not per sample"
         trial = (torch.rand(value.shape, generator=generator, dtype=torch.float64) + 0.5).to(value.dtype)
-        scaled = evaluate(gm, call.weight, {**known, **ones, factor.node: trial})
-        role = _role(scaled.reshape(batch, *kernel.shape), kernel, (trial**factor.sign).reshape(batch, -1), index, widths)
+        scaled = evaluate(gm, call.weight, {**known, **ones, factor.node: trial}).reshape(batch, *kernel.shape)
+        role = None
+        for rows in (batch, 1):  # one row of values per sample, or one for the whole batch
+            if role is None and trial.numel() % rows == 0 and trial.numel() // rows in widths.values():
+                role = _role(scaled, kernel, (trial**factor.sign).reshape(rows, -1), index, widths)
         if role is None:
             return f"its factor {factor.node.name} {tuple(value.shape)} does not scale input or output channels"
         roles[role].append((factor, value, widths[role]))

@@ -49,6 +49,30 @@ def _cast(input: torch.Tensor, *, dtype: torch.dtype | None = None, **_: Any) ->
     return input.to(dtype) if dtype is not None else input.clone()
 
 
+def _copy(input: torch.Tensor, src: torch.Tensor, non_blocking: bool = False) -> torch.Tensor:
+    """``aten.copy`` (what functionalisation leaves of an in-place ``copy_``): ``src`` in ``input``'s shape
+    and dtype, as ops the legacy ONNX exporter converts."""
+    return src.to(input.dtype).expand_as(input).clone()
+
+
+def _slice_scatter(input: torch.Tensor, src: torch.Tensor, dim: int = 0, start: Any = None, end: Any = None, step: int = 1) -> torch.Tensor:
+    """``aten.slice_scatter`` (functionalisation's form of ``x[..., a:b] = y``) written back as that assignment."""
+    out = input.clone()
+    out[(slice(None),) * (dim % input.dim()) + (slice(start, end, step),)] = src
+    return out
+
+
+def _select_scatter(input: torch.Tensor, src: torch.Tensor, dim: int, index: int) -> torch.Tensor:
+    """``aten.select_scatter`` (functionalisation's form of ``x[..., i] = y``) written back as that assignment."""
+    out = input.clone()
+    out[(slice(None),) * (dim % input.dim()) + (index,)] = src
+    return out
+
+
+#: ATen ops the legacy exporter cannot convert, as the Python it can.
+_AS_PYTHON = {aten._to_copy.default: _cast, aten.copy.default: _copy, aten.slice_scatter.default: _slice_scatter, aten.select_scatter.default: _select_scatter}
+
+
 def _python_binding(target: Any) -> Callable | None:
     """The Python function for an ATen overload (``aten.view.default`` -> ``torch.Tensor.view``)."""
     packet = getattr(target, "overloadpacket", None)
@@ -99,8 +123,8 @@ def traceable(form: GraphExportForm, *, keep_lowerings: bool = False) -> GraphEx
             size.meta.update(node.meta)
             node.replace_all_uses_with(size)
             graph.erase_node(node)
-        elif node.target is aten._to_copy.default:
-            node.target = _cast
+        elif node.target in _AS_PYTHON:
+            node.target = _AS_PYTHON[node.target]
         elif getattr(node.target, "overloadpacket", None) is torch.ops.modconv_export.depthwise_conv2d:
             node.target = _depthwise
         elif getattr(node.target, "namespace", None) == "modconv_export":
