@@ -351,3 +351,38 @@ def test_pickle_module_is_not_used_for_loading():
         assert "weights_only=False" not in text, path
         assert not re.search(r"pickle\.loads?\(|Unpickler\(", text), path
     assert pickle.HIGHEST_PROTOCOL >= 4
+
+
+# -- NumPy data, as NVlabs' and StyleGAN3's pickles hold it ------------------------------------------------
+
+
+class _HoldsNumpy(nn.Module):
+    """A module with a NumPy scalar gain and a NumPy array attribute (NVlabs keeps ``weight_gain = lr / np.sqrt(n)``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.gain = 1 / np.sqrt(np.float64(4))
+        self.taps = np.array([1.0, 3.0, 3.0, 1.0], dtype=np.float32)
+
+
+def test_numpy_numbers_and_arrays_load_as_data(tmp_path):
+    model = _HoldsNumpy()
+    torch.save(model, tmp_path / "np.pt")
+    loaded = load_model(tmp_path / "np.pt", trust_pickle=True, import_paths=[Path(__file__).parent]).module
+    assert loaded.gain == model.gain and type(loaded.gain) is np.float64
+    assert loaded.taps.dtype == np.float32 and np.array_equal(loaded.taps, model.taps)
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        (lambda: Call(G("numpy._core.multiarray", "scalar"), Call(G("numpy", "dtype"), "O", False, True), {"w": 1}), r"NumPy scalar of dtype\('O'\)"),
+        (lambda: Call(G("numpy._core.multiarray", "_reconstruct"), G("torch.nn.modules.linear", "Linear"), (0,), "b"), r"reconstructs .*Linear.* as a NumPy array"),
+    ],
+    ids=["object-scalar", "reconstruct-other-class"],
+)
+def test_numpy_data_constructors_build_nothing_else(payload, message, tmp_path):
+    path = save({"x": payload()}, tmp_path / "np_payload.pt")
+    with pytest.raises(LoadError, match=message):
+        load_model(path, trust_pickle=True)

@@ -34,6 +34,7 @@ _NVLABS_PACKAGES = ("training", "torch_utils", "dnnlib")
 
 def _on_path(env: str) -> None:
     """Put the checkout ``env`` names first on ``sys.path``, forgetting same-named packages of another one."""
+    install_stubs()
     root = os.environ.get(env)
     if not root:
         raise RuntimeError(f"set {env} to the upstream checkout")
@@ -47,8 +48,7 @@ def _on_path(env: str) -> None:
 
 
 def _stub_extension_builds() -> None:
-    """rosinality's ``op`` package compiles CUDA kernels when imported; on the CPU it never calls them.
-    Done when this module is imported, since unpickling a wrapper imports ``op`` right after it."""
+    """rosinality's ``op`` package compiles CUDA kernels when imported; on the CPU it never calls them."""
     import torch.utils.cpp_extension as cpp_extension
 
     cpp_extension.load = lambda *args, **kwargs: types.SimpleNamespace()
@@ -73,9 +73,14 @@ def _stub_pkg_resources() -> None:
         sys.modules["pkg_resources"].parse_version = parse
 
 
-_stub_extension_builds()
-_stub_requests()
-_stub_pkg_resources()
+def install_stubs() -> None:
+    """The import-time stand-ins above, for a process that is about to import upstream code (called by the
+    builders below, and by the ``sitecustomize`` a command-line test gives its subprocess: unpickling a
+    wrapper imports upstream modules before any builder runs). Never on import, so that merely collecting
+    these tests changes nothing for the others."""
+    _stub_extension_builds()
+    _stub_requests()
+    _stub_pkg_resources()
 
 
 def rosinality():
