@@ -18,8 +18,8 @@ __version__ = "0.1.0"  # first: the modules record it in what they write
 
 #: public name -> the submodule that defines it
 _EXPORTS = {
-    "load_checkpoint": "checkpoint",
-    "save_checkpoint": "checkpoint",
+    "load_checkpoint": "load",
+    "save_checkpoint": "load",
     "ExportError": "errors",
     "LoadError": "errors",
     "LoweringError": "errors",
@@ -46,10 +46,9 @@ _EXPORTS = {
 __all__ = sorted([*(n for n in _EXPORTS if n != "check_parity"), "__version__"])
 
 if TYPE_CHECKING:
-    from .checkpoint import load_checkpoint, save_checkpoint
     from .errors import ExportError, LoadError, LoweringError, ModconvExportError, RewriteError
     from .export import DEFAULT_OPSET, export_onnx, export_torchscript, max_supported_opset, prepare_export, trace_torchscript
-    from .load import LoadedModel, load_model
+    from .load import LoadedModel, load_checkpoint, load_model, save_checkpoint
     from .rewrite import RewriteReport, make_exportable, register_rule, rewrite_model, rewrite_report
     from .symbolic import register_function_lowering, unregister_function_lowering
 

@@ -14,7 +14,7 @@ import signal
 import sys
 from typing import Sequence
 
-from .interrupts import HANDLED, Interrupted, exit_on_signal
+from ._util.interrupts import HANDLED, Interrupted, exit_on_signal
 
 
 def _leave(code: int) -> None:

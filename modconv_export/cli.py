@@ -2,9 +2,9 @@
 
 Every mistake the user can make is one line on stderr (``modconv-export: error: ...``) and exit 2,
 never a traceback (``--debug`` shows it) and never a half-written file: the outputs of a run are one
-transaction (:class:`~modconv_export.files.Outputs`), renamed into place together after every step
+transaction (:class:`~modconv_export._util.files.Outputs`), renamed into place together after every step
 succeeded, and every output directory is checked before the slow export starts. A parity failure is
-exit 1: the files stay, the table says why. Signals: see :mod:`modconv_export.interrupts`.
+exit 1: the files stay, the table says why. Signals: see :mod:`modconv_export._util.interrupts`.
 
 Step results and the result table go to stdout; live progress for the slow steps goes to stderr only
 on a terminal (or with ``-v``), so a script's stderr holds nothing but the error line.
@@ -29,17 +29,18 @@ from typing import Iterator, Sequence
 import torch
 
 from . import __version__
+from ._util import forward_parameters
+from ._util.files import Outputs, check_writable_target, write_bytes
+from ._util.interrupts import Interrupted, signals_raise
+from ._util.memory import OutOfMemory, check_fits, is_allocation_failure
 from .console import PROG, Console, captured_fds, error, file_size, plural
-from .diagnose import describe_export_failure
 from .errors import ExportError, ModconvExportError
 from .export import Prepared, export_onnx, export_torchscript, prepare_export, resolve_opset
+from .export.metadata import family_properties, graph_sha256, record_parity
 from .families import registered_families
-from .files import Outputs, check_writable_target, write_bytes
-from .interrupts import Interrupted, signals_raise
-from .load import LoadedModel, forward_parameters, load_model
-from .memory import OutOfMemory, check_fits, is_allocation_failure
-from .metadata import family_properties, graph_sha256, record_parity
+from .load import LoadedModel, load_model
 from .rewrite import registered_rules
+from .rewrite.diagnose import describe_export_failure
 from .rewrite.graph import GRAPH_RULES
 
 __all__ = ["EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PARITY", "EXIT_USAGE", "UsageError", "build_parser", "main", "parse_input"]
@@ -192,7 +193,7 @@ def _check_targets(args: argparse.Namespace) -> None:
         if args.no_verify and getattr(args, option):
             raise UsageError(f"--{option.replace('_', '-')} needs the parity check: drop --no-verify")
     if args.triton_repo:
-        from .handoff import triton_config
+        from .handoff.files import triton_config
 
         triton_config(_triton_name(args), [], [], max_batch_size=args.triton_max_batch_size, gpu=False)  # a bad name or size fails now
         repo = Path(args.triton_repo).expanduser()

@@ -3,7 +3,7 @@
     python samples/make_samples.py [--out DIR] [--size small|full] [--family lats|decoder|all] [--seed N]
 
 writes ``DIR/<family>_<size>.pt`` (default ``samples/out/``), e.g. ``samples/out/lats_small.pt``,
-loadable by ``modconv-export`` and :func:`modconv_export.checkpoint.load_checkpoint`.
+loadable by ``modconv-export`` and :func:`modconv_export.load.checkpoint.load_checkpoint`.
 
 Random weights give noise-like pictures, but they exercise every layer exactly as trained ones
 would. The last layer before the tanh is rescaled so its output has RMS ~0.7 on example inputs:
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from modconv_export.checkpoint import save_checkpoint
+from modconv_export.load.checkpoint import save_checkpoint
 from modconv_export.families import get_family
 
 FAMILIES = ("lats", "decoder")

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from modconv_export.reference import Blur, EqualLinear, ModulatedConv2d, PixelNorm
+from modconv_export.layers.seed import Blur, EqualLinear, ModulatedConv2d, PixelNorm
 
 
 def relative_l2(actual, expected) -> float:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from modconv_export.export_forms import DepthwiseBlur
-from modconv_export.ops import depthwise_conv2d
-from modconv_export.reference import Blur, BlurFunction
+from modconv_export.layers.seed_forms import DepthwiseBlur
+from modconv_export.layers.ops import depthwise_conv2d
+from modconv_export.layers.seed import Blur, BlurFunction
 
 
 def _kernels(channels: int):

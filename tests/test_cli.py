@@ -29,7 +29,7 @@ import modconv_export
 from modconv_export import export_onnx, rewrite_model, save_checkpoint
 from modconv_export.cli import main, parse_input, UsageError
 from modconv_export.families import get_family
-from modconv_export.metadata import read_properties
+from modconv_export.export.metadata import read_properties
 
 FIXTURES = Path(__file__).parent / "fixtures" / "foreign_layers"
 SCRIPT = Path(sys.executable).parent / "modconv-export"

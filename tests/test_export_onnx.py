@@ -12,7 +12,7 @@ import torch
 
 from conftest import TINY_DECODER_BLURS, relative_l2, tiny_inputs
 from modconv_export import DEFAULT_OPSET, ExportError, export_onnx, max_supported_opset
-from modconv_export.graph import computed_conv_weights, conv_nodes, dynamic_batch_axes, non_standard_ops
+from modconv_export.export.checks import computed_conv_weights, conv_nodes, dynamic_batch_axes, non_standard_ops
 
 EXPORTERS = ("dynamo", "torchscript")
 

@@ -15,7 +15,7 @@ import torch
 
 from conftest import randomize, relative_l2
 from modconv_export import export_onnx
-from modconv_export.checkpoint import load_checkpoint, save_checkpoint
+from modconv_export.load.checkpoint import load_checkpoint, save_checkpoint
 from modconv_export.families import UnknownFamilyError, get_family, recognize, registered_families
 from modconv_export.families.lats import LATSConfig, age_code
 

@@ -333,7 +333,7 @@ def test_fuzz_failing_writes(base, tmp_path, capfd, monkeypatch):
                 raise OSError(err_no, os.strerror(err_no), str(path))
             real(path, data)
 
-        for module in ("modconv_export.files", "modconv_export.export", "modconv_export.cli", "modconv_export.metadata", "modconv_export.handoff"):
+        for module in ("modconv_export._util.files", "modconv_export.export", "modconv_export.cli", "modconv_export.export.metadata", "modconv_export.handoff"):
             monkeypatch.setattr(f"{module}.write_bytes", write)
         before = snapshot(paths.values())
         argv = [str(base / "dec.pt"), str(paths["OUT"]), "--torchscript", str(paths["--torchscript"]), "--report", str(paths["--report"]), "--no-verify", *FAST]

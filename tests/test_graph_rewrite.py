@@ -22,7 +22,7 @@ from fixtures.foreign_layers import frozen_batch, novel_stylegan
 from fixtures_stylegan2 import models
 from fixtures_stylegan2.upstream import load_upstream, missing_reason
 from modconv_export import export_onnx, export_torchscript, make_exportable, rewrite_report
-from modconv_export.graph import computed_conv_weights, conv_nodes, dynamic_batch_axes
+from modconv_export.export.checks import computed_conv_weights, conv_nodes, dynamic_batch_axes
 from modconv_export.rewrite import registry
 
 UPSTREAM_MISSING = missing_reason()

@@ -145,7 +145,7 @@ def test_graph_io_skips_initializers(run):
 
 def test_report_and_file_agree_on_parity(run):
     """The quiet run still finalised the file: its parity property is the verified result."""
-    from modconv_export.metadata import PREFIX, graph_sha256, read_properties
+    from modconv_export.export.metadata import PREFIX, graph_sha256, read_properties
 
     proc, d, _ = run
     parity = json.loads(read_properties(d / "gen.onnx")[f"{PREFIX}parity"])

@@ -26,12 +26,12 @@ import torch.nn as nn
 from modconv_export import export_onnx, files as files_module
 from cli_inputs import write_cli_inputs
 from modconv_export.cli import main
-from modconv_export.files import Outputs
+from modconv_export._util.files import Outputs
 
 ERROR = "modconv-export: error: "
 FAST = ["--exporter", "torchscript", "--providers", "cpu"]
 #: the modules that hand output bytes to files.write_bytes
-WRITERS = ("modconv_export.files", "modconv_export.export", "modconv_export.cli", "modconv_export.metadata", "modconv_export.handoff", "modconv_export.verify.picture")
+WRITERS = ("modconv_export._util.files", "modconv_export.export", "modconv_export.cli", "modconv_export.export.metadata", "modconv_export.handoff", "modconv_export.verify.picture")
 
 
 def one_line(stderr: str) -> str:

@@ -19,8 +19,8 @@ import torch.nn as nn
 from onnx import numpy_helper
 
 from modconv_export import ModconvExportError, export_onnx, export_torchscript, make_exportable
-from modconv_export.graph import conv_nodes
-from modconv_export.reference import Blur, ModulatedConv2d
+from modconv_export.export.checks import conv_nodes
+from modconv_export.layers.seed import Blur, ModulatedConv2d
 from modconv_export.testing import assert_parity
 from modconv_export.verify import (
     DEFAULT_REL_L2,

@@ -51,7 +51,7 @@ def test_difference_shows_in_the_heat_map(tmp_path):
 
 
 def test_report_from_check_parity_draws(tmp_path):
-    from modconv_export.reference import ModulatedConv2d
+    from modconv_export.layers.seed import ModulatedConv2d
     from modconv_export.verify import check_parity
 
     torch.manual_seed(0)

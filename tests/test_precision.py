@@ -11,8 +11,8 @@ import torch.nn as nn
 
 from conftest import randomize, relative_l2, tiny_inputs
 from modconv_export import ExportError, export_onnx
-from modconv_export.precision import Float32Island, to_half
-from modconv_export.reference import ModulatedConv2d, PixelNorm
+from modconv_export.rewrite.graph import half_form
+from modconv_export.layers.seed import ModulatedConv2d, PixelNorm
 from modconv_export.rewrite import make_exportable
 
 
@@ -58,9 +58,8 @@ def test_fp16_survives_large_activations(tmp_path):
     image, latent = torch.randn(2, 3, 8, 8) * 1000.0, torch.randn(2, 8)
     with torch.no_grad():
         reference = model(image, latent)
-    half = to_half(make_exportable(model), (image, latent))
-    islands = {n for n, m in half.named_modules() if isinstance(m, Float32Island)}
-    assert "model.norm" in islands and "model.conv0.style" in islands
+    half = half_form(make_exportable(model, (image, latent)), (image, latent))
+    assert _float32_statistics(half, (image, latent))  # the PixelNorm's mean of squares is taken in float32
     with torch.no_grad():
         ours = half(image, latent)
         pre_norm = torch.relu(model.conv0(image, latent))
@@ -79,16 +78,38 @@ def test_unknown_precision(tiny_decoder, tiny_args, tmp_path):
 # -- every export form declares its float32 islands; every family has an fp16 row ----------------------
 
 
-def test_every_export_form_declares_its_islands():
-    """precision.py knows no form class: each form that demodulates names its style MLP and sum-of-squares buffer."""
-    from modconv_export import export_forms, export_forms_stylegan2
+def _dtypes(form, targets, args) -> dict[str, tuple]:
+    """The dtypes each node calling one of ``targets`` reads and returns, in one run of ``form`` on ``args``."""
+    seen = {}
 
-    forms = [export_forms.InputModulatedConv2d, export_forms_stylegan2.StyleModulatedConv2d]
-    for form in forms:
-        assert form.float32_modules and form.float32_buffers == ("weight_sq_sum_t",), form
-    import inspect
+    class Run(torch.fx.Interpreter):
+        def run_node(self, node):
+            out = super().run_node(node)
+            if node.op == "call_function" and node.target in targets:
+                ins = [self.env[a].dtype for a in node.all_input_nodes if isinstance(self.env.get(a), torch.Tensor)]
+                seen[node.name] = (tuple(ins), out.dtype)
+            return out
 
-    assert "InputModulatedConv2d" not in inspect.getsource(__import__("modconv_export.precision", fromlist=["x"]))
+    with torch.no_grad():
+        Run(form.graph_module).run(*args)
+    return seen
+
+
+def _float32_statistics(form, args) -> bool:
+    """Whether every mean or sum in ``form``'s graph computes in float32 (its square taken in float32 too)."""
+    aten = torch.ops.aten
+    found = _dtypes(form, {aten.mean.dim, aten.sum.dim_IntList, aten.pow.Tensor_Scalar}, args)
+    return bool(found) and all(ins == (torch.float32,) and out == torch.float32 for ins, out in found.values())
+
+
+def test_islands_are_decided_on_the_graph(tiny_decoder, tiny_args):
+    """Matrix products (style MLPs, the demodulation s^2 @ sum W^2) run in float32, convolutions in float16."""
+    aten = torch.ops.aten
+    half = half_form(make_exportable(tiny_decoder, tiny_args), tiny_args)
+    matmuls = _dtypes(half, {aten.mm.default, aten.matmul.default, aten.addmm.default, aten.linear.default}, tiny_args)
+    convs = _dtypes(half, {aten.conv2d.default, aten.convolution.default, torch.ops.modconv_export.depthwise_conv2d.default}, tiny_args)
+    assert matmuls and all(set(ins) == {torch.float32} and out == torch.float32 for ins, out in matmuls.values())
+    assert convs and all(set(ins) == {torch.float16} and out == torch.float16 for ins, out in convs.values())
 
 
 def _naive_half(exportable, args):
@@ -114,8 +135,8 @@ def test_stylegan2_forms_demodulate_in_float32(flavour):
     with torch.no_grad():
         reference = layer(x, style)
         exportable = make_exportable(layer)
-        assert type(exportable).__name__ == "StyleModulatedConv2d"
-        ours = to_half(exportable, (x, style))(x, style)
+        assert type(exportable).__name__ == "StyleGAN2ModulatedConvForm"
+        ours = half_form(make_exportable(layer, (x, style)), (x, style))(x, style)
         # the same demodulation in float16 arithmetic: 0 where s^2 overflows, inf where eps underflows
         s = exportable.modulation(style)
         d16 = torch.rsqrt(torch.matmul((s * s).half(), exportable.weight_sq_sum_t.half()) + exportable.eps)

@@ -9,8 +9,8 @@ import torch
 
 from conftest import randomize, relative_l2
 from modconv_export import make_exportable, rewrite_report
-from modconv_export.export_forms import DepthwiseBlur, InputModulatedConv2d
-from modconv_export.reference import Blur, ModulatedConv2d
+from modconv_export.layers.seed_forms import DepthwiseBlur, SeedModulatedConvForm
+from modconv_export.layers.seed import Blur, ModulatedConv2d
 
 
 class Wrap(torch.nn.Module):
@@ -37,7 +37,7 @@ def test_modulated_conv_variants_equal_seed(kernel, padding, upsample, downsampl
     layer = ModulatedConv2d(c_in, c_out, kernel, padding_type=padding, upsample=upsample, downsample=downsample, latent_dim=12, normalize_mlp=normalize_mlp)
     seed_model = randomize(Wrap(layer), seed=kernel + 10 * upsample + 20 * downsample)
     exportable = make_exportable(seed_model)
-    assert isinstance(exportable.layer, InputModulatedConv2d)
+    assert isinstance(exportable.layer, SeedModulatedConvForm)
     for batch, (h, w) in zip((1, 2, 5), ((9, 9), (8, 8), (7, 10))):
         x, latent = torch.randn(batch, c_in, h, w), torch.randn(batch, 12)
         with torch.no_grad():

@@ -13,8 +13,8 @@ import torch.nn as nn
 
 from conftest import randomize, relative_l2
 from modconv_export import RewriteError, make_exportable, rewrite_model
-from modconv_export.export_forms import DepthwiseBlur, InputModulatedConv2d
-from modconv_export.reference import Blur, EqualConv2d, EqualLinear, ModulatedConv2d
+from modconv_export.layers.seed_forms import DepthwiseBlur, SeedModulatedConvForm
+from modconv_export.layers.seed import Blur, EqualConv2d, EqualLinear, ModulatedConv2d
 from modconv_export.rewrite import registered_rules
 from user_layers.my_stylegan import Smooth, SmoothFn, StyleConv, StyleLinear, UserGenerator
 
@@ -44,8 +44,8 @@ class RenamedBlur(nn.Module):
 # rule name -> list of (case id, module factory, inputs factory, expected export-form type or None)
 RULE_CASES = {
     "modulated_conv": [
-        ("seed", lambda: ModulatedConv2d(3, 5, 3, latent_dim=4), lambda: (torch.randn(2, 3, 6, 6), torch.randn(2, 4)), InputModulatedConv2d),
-        ("user-copy", lambda: StyleConv(3, 3, 3, down=True), lambda: (torch.randn(2, 3, 8, 8), torch.randn(2, 8)), InputModulatedConv2d),
+        ("seed", lambda: ModulatedConv2d(3, 5, 3, latent_dim=4), lambda: (torch.randn(2, 3, 6, 6), torch.randn(2, 4)), SeedModulatedConvForm),
+        ("user-copy", lambda: StyleConv(3, 3, 3, down=True), lambda: (torch.randn(2, 3, 8, 8), torch.randn(2, 8)), SeedModulatedConvForm),
     ],
     "blur": [
         ("seed", lambda: Blur(4), lambda: (torch.randn(2, 4, 5, 5),), DepthwiseBlur),
@@ -62,17 +62,17 @@ RULE_CASES = {
 # StyleGAN2 layers of GFPGAN (stylegan2_clean_arch) and basicsr (stylegan2_arch): our faithful copies
 # (tests/fixtures_stylegan2/layers.py); tests/test_stylegan2_rules.py runs the upstream files too.
 from fixtures_stylegan2 import layers as sg2  # noqa: E402
-from modconv_export.export_forms_stylegan2 import BiasLeakyReLU, NoisyStyleConv, ScaledLinear, StyleModulatedConv2d, UpFirDn2d  # noqa: E402
+from modconv_export.layers.stylegan2_forms import BiasLeakyReLU, NoisyStyleConv, ScaledLinear, StyleGAN2ModulatedConvForm, UpFirDn2d  # noqa: E402
 
 RULE_CASES.update({
     "stylegan2_clean_modulated_conv": [
-        (mode or "same", lambda mode=mode: sg2.CleanModulatedConv2d(3, 5, 3, 4, sample_mode=mode), lambda: (torch.randn(2, 3, 8, 8), torch.randn(2, 4)), StyleModulatedConv2d)
+        (mode or "same", lambda mode=mode: sg2.CleanModulatedConv2d(3, 5, 3, 4, sample_mode=mode), lambda: (torch.randn(2, 3, 8, 8), torch.randn(2, 4)), StyleGAN2ModulatedConvForm)
         for mode in (None, "upsample", "downsample")
-    ] + [("no-demod-1x1", lambda: sg2.CleanModulatedConv2d(4, 3, 1, 4, demodulate=False), lambda: (torch.randn(2, 4, 5, 5), torch.randn(2, 4)), StyleModulatedConv2d)],
+    ] + [("no-demod-1x1", lambda: sg2.CleanModulatedConv2d(4, 3, 1, 4, demodulate=False), lambda: (torch.randn(2, 4, 5, 5), torch.randn(2, 4)), StyleGAN2ModulatedConvForm)],
     "stylegan2_modulated_conv": [
-        (mode or "same", lambda mode=mode: sg2.ModulatedConv2d(3, 5, 3, 4, sample_mode=mode), lambda: (torch.randn(2, 3, 8, 8), torch.randn(2, 4)), StyleModulatedConv2d)
+        (mode or "same", lambda mode=mode: sg2.ModulatedConv2d(3, 5, 3, 4, sample_mode=mode), lambda: (torch.randn(2, 3, 8, 8), torch.randn(2, 4)), StyleGAN2ModulatedConvForm)
         for mode in (None, "upsample", "downsample")
-    ] + [("no-demod-1x1", lambda: sg2.ModulatedConv2d(4, 3, 1, 4, demodulate=False), lambda: (torch.randn(2, 4, 5, 5), torch.randn(2, 4)), StyleModulatedConv2d)],
+    ] + [("no-demod-1x1", lambda: sg2.ModulatedConv2d(4, 3, 1, 4, demodulate=False), lambda: (torch.randn(2, 4, 5, 5), torch.randn(2, 4)), StyleGAN2ModulatedConvForm)],
     "upfirdn2d": [
         ("upsample", lambda: sg2.UpFirDnUpsample(), lambda: (torch.randn(2, 3, 5, 6),), UpFirDn2d),
         ("downsample", lambda: sg2.UpFirDnDownsample(), lambda: (torch.randn(2, 3, 8, 7),), UpFirDn2d),
@@ -124,7 +124,7 @@ def test_user_generator_in_unknown_module_is_rewritten():
     x, z = torch.randn(3, 4, 8, 8), torch.randn(3, 8)
     exportable, report = rewrite_model(model)
     assert sorted(p for p, r in report.rewritten if r == "modulated_conv") == ["body.0", "body.1", "body.2"]
-    assert all(isinstance(layer, InputModulatedConv2d) for layer in exportable.body)
+    assert all(isinstance(layer, SeedModulatedConvForm) for layer in exportable.body)
     with torch.no_grad():
         assert relative_l2(exportable(x, z), model(x, z)) <= 1e-5
 
@@ -162,7 +162,7 @@ def test_near_misses_are_reported_with_path_and_reason():
     assert set(misses) == {"stages.0", "stages.1"}
     assert "padding" in misses["stages.0"] and "ConstantPad2d" in misses["stages.0"]
     assert "differs" in misses["stages.1"]
-    assert isinstance(exportable.good, InputModulatedConv2d)
+    assert isinstance(exportable.good, SeedModulatedConvForm)
     assert isinstance(exportable.stages[0], ConstantPadded) and isinstance(exportable.stages[1], WrongScale)
     x, latent = torch.randn(2, 3, 6, 6), torch.randn(2, 4)
     with torch.no_grad():

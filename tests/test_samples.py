@@ -20,7 +20,7 @@ from PIL import Image
 
 from conftest import relative_l2
 from modconv_export import export_onnx
-from modconv_export.checkpoint import load_checkpoint
+from modconv_export.load.checkpoint import load_checkpoint
 from modconv_export.families import get_family
 from modconv_export.families.lats import age_code
 

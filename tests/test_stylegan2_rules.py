@@ -19,7 +19,7 @@ from fixtures_stylegan2 import reference_ops
 from fixtures_stylegan2.models import perturb
 from fixtures_stylegan2.upstream import load_upstream, missing_reason
 from modconv_export import RewriteError, rewrite_model
-from modconv_export.export_forms_stylegan2 import ZERO_NOISE_NOTE, BiasLeakyReLU, NoisyStyleConv, StyleModulatedConv2d, UpFirDn2d
+from modconv_export.layers.stylegan2_forms import ZERO_NOISE_NOTE, BiasLeakyReLU, NoisyStyleConv, StyleGAN2ModulatedConvForm, UpFirDn2d
 
 UPSTREAM_MISSING = missing_reason()
 needs_upstream = pytest.mark.skipif(UPSTREAM_MISSING is not None, reason=f"upstream archives: {UPSTREAM_MISSING}")
@@ -120,7 +120,7 @@ def test_upstream_layer_is_rewritten_exactly(up, case, arch, factory, inputs, ru
     layer = perturb(factory(up[arch]), seed=1)
     exportable, _ = _rewritten_equal(layer, inputs(), rule)
     if "modconv" in case:
-        assert isinstance(exportable.layer, StyleModulatedConv2d)
+        assert isinstance(exportable.layer, StyleGAN2ModulatedConvForm)
     if "styleconv" in case:
         assert isinstance(exportable.layer, NoisyStyleConv)
 

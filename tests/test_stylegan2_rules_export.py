@@ -20,7 +20,7 @@ from fixtures_stylegan2.layers import TinyGenerator
 from fixtures_stylegan2.models import perturb
 from fixtures_stylegan2.upstream import load_upstream, missing_reason
 from modconv_export import ExportError, export_onnx, export_torchscript
-from modconv_export.graph import computed_conv_weights, conv_nodes, dynamic_batch_axes
+from modconv_export.export.checks import computed_conv_weights, conv_nodes, dynamic_batch_axes
 
 UPSTREAM_MISSING = missing_reason()
 S = models.STYLE

@@ -17,7 +17,7 @@ from fixtures_stylegan2.models import perturb
 from fixtures_stylegan2.upstream import load_upstream, missing_reason
 from modconv_export import export_onnx, rewrite_model
 from modconv_export.families import get_family, recognize
-from modconv_export.graph import computed_conv_weights
+from modconv_export.export.checks import computed_conv_weights
 from modconv_export.load import load_model
 
 UPSTREAM_MISSING = missing_reason()

@@ -15,8 +15,8 @@ import torch.nn as nn
 
 from conftest import relative_l2
 from modconv_export import LoweringError, export_onnx, register_function_lowering, unregister_function_lowering
-from modconv_export.graph import conv_nodes, non_standard_ops
-from modconv_export.reference import Blur, BlurFunction
+from modconv_export.export.checks import conv_nodes, non_standard_ops
+from modconv_export.layers.seed import Blur, BlurFunction
 from modconv_export.symbolic import lowerings_for, lowerings_installed
 from user_layers.my_stylegan import Smooth, SmoothFn
 

@@ -29,7 +29,7 @@ import torch
 
 from conftest import relative_l2
 from modconv_export import export_onnx, export_torchscript, make_exportable, rewrite_report
-from modconv_export.graph import computed_conv_weights, conv_nodes
+from modconv_export.export.checks import computed_conv_weights, conv_nodes
 from modconv_export.rewrite import registry
 
 WRAPPERS = Path(__file__).resolve().parent / "upstream_codebases"

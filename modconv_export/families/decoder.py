@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..reference import EqualLinear, ModulatedConv2d, PixelNorm
+from ..layers.seed import EqualLinear, ModulatedConv2d, PixelNorm
 from ._shapes import indices, known_fields, shape_of
 from .registry import Family, InputSpec, TensorInfo, register_family
 

@@ -2,7 +2,7 @@
 
 The upstream training code (royorel/Lifespan_Age_Transformation_Synthesis) saves the moving-average
 generator's bare ``state_dict()`` as ``latest_net_g_running.pth``. The modules below are our own
-code built from :mod:`modconv_export.reference`, with the same attribute names and ``Sequential``
+code built from :mod:`modconv_export.layers.seed`, with the same attribute names and ``Sequential``
 layouts, so that file loads with ``strict=True``.
 
 What LATS's default options fix is built in: equalized-learning-rate convolutions
@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..reference import EqualConv2d, EqualLinear, ModulatedConv2d, PixelNorm
+from ..layers.seed import EqualConv2d, EqualLinear, ModulatedConv2d, PixelNorm
 from ._shapes import indices, known_fields, shape_of
 from .registry import Family, InputSpec, TensorInfo, register_family
 

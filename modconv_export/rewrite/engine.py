@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .._util import as_tuple, relative_l2
 from ..errors import RewriteError
 from .registry import Rule, registered_rules
 
@@ -59,16 +60,6 @@ class RewriteReport:
         return [f"{rule} ({len(paths)}: {', '.join(paths)}): {note}" for (rule, note), paths in grouped.items()]
 
 
-def _as_tuple(x) -> tuple:
-    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
-
-
-def _relative_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    diff = (actual.double() - expected.double()).norm()
-    ref = expected.double().norm()
-    return float(diff / ref) if ref > 0 else float(diff)
-
-
 def _probe_error(rule: Rule, before: nn.Module, after: nn.Module) -> str | None:
     """Run both modules on the rule's probe inputs; the reason for rejecting ``after``, if any."""
     inputs = rule.probe_inputs(before) if rule.probe_inputs else None
@@ -76,11 +67,11 @@ def _probe_error(rule: Rule, before: nn.Module, after: nn.Module) -> str | None:
         return None
     with torch.no_grad():
         try:
-            expected = _as_tuple(before(*inputs))
+            expected = as_tuple(before(*inputs))
         except Exception as exc:  # the original cannot run on a well-formed probe: not our pattern
             return f"it fails on a probe input ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
         try:
-            actual = _as_tuple(after(*inputs))
+            actual = as_tuple(after(*inputs))
         except Exception as exc:
             return f"its export form fails on a probe input ({type(exc).__name__}: {exc})"
     if len(actual) != len(expected):
@@ -88,7 +79,7 @@ def _probe_error(rule: Rule, before: nn.Module, after: nn.Module) -> str | None:
     for a, e in zip(actual, expected):
         if a.shape != e.shape:
             return f"its export form gives shape {tuple(a.shape)} instead of {tuple(e.shape)}"
-        err = _relative_l2(a, e)
+        err = relative_l2(a, e)
         if not err <= rule.probe_tolerance:
             return f"its export form differs on a probe input (relative L2 {err:.2e} > {rule.probe_tolerance:.0e})"
     return None
@@ -156,7 +147,7 @@ def rewrite_model(model: nn.Module, *, strict: bool = False, example_inputs: Any
     if example_inputs is not None:
         from .graph import rewrite_graph
 
-        rewritten = rewrite_graph(rewritten, _as_tuple(example_inputs), report)
+        rewritten = rewrite_graph(rewritten, as_tuple(example_inputs), report)
     _settle(report, strict)
     object.__setattr__(rewritten, _REPORT_ATTR, report)
     return rewritten, report

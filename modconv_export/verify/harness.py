@@ -22,7 +22,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import ModconvExportError, plain_text
+from .._util import as_tuple, exception_line
+from ..errors import ModconvExportError
 from .metrics import compare, is_image_like
 from .report import FAIL, NOT_RUN, PASS, ImageSample, ParityData, ParityReport, ParityRow
 from .runners import EagerRunner, OnnxRuntimeRunner, Runner, RunnerUnavailable, TorchScriptRunner
@@ -37,17 +38,6 @@ _DEVICES = {"cpu": "cpu", "cuda": "cuda", "CPUExecutionProvider": "cpu", "CUDAEx
 _PICTURE_ORDER = ("ort-cpu", "ort-cuda", "torchscript-cpu", "torchscript-cuda", "eager-cpu", "eager-cuda")
 
 MakeInputs = Callable[[int, int], Any]
-
-
-def _as_args(args: Any) -> tuple:
-    return tuple(args) if isinstance(args, (tuple, list)) else (args,)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = plain_text(str(exc)).strip()
-    line = text.splitlines()[0] if text else ""
-    line = line[:300] + ("..." if len(line) > 300 else "")
-    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 
 def batch_seed(seed: int, batch: int) -> int:
@@ -181,7 +171,7 @@ def _run_plan(plan, inputs, refs, names, precision, tolerance, repeats) -> tuple
     except RunnerUnavailable as exc:
         return [ParityRow(plan.name, NOT_RUN, reason=str(exc), **common)], [], {}
     except Exception as exc:
-        return [ParityRow(plan.name, FAIL, reason=f"could not load: {_first_line(exc)}", **common)], [], {}
+        return [ParityRow(plan.name, FAIL, reason=f"could not load: {exception_line(exc)}", **common)], [], {}
     rows: list[ParityRow] = []
     kept: dict[int, list[np.ndarray]] = {}
     try:
@@ -190,7 +180,7 @@ def _run_plan(plan, inputs, refs, names, precision, tolerance, repeats) -> tuple
             try:
                 outputs, ms = _timed(runner, batch_inputs, repeats)
             except Exception as exc:
-                rows.append(ParityRow(plan.name, FAIL, batch, reason=f"inference failed: {_first_line(exc)}", **common))
+                rows.append(ParityRow(plan.name, FAIL, batch, reason=f"inference failed: {exception_line(exc)}", **common))
                 continue
             if len(outputs) != len(expected):
                 rows.append(ParityRow(plan.name, FAIL, batch, reason=f"{len(outputs)} outputs, the reference has {len(expected)}", time_ms=ms, **common))
@@ -288,8 +278,8 @@ def check_parity(
             raise ModconvExportError(f"{key} file not found: {path}")
         paths[key] = Path(path) if path is not None else None
 
-    args = _as_args(args)
-    inputs = {b: _as_args(make_inputs(b, batch_seed(seed, b))) if make_inputs else random_inputs(args, b, batch_seed(seed, b)) for b in batches}
+    args = as_tuple(args)
+    inputs = {b: as_tuple(make_inputs(b, batch_seed(seed, b))) if make_inputs else random_inputs(args, b, batch_seed(seed, b)) for b in batches}
 
     refs: dict[str, dict[int, list[np.ndarray]]] = {CPU_REFERENCE: {}}
     ref_ms: dict[int, float] = {}
@@ -298,7 +288,7 @@ def check_parity(
             for b, x in inputs.items():
                 refs[CPU_REFERENCE][b], ref_ms[b] = _timed(reference, x, 1)
     except Exception as exc:
-        raise ModconvExportError(f"the original model fails on the parity inputs: {_first_line(exc)}") from exc
+        raise ModconvExportError(f"the original model fails on the parity inputs: {exception_line(exc)}") from exc
 
     onnx_half, names = _onnx_io(paths["onnx"]) if paths["onnx"] else (False, [])
     count = len(refs[CPU_REFERENCE][batches[0]])

@@ -15,8 +15,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .._util.files import atomic_output, write_bytes
 from ..errors import ModconvExportError
-from ..files import atomic_output, write_bytes
 from .report import ImageSample, ParityReport
 
 __all__ = ["MissingExtraError", "report_image_size", "write_report_image"]

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..files import atomic_output
+from .._util.files import atomic_output
 
 __all__ = ["FAIL", "ImageSample", "NOT_RUN", "PASS", "ParityData", "ParityReport", "ParityRow"]
 

@@ -1,7 +1,7 @@
 """A user's own copy of the seed layers under other class names and another module path.
 
 The toolkit has never seen this module; its rules must still match these classes by structure.
-The code is deliberately written differently from modconv_export.reference (other names, a
+The code is deliberately written differently from modconv_export.layers.seed (other names, a
 new-style autograd Function with setup_context, functional helpers) while computing the same thing.
 """
 

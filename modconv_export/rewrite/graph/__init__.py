@@ -25,17 +25,18 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..._util import relative_l2
 from ...errors import RewriteError
+from ...layers.graph_form import GraphExportForm
 from .capture import CaptureError, GraphCapture, at_batch, capture
 from .cleanup import fold_constants, merge_reshapes, remove_unused
 from .demodulation import find_sums_of_squares, rewrite_sum_of_squares
-from .evaluate import record, relative_l2
+from .evaluate import record
 from .facts import analyze
-from .form import GraphExportForm
 from .grouped_conv import find_grouped_convs, rewrite_grouped_conv
 from .noise import zero_gaussian_draws
 
-__all__ = ["CaptureError", "GraphCapture", "GraphExportForm", "GRAPH_RULES", "HALF_TOLERANCE", "PROBE_BATCH", "half_form", "rewrite_graph"]
+__all__ = ["CaptureError", "GraphCapture", "GraphExportForm", "GRAPH_RULES", "HALF_TOLERANCE", "PROBE_BATCH", "captured_form", "half_form", "rewrite_graph"]
 
 #: Batch size of the probe run that proves each replacement (distinct from the capture's 2).
 PROBE_BATCH = 3
@@ -124,6 +125,12 @@ def rewrite_graph(model: nn.Module, args: tuple, report: Any) -> GraphExportForm
     if not error <= GRAPH_TOLERANCE:
         raise RewriteError(f"the rewritten graph differs from the captured one on the probe (relative L2 {error:.2e})")
     return GraphExportForm(gm, captured.out_spec)
+
+
+def captured_form(model: nn.Module, args: tuple) -> GraphExportForm:
+    """``model`` captured as it is, no pass applied (what ``rewrite=False`` exports in float16)."""
+    captured = capture(model, tuple(args))
+    return GraphExportForm(captured.module, captured.out_spec, program=captured.program)
 
 
 def half_form(form: GraphExportForm, args: tuple) -> GraphExportForm:

@@ -14,23 +14,20 @@ is the way past.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import traceback
-import warnings
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 from torch.utils import _pytree as pytree
 
+from ..._util import exception_line, quiet
 from ...errors import RewriteError
 from .batch import batch_symbol
 
-__all__ = ["CaptureError", "GraphCapture", "at_batch", "capture", "dynamic_batch_shapes", "first_line", "plain_graph_module"]
+__all__ = ["CaptureError", "GraphCapture", "at_batch", "capture", "dynamic_batch_shapes", "plain_graph_module"]
 
 
 class CaptureError(RewriteError):
@@ -48,11 +45,6 @@ class GraphCapture:
     #: The dynamic capture itself (``None`` for a generalised one): what the ONNX exporter can take as is
     #: when no pass changed the graph, saving a second trace.
     program: torch.export.ExportedProgram | None = None
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def at_batch(args: tuple, batch: int, *, seed: int | None = None) -> tuple:
@@ -94,22 +86,6 @@ def dynamic_batch_shapes(model: nn.Module, args: tuple) -> Any:
     except (TypeError, ValueError):
         return tuple(spec(a) for a in args)
     return {name: spec(value) for name, value in bound.arguments.items()}
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Silence torch.export's logs, prints and warnings; errors still propagate."""
-    loggers = [logging.getLogger(n) for n in ("torch.export", "torch._export", "torch.fx", "torch._dynamo", "torch.onnx")]
-    levels = [lg.level for lg in loggers]
-    try:
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 _GUARDS = {
@@ -231,18 +207,18 @@ def _capture_either(model: nn.Module, args: tuple, dynamic_shapes: Any) -> torch
 
 
 def _explain(exc: BaseException, model: nn.Module, args: tuple, batch: int | None = None) -> CaptureError:
-    from ...diagnose import describe_export_failure
+    from ..diagnose import describe_export_failure
 
     function = _function_in_traceback(exc)
     if function:
         return CaptureError(
-            f"torch.export cannot trace through the autograd Function {function} ({type(exc).__name__}: {first_line(exc)}); "
+            f"torch.export cannot trace through the autograd Function {function} ({exception_line(exc)}); "
             "register a lowering for it (modconv_export.register_function_lowering) or give it a forward torch can trace"
         )
     if batch is not None:
-        return CaptureError(f"the model does not run at batch size {batch}, so its batch cannot be made dynamic: {type(exc).__name__}: {first_line(exc)}")
+        return CaptureError(f"the model does not run at batch size {batch}, so its batch cannot be made dynamic: {exception_line(exc)}")
     described = describe_export_failure(model, args, exc, action="graph capture (torch.export)")
-    return CaptureError(described or f"graph capture (torch.export) failed: {type(exc).__name__}: {first_line(exc)}")
+    return CaptureError(described or f"graph capture (torch.export) failed: {exception_line(exc)}")
 
 
 def _drop_hook_state(model: nn.Module) -> None:

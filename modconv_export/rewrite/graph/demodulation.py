@@ -19,7 +19,8 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from .evaluate import evaluate, relative_l2
+from ..._util import relative_l2
+from .evaluate import evaluate
 from .facts import GraphFacts, module_path
 from .products import product_factors
 

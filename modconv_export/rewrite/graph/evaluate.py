@@ -13,7 +13,7 @@ from typing import Any, Iterable
 import torch
 import torch.fx as fx
 
-__all__ = ["annotate", "attribute", "evaluate", "record", "relative_l2"]
+__all__ = ["annotate", "attribute", "evaluate", "record"]
 
 
 def attribute(module: torch.nn.Module, target: str) -> Any:
@@ -90,10 +90,3 @@ def evaluate(gm: fx.GraphModule, node: fx.Node, known: dict[fx.Node, Any]) -> An
             else:
                 raise ValueError(f"cannot evaluate {current.op} node {current.name}")
     return env[node]
-
-
-def relative_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """``|actual - expected| / |expected|`` in float64 (absolute where ``expected`` is zero)."""
-    diff = (actual.double() - expected.double()).norm()
-    ref = expected.double().norm()
-    return float(diff / ref) if ref > 0 else float(diff)

@@ -30,8 +30,9 @@ import torch
 import torch.fx as fx
 from torch.fx.operator_schemas import normalize_function
 
+from ..._util import relative_l2
 from .batch import batch_affine
-from .evaluate import evaluate, relative_l2
+from .evaluate import evaluate
 from .facts import GraphFacts, module_path
 from .products import Factor, product_factors
 

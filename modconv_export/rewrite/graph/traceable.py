@@ -18,8 +18,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from ...errors import RewriteError
+from ...layers.graph_form import GraphExportForm
 from .facts import SIZE_ARITHMETIC
-from .form import GraphExportForm
 from .generalize import mul_add
 
 aten = torch.ops.aten

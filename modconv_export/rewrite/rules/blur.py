@@ -1,5 +1,5 @@
 """Replace a seed-style ``Blur`` (a fixed per-channel kernel applied through a custom autograd
-Function) by :class:`~modconv_export.export_forms.DepthwiseBlur`, one depthwise conv.
+Function) by :class:`~modconv_export.layers.seed_forms.DepthwiseBlur`, one depthwise conv.
 
 Structure: a leaf module with no parameters whose buffers are all kernels of one shape ``[C, 1, k, k]``
 (odd ``k`` <= 7) -- the seed's ``weight``, or under another name in a user's copy; where there are
@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...export_forms import DepthwiseBlur
+from ...layers.seed_forms import DepthwiseBlur
 from ..registry import probe_tensor, register_rule
 
 

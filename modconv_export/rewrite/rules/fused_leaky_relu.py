@@ -1,4 +1,4 @@
-"""basicsr's ``FusedLeakyReLU`` (a CUDA-only autograd Function) -> :class:`~modconv_export.export_forms_stylegan2.BiasLeakyReLU`.
+"""basicsr's ``FusedLeakyReLU`` (a CUDA-only autograd Function) -> :class:`~modconv_export.layers.stylegan2_forms.BiasLeakyReLU`.
 
 Structure: a leaf whose only tensor is a 1-D ``bias`` parameter, with float ``negative_slope`` and
 ``scale``. basicsr's ``fused_bias_act`` kernel (``act=3``) computes ``leaky_relu(x + bias, slope) *
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from ...export_forms_stylegan2 import BiasLeakyReLU
+from ...layers.stylegan2_forms import BiasLeakyReLU
 from ..registry import probe_tensor, register_rule
 from ._stylegan2 import number, original_failure
 

@@ -1,11 +1,11 @@
-"""Replace a seed-style ``ModulatedConv2d`` by :class:`~modconv_export.export_forms.InputModulatedConv2d`.
+"""Replace a seed-style ``ModulatedConv2d`` by :class:`~modconv_export.layers.seed_forms.SeedModulatedConvForm`.
 
 Structure (LATS / the seed): a 4-D ``weight`` parameter ``[Cout, Cin, k, k]`` scaled at run time by
 ``sqrt(2 / fan_in)``, a ``bias`` of ``Cout`` values, a style MLP ``mlp_class_std`` (latent -> Cin),
 boolean ``upsample`` / ``downsample`` / ``demudulate`` flags, a ``padding`` module and, as the flags
 require, ``upsampler``, ``downsampler`` and ``blur`` modules. The replacement keeps those modules,
 folds the weight scale into a constant and moves the modulation onto the input (exact; see
-:mod:`modconv_export.export_forms`). The probe compares both on a random input.
+:mod:`modconv_export.layers.seed_forms`). The probe compares both on a random input.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from math import sqrt
 
 import torch.nn as nn
 
-from ...export_forms import InputModulatedConv2d
+from ...layers.seed_forms import SeedModulatedConvForm
 from ..registry import conv_shape_mismatch, probe_tensor, register_rule
 
 # Per-channel scaling commutes with these paddings (a non-zero constant pad would not).
@@ -83,7 +83,7 @@ def replace_modulated_conv(module: nn.Module) -> nn.Module:
     """Seed ``ModulatedConv2d`` -> input-modulated conv with a constant weight."""
     weight = _weight(module).detach()
     fan_in = weight.shape[1] * weight[0][0].numel()
-    return InputModulatedConv2d(
+    return SeedModulatedConvForm(
         weight * sqrt(2 / fan_in),
         module.bias.detach(),
         module.mlp_class_std,

@@ -1,5 +1,5 @@
 """basicsr's ``EqualLinear`` (run-time weight ``scale``, bias ``lr_mul``, optional ``fused_lrelu``) ->
-:class:`~modconv_export.export_forms_stylegan2.ScaledLinear` with both scales folded into constants.
+:class:`~modconv_export.layers.stylegan2_forms.ScaledLinear` with both scales folded into constants.
 
 Structure: a leaf with a 2-D ``weight`` parameter, a 1-D ``bias`` parameter or none, float ``scale``
 and ``lr_mul``, and ``activation`` in ``{None, "fused_lrelu"}``. ``fused_lrelu`` calls basicsr's
@@ -14,7 +14,7 @@ from math import sqrt
 
 import torch.nn as nn
 
-from ...export_forms_stylegan2 import BiasLeakyReLU, ScaledLinear
+from ...layers.stylegan2_forms import BiasLeakyReLU, ScaledLinear
 from ..registry import probe_tensor, register_rule
 from ._stylegan2 import number, original_failure
 

@@ -1,4 +1,4 @@
-"""StyleGAN2's ``StyleConv`` (GFPGAN clean and basicsr) -> :class:`~modconv_export.export_forms_stylegan2.NoisyStyleConv`.
+"""StyleGAN2's ``StyleConv`` (GFPGAN clean and basicsr) -> :class:`~modconv_export.layers.stylegan2_forms.NoisyStyleConv`.
 
 Structure: a ``modulated_conv`` child (already in export form), a one-value ``weight`` parameter (the
 noise strength), an ``activate`` child and a ``forward(x, style, noise=None)`` that draws
@@ -17,7 +17,7 @@ from math import sqrt
 import torch
 import torch.nn as nn
 
-from ...export_forms_stylegan2 import NoisyStyleConv, StyleModulatedConv2d
+from ...layers.stylegan2_forms import NoisyStyleConv, StyleGAN2ModulatedConvForm
 from ..registry import probe_tensor, register_rule
 from ._stylegan2 import style_width
 
@@ -46,7 +46,7 @@ def _looks_like(module: nn.Module) -> bool:
 
 def _check(module: nn.Module) -> str | None:
     conv = module.modulated_conv
-    if not isinstance(conv, StyleModulatedConv2d):
+    if not isinstance(conv, StyleGAN2ModulatedConvForm):
         return f"its modulated_conv ({type(conv).__name__}) was not rewritten to an export form"
     if set(module._modules) != {"modulated_conv", "activate"}:
         return f"it has modules besides modulated_conv and activate ({', '.join(sorted(set(module._modules) - {'modulated_conv', 'activate'}))})"

@@ -1,4 +1,4 @@
-"""GFPGAN's ``stylegan2_clean_arch.ModulatedConv2d`` -> :class:`~modconv_export.export_forms_stylegan2.StyleModulatedConv2d`.
+"""GFPGAN's ``stylegan2_clean_arch.ModulatedConv2d`` -> :class:`~modconv_export.layers.stylegan2_forms.StyleGAN2ModulatedConvForm`.
 
 Structure: a ``[1, Cout, Cin, k, k]`` weight that is already scaled (no run-time ``scale``), an
 ``nn.Linear``-like ``modulation`` (style -> ``Cin``), ``demodulate``, ``eps`` (1e-8 upstream) and
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from ...export_forms_stylegan2 import StyleModulatedConv2d
+from ...layers.stylegan2_forms import StyleGAN2ModulatedConvForm
 from ..registry import register_rule
 from ._stylegan2 import check_modconv, looks_like_modconv, modconv_probe, modconv_weight, number
 
@@ -30,7 +30,7 @@ def _check(module: nn.Module) -> str | None:
 @register_rule("stylegan2_clean_modulated_conv", looks_like=_looks_like, check=_check, probe_inputs=modconv_probe)
 def replace_clean_modulated_conv(module: nn.Module) -> nn.Module:
     """GFPGAN clean ``ModulatedConv2d`` -> input-modulated conv (bilinear resampling kept) with a constant weight."""
-    return StyleModulatedConv2d(
+    return StyleGAN2ModulatedConvForm(
         modconv_weight(module)[0],
         module.modulation,
         demodulate=module.demodulate,

@@ -1,4 +1,4 @@
-"""basicsr's ``stylegan2_arch.ModulatedConv2d`` -> :class:`~modconv_export.export_forms_stylegan2.StyleModulatedConv2d`.
+"""basicsr's ``stylegan2_arch.ModulatedConv2d`` -> :class:`~modconv_export.layers.stylegan2_forms.StyleGAN2ModulatedConvForm`.
 
 Structure: a ``[1, Cout, Cin, k, k]`` weight multiplied at run time by a float ``scale``, an
 ``EqualLinear`` ``modulation`` (already folded by the ``scaled_equal_linear`` rule), ``demodulate``,
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from ...export_forms_stylegan2 import StyleModulatedConv2d, UpFirDn2d
+from ...layers.stylegan2_forms import StyleGAN2ModulatedConvForm, UpFirDn2d
 from ..registry import register_rule
 from ._stylegan2 import check_modconv, looks_like_modconv, modconv_probe, modconv_weight, number
 
@@ -37,7 +37,7 @@ def replace_modulated_conv(module: nn.Module) -> nn.Module:
     smooth = module.smooth if module.sample_mode is not None else None
     if isinstance(smooth, UpFirDn2d) and smooth.channels is None:
         smooth = smooth.for_channels(c_out if module.sample_mode == "upsample" else c_in)
-    return StyleModulatedConv2d(
+    return StyleGAN2ModulatedConvForm(
         modconv_weight(module)[0] * float(module.scale),
         module.modulation,
         demodulate=module.demodulate,

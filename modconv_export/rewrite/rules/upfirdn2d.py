@@ -1,5 +1,5 @@
 """basicsr's upfirdn2d modules (``UpFirDnUpsample``, ``UpFirDnDownsample``, ``UpFirDnSmooth``) ->
-:class:`~modconv_export.export_forms_stylegan2.UpFirDn2d`, one convolution with the FIR kernel as a constant.
+:class:`~modconv_export.layers.stylegan2_forms.UpFirDn2d`, one convolution with the FIR kernel as a constant.
 
 Structure: a leaf without parameters holding a 2-D ``kernel`` tensor and ``pad = (lo, hi)``, plus
 either ``upsample_factor``/``downsample_factor`` (the smooth blur: upfirdn with up = down = 1) or
@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ...export_forms_stylegan2 import UpFirDn2d
+from ...layers.stylegan2_forms import UpFirDn2d
 from ..registry import probe_tensor, register_rule
 
 

@@ -14,8 +14,8 @@ from typing import Any, Mapping
 
 import torch
 
-from .errors import ModconvExportError
-from .files import atomic_output, write_bytes
+from .._util.files import atomic_output, write_bytes
+from ..errors import ModconvExportError
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "is_toolkit_checkpoint"]
 

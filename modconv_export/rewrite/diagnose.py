@@ -22,7 +22,8 @@ import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .errors import plain_text
+from .._util import first_line
+from ..errors import plain_text
 
 __all__ = ["describe_export_failure", "ops_by_module"]
 
@@ -42,12 +43,6 @@ def _chain(exc: BaseException) -> list[BaseException]:
         seen.append(exc)
         exc = exc.__cause__ or exc.__context__
     return seen
-
-
-def _first_line(exc: BaseException) -> str:
-    text = plain_text(str(exc)).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
-    return line[:200] + ("..." if len(line) > 200 else "")
 
 
 def _module_label(model: nn.Module, path: str) -> str:
@@ -155,7 +150,7 @@ def describe_export_failure(
     action = action or f"{exporter} export"
     chain = _chain(exc)
     text = plain_text("\n".join(str(e) for e in chain))
-    reason = _first_line(chain[-1])
+    reason = first_line(chain[-1], limit=200)
     if "No ONNX function found" in text:
         reason = "it has no ONNX conversion in the dynamo exporter"
     if "data-dependent" in text:

@@ -4,7 +4,7 @@ These are the layers that users' generators (LATS and its relatives) are built f
 seed's exact arithmetic and its parameter and buffer names (``weight``, ``bias``, ``mlp_class_std``,
 ``weight_orig``, ``weight_flip`` ...), so checkpoints saved from those projects load into them unchanged.
 They are *not* exportable with a dynamic batch; :func:`modconv_export.make_exportable` turns them (and
-structurally identical copies of them) into the export forms in :mod:`modconv_export.export_forms`.
+structurally identical copies of them) into the export forms in :mod:`modconv_export.layers.seed_forms`.
 """
 
 from __future__ import annotations

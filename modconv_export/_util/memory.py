@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import ModconvExportError
+from ..errors import ModconvExportError
 
 __all__ = ["OutOfMemory", "available_bytes", "check_fits", "format_bytes", "is_allocation_failure"]
 

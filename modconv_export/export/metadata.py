@@ -31,13 +31,13 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import ClearMetadataAndDocStringPass
 
-from .errors import ExportError
-from .files import atomic_output, write_bytes
+from .._util.files import atomic_output, write_bytes
+from ..errors import ExportError
 
 if TYPE_CHECKING:
-    from .families import Family
-    from .rewrite import RewriteReport
-    from .verify import ParityReport
+    from ..families import Family
+    from ..rewrite import RewriteReport
+    from ..verify import ParityReport
 
 __all__ = [
     "PREFIX",

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import ExportError
+from ..errors import ExportError
 from .interrupts import deferred
 
 __all__ = ["Outputs", "atomic_output", "check_writable_target", "write_bytes"]

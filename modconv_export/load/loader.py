@@ -2,13 +2,13 @@
 
 Three kinds of file are accepted:
 
-* a toolkit checkpoint (:mod:`modconv_export.checkpoint`): its family builds the model, strictly;
+* a toolkit checkpoint (:mod:`modconv_export.load.checkpoint`): its family builds the model, strictly;
 * a bare ``state_dict`` of a registered family, recognised by its keys (also when nested under an
   obvious key such as ``"state_dict"`` or ``"params_ema"``), loaded strictly;
 * a pickled ``nn.Module`` (``torch.save(model)``), only with ``trust_pickle=True``: unpickling runs code.
 
 Every file is read with ``torch.load(weights_only=True)`` only, which never runs code: a pickled
-module is read by the same unpickler under the allowlist of :mod:`modconv_export.allowlist`, and only
+module is read by the same unpickler under the allowlist of :mod:`modconv_export.load.allowlist`, and only
 on trust. The file is opened once (a FIFO or device is refused before anything blocks on it) and the
 listing of its globals and the load read the same open file. Each failure is a
 :class:`~modconv_export.errors.LoadError` with a one-line reason.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import inspect
 import os
 import pickle
 import re
@@ -31,11 +30,12 @@ from typing import IO, Any, Iterator, Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from .checkpoint import checkpoint_from_dict, is_toolkit_checkpoint
+from .._util import exception_line, forward_parameters
+from .._util.memory import is_allocation_failure
+from ..errors import LoadError, ModconvExportError
+from ..families import Family, InputSpec, get_family, recognize
 from .allowlist import OUTSIDE, Allowlist, Decision, decide, resolve_allowed, restore_classes
-from .errors import LoadError, ModconvExportError
-from .families import Family, InputSpec, get_family, recognize
-from .memory import is_allocation_failure
+from .checkpoint import checkpoint_from_dict, is_toolkit_checkpoint
 from .pickle_scan import is_legacy_torch_file, unsafe_globals
 
 __all__ = ["LoadedModel", "forward_parameters", "load_model"]
@@ -74,7 +74,7 @@ def load_model(
 ) -> LoadedModel:
     """Load a toolkit checkpoint, a family state_dict or (with ``trust_pickle``) a pickled module.
 
-    A pickled module may use only what :mod:`modconv_export.allowlist` allows: torch.nn classes, pure
+    A pickled module may use only what :mod:`modconv_export.load.allowlist` allows: torch.nn classes, pure
     math functions, classes defined in files under ``import_paths`` or the current directory, and the
     ``MODULE.NAME`` globals in ``allow_globals``; anything else is refused before any object is built.
     ``sys.path`` is restored afterwards. Raises :class:`LoadError` for a missing, unreadable, corrupt,
@@ -99,23 +99,7 @@ def load_model(
     return loaded
 
 
-def forward_parameters(module: nn.Module) -> tuple[list[str], list[str], bool]:
-    """``module.forward``'s positional parameter names, those without a default, and whether it takes ``*args``."""
-    try:
-        params = inspect.signature(module.forward).parameters.values()
-    except (TypeError, ValueError):
-        return [], [], True
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    required = [p.name for p in positional if p.default is p.empty]
-    return [p.name for p in positional], required, any(p.kind == p.VAR_POSITIONAL for p in params)
-
-
 # -- reading the file -------------------------------------------------------------------------------
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -197,7 +181,7 @@ def _load_weights_only(f: IO[bytes], path: Path, fmt: str) -> tuple[Any, str | N
     except Exception as exc:  # torch's readers fail in many ways on damaged bytes (even AssertionError)
         if is_allocation_failure(exc):
             raise
-        raise LoadError(f"{path}: is truncated or corrupt ({_one_line(exc)})") from exc
+        raise LoadError(f"{path}: is truncated or corrupt ({exception_line(exc)})") from exc
     finally:
         f.seek(0)
     found = _globals_of(f, path, fmt)
@@ -269,7 +253,7 @@ def _from_trusted_pickle(f: IO[bytes], path: Path, fmt: str, import_paths: Seque
         except Exception as exc:
             if is_allocation_failure(exc):
                 raise
-            raise LoadError(f"{path}: unpickling failed ({_one_line(exc)})") from exc
+            raise LoadError(f"{path}: unpickling failed ({exception_line(exc)})") from exc
     obj = restore_classes(obj)
     module = _single_module(obj)
     if module is None:

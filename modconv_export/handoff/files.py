@@ -31,8 +31,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import onnx
 
-from .errors import ExportError
-from .files import Outputs, atomic_output, write_bytes
+from .._util.files import Outputs, atomic_output, write_bytes
+from ..errors import ExportError
 
 __all__ = [
     "GraphTensor",
@@ -223,7 +223,7 @@ def cuda_found(onnx_path: str | os.PathLike, report=None) -> bool:
     if it ran, else a session opened for the purpose (onnxruntime-gpu lists CUDA even without a GPU)."""
     if report is not None and any(row.backend == "ort-cuda" for row in report.rows):
         return report.providers.get("ort-cuda", [])[:1] == ["CUDAExecutionProvider"]
-    from .ort_options import create_session
+    from ..ort_options import create_session
 
     try:
         create_session(onnx_path, "cuda")

@@ -2,7 +2,7 @@
 
 This only *names* things, for the one-line refusal and so that a refused file is refused before any
 object is built; what a file may load is enforced by torch's own ``weights_only`` unpickler (see
-:mod:`modconv_export.allowlist`). For the zip format (torch.save's default) torch's
+:mod:`modconv_export.load.allowlist`). For the zip format (torch.save's default) torch's
 ``get_unsafe_globals_in_checkpoint`` does the listing. torch offers nothing for the legacy format
 (``_use_new_zipfile_serialization=False``: a stream of pickles) nor for pickle opcodes its parser does
 not know (protocol 4's ``STACK_GLOBAL``, which the safe unpickler cannot read anyway); for those the

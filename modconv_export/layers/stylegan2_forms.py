@@ -2,7 +2,7 @@
 
 Both upstreams modulate the *weight* per sample and run one grouped convolution with ``groups = batch``
 (basicsr also a grouped ``conv_transpose2d`` for upsampling), so no exporter keeps the batch dynamic.
-As in :mod:`modconv_export.export_forms`, the modulation moves onto the input instead: convolution,
+As in :mod:`modconv_export.layers.seed_forms`, the modulation moves onto the input instead: convolution,
 transposed convolution, bilinear resampling and FIR blurs are all linear per input channel, so
 
     conv(resample(x) * s, W) * d    and    smooth(conv_transpose(x * s, W^T) * d)
@@ -23,9 +23,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .export_forms import demodulation
+from .seed_forms import demodulation
 
-__all__ = ["BiasLeakyReLU", "NoisyStyleConv", "ScaledLinear", "StyleModulatedConv2d", "UpFirDn2d", "ZERO_NOISE_NOTE"]
+__all__ = ["BiasLeakyReLU", "NoisyStyleConv", "ScaledLinear", "StyleGAN2ModulatedConvForm", "UpFirDn2d", "ZERO_NOISE_NOTE"]
 
 #: What the rewrite report says about every noise-injecting layer (the CLI prints it).
 ZERO_NOISE_NOTE = (
@@ -153,20 +153,14 @@ class ScaledLinear(nn.Module):
 MODES = ("same", "up_bilinear", "down_bilinear", "up_transposed", "down_strided")
 
 
-class StyleModulatedConv2d(nn.Module):
+class StyleGAN2ModulatedConvForm(nn.Module):
     """A StyleGAN2 modulated convolution (no bias) with a constant weight: the input is modulated.
 
     ``weight`` is ``[Cout, Cin, k, k]`` with every scale folded in; ``modulation`` maps the style to
     ``s`` (``[batch, Cin]``). Modes: ``same`` (stride 1, ``padding``), GFPGAN's bilinear ``up_bilinear``
     / ``down_bilinear`` before a stride-1 conv, basicsr's ``up_transposed`` (stride-2 transposed conv,
     then ``smooth``) and ``down_strided`` (``smooth``, then a stride-2 conv).
-
-    Half precision keeps the modulation MLP and ``weight_sq_sum_t`` in float32; the demodulation (eps
-    1e-8, below float16's smallest value) is always computed in float32 (:func:`demodulation`).
     """
-
-    float32_modules = ("modulation",)
-    float32_buffers = ("weight_sq_sum_t",)
 
     def __init__(
         self,
@@ -196,7 +190,7 @@ class StyleModulatedConv2d(nn.Module):
 
     def forward(self, input: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         s = self.modulation(style).reshape(-1, self.in_channels)
-        s4 = (s if s.dtype == input.dtype else s.to(input.dtype)).reshape(-1, self.in_channels, 1, 1)
+        s4 = s.reshape(-1, self.in_channels, 1, 1)
         if self.mode == "up_bilinear":  # scale first: fewer pixels before upsampling
             x = F.interpolate(input * s4, scale_factor=2, mode="bilinear", align_corners=False)
         elif self.mode == "down_bilinear":
@@ -212,8 +206,7 @@ class StyleModulatedConv2d(nn.Module):
         else:
             out = F.conv2d(x, self.weight, padding=self.padding)
         if self.demodulate:
-            d = demodulation(s, self.weight_sq_sum_t, self.eps)
-            out = out * (d if d.dtype == out.dtype else d.to(out.dtype)).reshape(-1, self.out_channels, 1, 1)
+            out = out * demodulation(s, self.weight_sq_sum_t, self.eps).reshape(-1, self.out_channels, 1, 1)
         if self.mode == "up_transposed":
             out = self.smooth(out)
         return out

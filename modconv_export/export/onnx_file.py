@@ -11,47 +11,37 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import io
-import logging
 import os
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import onnx
 import onnx.version_converter
 import onnx_ir as ir
-from onnx_ir.passes.common import IdentityEliminationPass
 import torch
 import torch.nn as nn
+from onnx_ir.passes.common import IdentityEliminationPass
 
-from . import __version__
-from .errors import ExportError, RewriteError
-from .files import atomic_output, write_bytes
-from .graph import computed_conv_weights, non_standard_ops
+from .. import __version__
+from .._util import first_line, forward_parameters, quiet
+from .._util.files import atomic_output, write_bytes
+from ..errors import ExportError
+from ..layers.graph_form import GraphExportForm
+from ..rewrite.graph.capture import dynamic_batch_shapes
+from ..rewrite.graph.traceable import traceable
+from ..symbolic import lowerings_for, lowerings_installed
+from .checks import computed_conv_weights, non_standard_ops
 from .metadata import export_properties, name_nodes_by_module, parity_properties, rewrite_properties, strip_debug_metadata
-from .precision import PRECISIONS, to_half
-from .rewrite import RewriteReport, copy_module, rewrite_model
-from .rewrite.graph import GraphExportForm, half_form, rewrite_graph
-from .rewrite.graph.capture import at_batch, dynamic_batch_shapes, first_line
-from .rewrite.graph.traceable import traceable
-from .symbolic import lowerings_for, lowerings_installed, registered_lowerings
-from .symbolic.install import function_of_op
+from .prepare import batch_of_two, prepare_export
 
-__all__ = [
-    "DEFAULT_OPSET", "Prepared", "export_onnx", "export_torchscript", "max_supported_opset", "prepare_export", "resolve_opset",
-    "trace_torchscript",
-]  # fmt: skip
+__all__ = ["DEFAULT_OPSET", "EXPORTERS", "export_onnx", "max_supported_opset", "opset_of", "resolve_opset"]
 
-#: torch.onnx's op library (torch_lib) is written against opset 18; every supported ORT runs it.
+
 DEFAULT_OPSET = 18
+
+
 EXPORTERS = ("dynamo", "torchscript")
-
-
-def _as_args(args: Any) -> tuple:
-    return tuple(args) if isinstance(args, (tuple, list)) else (args,)
 
 
 @functools.lru_cache(maxsize=None)
@@ -104,10 +94,7 @@ def _input_names(model: nn.Module, args: tuple, names: Sequence[str] | None) -> 
         if len(names) != len(args):
             raise ExportError(f"{len(names)} input names for {len(args)} inputs")
         return list(names)
-    try:
-        params = [p.name for p in inspect.signature(model.forward).parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    except (TypeError, ValueError):
-        params = []
+    params, _, _ = forward_parameters(model)
     return params[: len(args)] if len(params) >= len(args) else [f"input_{i}" for i in range(len(args))]
 
 
@@ -118,94 +105,6 @@ def _output_names(outputs: Any, names: Sequence[str] | None) -> list[str]:
             raise ExportError(f"{len(names)} output names for {count} outputs")
         return list(names)
     return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
-
-
-def _batch_of_two(args: tuple) -> tuple:
-    """Batch-1 examples make torch.export specialise the batch to 1; trace at batch 2 instead."""
-    return tuple(a.repeat(2, *([1] * (a.dim() - 1))) if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == 1 else a for a in args)
-
-
-@contextlib.contextmanager
-def _quiet_exporters():
-    """Silence the exporters' progress prints and known-noise warnings; errors still propagate."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
-    levels = [lg.level for lg in loggers]
-    try:
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
-@dataclass
-class Prepared:
-    """The rewrite stage's result for one export: the module to export, its example inputs and outputs."""
-
-    module: nn.Module
-    args: tuple
-    outputs: Any
-    report: RewriteReport | None
-    #: The model as modules, after the module rules and before graph capture: where failures are located.
-    source: nn.Module | None = None
-    #: The float32 export form (``module`` itself unless ``precision="fp16"``): what TorchScript and the
-    #: eager parity row are made from.
-    fp32: nn.Module | None = None
-
-
-def _run_eager(module: nn.Module, args: tuple) -> Any:
-    try:
-        with torch.no_grad():
-            return module(*args)
-    except Exception as exc:
-        raise ExportError(f"the model rejects the example inputs {[tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]}: {first_line(exc)}") from exc
-
-
-def prepare_export(
-    model: nn.Module,
-    args: Any,
-    *,
-    rewrite: bool = True,
-    strict: bool = False,
-    precision: str = "fp32",
-    lowerings: bool = True,
-) -> Prepared:
-    """Rewrite ``model`` for export on example ``args``: module rules, precision, graph-level rewrite.
-
-    ``lowerings=True`` captures the graph with the registered ``autograd.Function`` lowerings in place
-    (for ONNX); ``False`` traces through every Function's forward (for TorchScript, which has no use for
-    ONNX lowerings). ``rewrite=False`` exports the model as it is (a :class:`GraphExportForm` from an
-    earlier call, or any module). Raises :class:`ExportError`/:class:`RewriteError` with one line.
-    """
-    if not isinstance(model, nn.Module):
-        raise ExportError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    if precision not in PRECISIONS:
-        raise ExportError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    args = _as_args(args)
-    report = None
-    if not rewrite:
-        module = model if isinstance(model, GraphExportForm) else copy_module(model).eval()
-        if precision == "fp16" and not isinstance(model, GraphExportForm):
-            module = to_half(module, args)
-        return Prepared(module, args, _run_eager(module, args), report, source=module, fp32=module if precision == "fp32" else None)
-    module, report = rewrite_model(model, strict=strict)
-    _run_eager(module, args)  # a model that rejects its inputs says so before the slower capture
-    # The capture traces through every autograd Function's forward, except those the user registered an
-    # ONNX lowering for: they stay one custom op each, for the exporter to translate.
-    found = registered_lowerings() if lowerings else []
-    with _quiet_exporters(), lowerings_installed(found, "dynamo", DEFAULT_OPSET):
-        form = rewrite_graph(module, args, report)
-    called = {function_of_op(n.target) for n in form.graph_module.graph.nodes if getattr(n.target, "namespace", None) == "modconv_export"}
-    form.lowerings = [lowering for lowering in found if lowering.function in called]
-    if strict and report.near_misses:
-        raise RewriteError("; ".join(report.describe_near_misses()))
-    fp32 = form
-    if precision == "fp16":
-        form = half_form(form, args)
-    return Prepared(form, args, _run_eager(form, args), report, source=module, fp32=fp32)
 
 
 class _WithModuleNames(nn.Module):
@@ -363,7 +262,7 @@ def export_onnx(
     :mod:`modconv_export.precision`); inputs and outputs stay float32. The file's nodes are named by
     module path and the exporter's debug metadata (stack traces with this machine's paths) is stripped
     unless ``keep_debug_metadata``; its ``metadata_props`` hold the toolkit version, exporter, precision,
-    dynamic axes, the rewrite summary and ``metadata`` (see :mod:`modconv_export.metadata`). Raises
+    dynamic axes, the rewrite summary and ``metadata`` (see :mod:`modconv_export.export.metadata`). Raises
     :class:`~modconv_export.errors.ExportError` (or ``RewriteError``) with a one-line reason.
     """
     if exporter not in EXPORTERS:
@@ -382,10 +281,10 @@ def export_onnx(
         **parity_properties(None),  # "verified": false until metadata.record_parity finalises a verified file
         **(metadata or {}),
     }
-    trace_args = _batch_of_two(args) if dynamic_batch else args
+    trace_args = batch_of_two(args) if dynamic_batch else args
     lowerings = exportable.lowerings if isinstance(exportable, GraphExportForm) else lowerings_for(exportable, trace_args)
     try:
-        with _quiet_exporters(), lowerings_installed(lowerings, exporter, opset) as table:
+        with quiet(), lowerings_installed(lowerings, exporter, opset) as table:
             if exporter == "dynamo":
                 proto = _export_dynamo(exportable, trace_args, names_in, names_out, opset, dynamic_batch, table)
             else:
@@ -401,52 +300,3 @@ def export_onnx(
         write_bytes(tmp, data)
     return Path(path)
 
-
-def _traced_ops(module: torch.jit.ScriptModule) -> set[str]:
-    kinds = {node.kind() for node in module.inlined_graph.nodes()}
-    return {k for k in kinds if k.startswith("modconv_export::") or k == "prim::PythonOp"}
-
-
-def trace_torchscript(model: nn.Module, args: Any, *, rewrite: bool = True, strict: bool = False, check: bool = True) -> torch.jit.ScriptModule:
-    """Rewrite ``model`` and trace it into a ScriptModule that runs at any batch size.
-
-    The rewrite (:func:`prepare_export`, without ONNX lowerings) captures the model as an ATen graph,
-    tracing through its autograd Functions, so the trace holds only ``aten`` ops (what a plain
-    ``torch.jit.load`` runs). With ``check`` the trace is replayed at another batch size and compared
-    with eager (the parity check measures that itself, so it traces with ``check=False``). Raises
-    :class:`~modconv_export.errors.ExportError` (or ``RewriteError``).
-    """
-    prepared = prepare_export(model, args, rewrite=rewrite, strict=strict, lowerings=False)
-    exportable, args = prepared.module, prepared.args
-    traced_form = traceable(exportable) if isinstance(exportable, GraphExportForm) else exportable
-    try:
-        with _quiet_exporters(), torch.no_grad():
-            traced = torch.jit.trace(traced_form, _batch_of_two(args), check_trace=False)
-    except Exception as exc:
-        raise ExportError(f"torch.jit.trace failed: {type(exc).__name__}: {first_line(exc)}") from exc
-    foreign = _traced_ops(traced)
-    if foreign:
-        raise ExportError(f"the traced graph calls ops a plain torch.jit.load cannot run: {', '.join(sorted(foreign))}")
-    if check:
-        other = at_batch(args, 3, seed=7)
-        with torch.no_grad():
-            expected, actual = exportable(*other), traced(*other)
-        for e, a in zip(_as_args(expected), _as_args(actual)):
-            if e.shape != a.shape or not torch.allclose(e, a, rtol=1e-4, atol=1e-5):
-                raise ExportError("the traced TorchScript module does not reproduce eager at another batch size (batch frozen?)")
-    return traced
-
-
-def export_torchscript(model: nn.Module, args: Any, path: str | os.PathLike, *, rewrite: bool = True, strict: bool = False) -> Path:
-    """Rewrite ``model``, trace it and save a TorchScript file that runs at any batch size.
-
-    The file holds only ``aten`` ops, so ``torch.jit.load`` runs it in a process that never imports
-    this package or the user's model code. The trace is replayed at another batch size and compared
-    with eager before anything is written.
-    """
-    traced = trace_torchscript(model, args, rewrite=rewrite, strict=strict)
-    buffer = io.BytesIO()  # torch.jit.save's own file writer aborts the process on a full disk
-    torch.jit.save(traced, buffer)
-    with atomic_output(path) as tmp:
-        write_bytes(tmp, buffer.getvalue())
-    return Path(path)

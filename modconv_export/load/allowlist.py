@@ -7,7 +7,7 @@ to those functions; anything else is refused before any object is built.
 
 How it is enforced:
 
-* :func:`~modconv_export.pickle_scan.unsafe_globals` lists the globals the file names; each is
+* :func:`~modconv_export.load.pickle_scan.unsafe_globals` lists the globals the file names; each is
   decided here (:func:`decide`); one refusal refuses the file with the list of refused names.
 * The file is then read by ``torch.load(weights_only=True)`` inside
   ``torch.serialization.safe_globals(...)`` holding exactly the decided objects, so the unpickler
@@ -316,7 +316,7 @@ def decide(name: str, dirs: Sequence[Path], allowed: dict[str, Any] | None = Non
 
 def resolve_allowed(names: Sequence[str]) -> dict[str, Any]:
     """``--allow-global MODULE.NAME`` values: imported by the user's request, allowed as they are."""
-    from .errors import LoadError
+    from ..errors import LoadError
 
     allowed = {}
     for full in names:

@@ -1,0 +1,104 @@
+"""The rewrite stage as one export needs it: module rules, graph capture and rewrite, precision.
+
+:func:`prepare_export` is what :func:`~modconv_export.export.export_onnx` and
+:func:`~modconv_export.export.export_torchscript` call first, and what the command line calls once to
+share one rewrite between the ONNX file, the TorchScript file and the parity check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .._util import as_tuple, first_line, quiet
+from ..errors import ExportError, RewriteError
+from ..layers.graph_form import GraphExportForm
+from ..rewrite import RewriteReport, copy_module, rewrite_model
+from ..rewrite.graph import captured_form, half_form, rewrite_graph
+from ..symbolic import lowerings_installed, registered_lowerings
+from ..symbolic.install import function_of_op
+
+__all__ = ["PRECISIONS", "Prepared", "batch_of_two", "prepare_export"]
+
+PRECISIONS = ("fp32", "fp16")
+#: The opset lowerings are built for while capturing (the exporter re-translates at its own opset).
+CAPTURE_OPSET = 18
+
+
+@dataclass
+class Prepared:
+    """The rewrite stage's result for one export: the module to export, its example inputs and outputs."""
+
+    module: nn.Module
+    args: tuple
+    outputs: Any
+    report: RewriteReport | None
+    #: The model as modules, after the module rules and before graph capture: where failures are located.
+    source: nn.Module | None = None
+    #: The float32 export form (``module`` itself unless ``precision="fp16"``): what TorchScript and the
+    #: eager parity row are made from.
+    fp32: nn.Module | None = None
+
+
+def _run_eager(module: nn.Module, args: tuple) -> Any:
+    try:
+        with torch.no_grad():
+            return module(*args)
+    except Exception as exc:
+        raise ExportError(f"the model rejects the example inputs {[tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]}: {first_line(exc)}") from exc
+
+
+def prepare_export(
+    model: nn.Module,
+    args: Any,
+    *,
+    rewrite: bool = True,
+    strict: bool = False,
+    precision: str = "fp32",
+    lowerings: bool = True,
+) -> Prepared:
+    """Rewrite ``model`` for export on example ``args``: module rules, precision, graph-level rewrite.
+
+    ``lowerings=True`` captures the graph with the registered ``autograd.Function`` lowerings in place
+    (for ONNX); ``False`` traces through every Function's forward (for TorchScript, which has no use for
+    ONNX lowerings). ``rewrite=False`` exports the model as it is: unchanged, or -- for
+    ``precision="fp16"``, which is decided on a graph -- captured and converted without any rewrite. A
+    :class:`GraphExportForm` from an earlier call is taken as it is. Raises
+    :class:`ExportError`/:class:`RewriteError` with one line.
+    """
+    if not isinstance(model, nn.Module):
+        raise ExportError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    if precision not in PRECISIONS:
+        raise ExportError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    args = as_tuple(args)
+    if isinstance(model, GraphExportForm):  # prepared earlier: exported as it is
+        return Prepared(model, args, _run_eager(model, args), None, source=model, fp32=None if precision == "fp16" else model)
+    if rewrite:
+        module, report = rewrite_model(model, strict=strict)
+    else:
+        module, report = copy_module(model).eval(), None
+    _run_eager(module, args)  # a model that rejects its inputs says so before the slower capture
+    if not rewrite and precision == "fp32":
+        return Prepared(module, args, _run_eager(module, args), None, source=module, fp32=module)
+    # The capture traces through every autograd Function's forward, except those the user registered an
+    # ONNX lowering for: they stay one custom op each, for the exporter to translate.
+    found = registered_lowerings() if lowerings else []
+    with quiet(), lowerings_installed(found, "dynamo", CAPTURE_OPSET):
+        form = rewrite_graph(module, args, report) if rewrite else captured_form(module, args)
+    called = {function_of_op(n.target) for n in form.graph_module.graph.nodes if getattr(n.target, "namespace", None) == "modconv_export"}
+    form.lowerings = [lowering for lowering in found if lowering.function in called]
+    if strict and report is not None and report.near_misses:
+        raise RewriteError("; ".join(report.describe_near_misses()))
+    fp32 = form
+    if precision == "fp16":  # decided on the graph, op by op (rewrite.graph.half), whatever code it came from
+        form = half_form(form, args)
+    return Prepared(form, args, _run_eager(form, args), report, source=module, fp32=fp32)
+
+
+def batch_of_two(args: tuple) -> tuple:
+    """Batch-1 examples make torch.export specialise the batch to 1; trace at batch 2 instead."""
+    return tuple(a.repeat(2, *([1] * (a.dim() - 1))) if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == 1 else a for a in args)
+

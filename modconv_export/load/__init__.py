@@ -1,0 +1,10 @@
+"""Load: a model file -> an eval-mode module with its original layers (:mod:`.loader`).
+
+Toolkit checkpoints (:mod:`.checkpoint`), bare state_dicts of a registered family, and -- only on trust --
+pickled modules under the allowlist of :mod:`.allowlist`, whose globals :mod:`.pickle_scan` lists first.
+"""
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .loader import LoadedModel, load_model
+
+__all__ = ["LoadedModel", "load_checkpoint", "load_model", "save_checkpoint"]
