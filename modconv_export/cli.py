@@ -34,7 +34,7 @@ from ._util.files import Outputs, check_writable_target, write_bytes
 from ._util.interrupts import Interrupted, signals_raise
 from ._util.memory import OutOfMemory, check_fits, is_allocation_failure
 from .console import PROG, Console, captured_fds, error, file_size, plural
-from .errors import ExportError, ModconvExportError
+from .errors import ExportError, ModconvExportError, UsageError
 from .export import Prepared, export_onnx, export_torchscript, prepare_export, resolve_opset
 from .export.metadata import family_properties, graph_sha256, record_parity
 from .families import registered_families
@@ -46,10 +46,6 @@ from .rewrite.graph import GRAPH_RULES
 __all__ = ["EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PARITY", "EXIT_USAGE", "UsageError", "build_parser", "main", "parse_input"]
 
 EXIT_OK, EXIT_PARITY, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-
-
-class UsageError(ModconvExportError):
-    """A malformed command line (bad option, malformed ``--input``, conflicting paths)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -313,10 +309,9 @@ def _rewrite(module: torch.nn.Module, inputs: _Inputs, precision: str, console: 
     counts = report.counts()
     graph_rules = set(GRAPH_RULES.values())
     module_counts = {n: c for n, c in counts.items() if n not in graph_rules}
-    builtin = ["modulated_conv", "blur", "equal_lr"]  # always shown; other rules when they matched
-    names = [n for n in builtin if n in {r.name for r in registered_rules()}] + sorted(set(module_counts) - set(builtin))
-    detail = ", ".join(f"{n}: {counts.get(n, 0)}" for n in names)
-    console.say(f"rewrote {sum(module_counts.values())} modules ({detail})")
+    # the rules that matched, in the order they ran (folds, then layers)
+    detail = ", ".join(f"{r.name}: {module_counts[r.name]}" for r in registered_rules() if r.name in module_counts)
+    console.say(f"rewrote {sum(module_counts.values())} modules" + (f" ({detail})" if detail else ""))
     convs, demods = counts.get(GRAPH_RULES["conv"], 0), counts.get(GRAPH_RULES["demod"], 0)
     console.say(f"rewrote {plural(convs, 'batch-grouped convolution', 'batch-grouped convolutions')} in the traced graph"
                 f" ({plural(demods, 'demodulation', 'demodulations')} computed from the style)")  # fmt: skip

@@ -1,4 +1,4 @@
-"""Typed exceptions, so callers (the CLI above all) can turn usage errors into one clear line.
+"""Every exception the toolkit raises on purpose, in one place, so callers (the CLI above all) can turn usage errors into one clear line.
 
 Messages are plain text: the exporters colour parts of theirs for a terminal (torch.onnx's dynamo
 exporter embeds ``\\x1b[96m...\\x1b[0m``), which is noise in a log file, a pytest report or a JSON
@@ -8,8 +8,12 @@ field, so every error of this toolkit drops terminal escape sequences when it is
 from __future__ import annotations
 
 import re
+import signal
 
-__all__ = ["ExportError", "LoadError", "LoweringError", "ModconvExportError", "RewriteError", "plain_text"]
+__all__ = [
+    "CaptureError", "CheckpointError", "ExportError", "Interrupted", "LoadError", "LoweringError", "MissingExtraError",
+    "ModconvExportError", "OutOfMemory", "RewriteError", "RunnerUnavailable", "UnknownFamilyError", "UsageError", "plain_text",
+]
 
 #: ECMA-48 control sequences (colours, cursor movement): ESC [ parameters intermediates final-byte.
 _ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
@@ -41,3 +45,47 @@ class LoweringError(ModconvExportError):
 
 class LoadError(ModconvExportError):
     """A model file cannot be loaded: missing, unreadable, unsafe without trust, or not a model we know."""
+
+
+class UsageError(ModconvExportError):
+    """A malformed command line (bad option, malformed ``--input``, conflicting paths)."""
+
+
+class CheckpointError(ModconvExportError):
+    """A file is not a valid toolkit checkpoint."""
+
+
+class MissingExtraError(ModconvExportError, ImportError):
+    """An optional dependency (an extra) is not installed."""
+
+
+class RunnerUnavailable(ModconvExportError):
+    """The backend cannot run on this machine; the message is the reason shown in the report."""
+
+
+class CaptureError(RewriteError):
+    """``torch.export`` could not capture the model (the reason names the Function or op in the way)."""
+
+
+class Interrupted(BaseException):
+    """A handled signal arrived. A BaseException, so that no library's ``except Exception`` swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+class OutOfMemory(ModconvExportError):
+    """The run needs more memory than this machine can give."""
+
+
+class UnknownFamilyError(ModconvExportError):
+    """A state_dict matches no registered family (or a family name is unknown)."""

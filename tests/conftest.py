@@ -1,54 +1,14 @@
-"""Shared fixtures: small seed-layer models (exporting is slow, so tests share what they can)."""
+"""Shared fixtures: small seed-layer models (exporting is slow, so tests share what they can).
+
+Helpers that tests import live in ``helpers.py``; this file holds only pytest fixtures.
+"""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
-from modconv_export.layers.seed import Blur, EqualLinear, ModulatedConv2d, PixelNorm
-
-
-def relative_l2(actual, expected) -> float:
-    actual = np.asarray(actual, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
-    return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
-
-
-def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Seed layers start with zero biases; give every parameter random values so biases matter too."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            scale = 0.3 if name.endswith("bias") else 1.0
-            p.copy_(torch.randn(p.shape, generator=gen) * scale)
-    return model.eval()
-
-
-class TinyDecoder(nn.Module):
-    """A small styled decoder from the seed layers: mapping MLP, up/down-sampling modulated convs, blur."""
-
-    def __init__(self, latent_dim: int = 16, channels: int = 8) -> None:
-        super().__init__()
-        c = channels
-        self.mapping = nn.Sequential(PixelNorm(), EqualLinear(latent_dim, latent_dim), nn.LeakyReLU(0.2))
-        self.conv_in = ModulatedConv2d(3, c, 3, latent_dim=latent_dim, normalize_mlp=True)
-        self.conv_up = ModulatedConv2d(c, c, 3, upsample=True, latent_dim=latent_dim, normalize_mlp=True)
-        self.conv_down = ModulatedConv2d(c, c, 3, padding_type="zero", downsample=True, latent_dim=latent_dim)
-        self.blur = Blur(c)
-        self.to_rgb = ModulatedConv2d(c, 3, 1, latent_dim=latent_dim)
-
-    def forward(self, image: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
-        w = self.mapping(latent)
-        x = torch.nn.functional.leaky_relu(self.conv_in(image, w), 0.2)
-        x = torch.nn.functional.leaky_relu(self.conv_up(x, w), 0.2)
-        x = self.blur(self.conv_down(x, w))
-        return torch.tanh(self.to_rgb(x, w))
-
-
-#: (module path, channels) of every blur a TinyDecoder uses at run time.
-TINY_DECODER_BLURS = {"conv_up.blur": 8, "conv_down.blur": 8, "blur": 8}
+from helpers import TinyDecoder, randomize
 
 
 @pytest.fixture(scope="session")
@@ -61,8 +21,3 @@ def tiny_decoder() -> TinyDecoder:
 def tiny_args() -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(1)
     return torch.randn(2, 3, 10, 10, generator=gen), torch.randn(2, 16, generator=gen)
-
-
-def tiny_inputs(batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, 3, 10, 10, generator=gen), torch.randn(batch, 16, generator=gen)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-
-from modconv_export.layers.seed_forms import DepthwiseBlur
 from modconv_export.layers.ops import depthwise_conv2d
 from modconv_export.layers.seed import Blur, BlurFunction
+from modconv_export.layers.seed_forms import DepthwiseBlur
 
 
 def _kernels(channels: int):

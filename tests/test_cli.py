@@ -18,18 +18,17 @@ import time
 import zipfile
 from pathlib import Path
 
+import modconv_export
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
 import torch.nn as nn
-
-import modconv_export
 from modconv_export import export_onnx, rewrite_model, save_checkpoint
-from modconv_export.cli import main, parse_input, UsageError
-from modconv_export.families import get_family
+from modconv_export.cli import UsageError, main, parse_input
 from modconv_export.export.metadata import read_properties
+from modconv_export.families import get_family
 
 FIXTURES = Path(__file__).parent / "fixtures" / "foreign_layers"
 SCRIPT = Path(sys.executable).parent / "modconv-export"
@@ -131,7 +130,7 @@ def test_checkpoint_export_with_the_console_script(checkpoint_run, decoder):
     assert "modconv-export: exporting" in proc.stderr
     _, report = rewrite_model(decoder)
     counts = report.counts()
-    line = f"rewrote {report.count()} modules (modulated_conv: {counts['modulated_conv']}, blur: {counts['blur']}, equal_lr: {counts['equal_lr']})"
+    line = f"rewrote {report.count()} modules (equal_lr: {counts['equal_lr']}, blur: {counts['blur']}, modulated_conv: {counts['modulated_conv']})"
     assert line in proc.stdout
     for path, rule in report.rewritten:  # -v lists every rewritten module
         assert f"  {path} -> {rule}\n" in proc.stdout
@@ -184,7 +183,7 @@ def test_pickled_generator_with_layers_from_a_module_the_toolkit_never_saw(forei
     _, report = rewrite_model(foreign["toy"])
     counts = report.counts()
     assert counts == {"modulated_conv": 4, "blur": 4, "equal_lr": 4}
-    assert "rewrote 12 modules (modulated_conv: 4, blur: 4, equal_lr: 4)" in proc.stdout
+    assert "rewrote 12 modules (equal_lr: 4, blur: 4, modulated_conv: 4)" in proc.stdout
     assert "pickled module (ToyGenerator" in proc.stdout
     # no --torchscript: the parity table still covers TorchScript, through an in-memory trace
     assert re.search(r"PASSED +\| torchscript-cpu +\| b=3 +\| output", proc.stdout) and "no TorchScript file given" not in proc.stdout
@@ -462,7 +461,7 @@ def test_verbose_lists_near_misses_and_the_graph_rewrite_takes_them(work, foreig
     code = main(argv)
     captured = capfd.readouterr()
     assert code == 0, captured.out + captured.err
-    assert "rewrote 11 modules (modulated_conv: 3, blur: 4, equal_lr: 4)" in captured.out
+    assert "rewrote 11 modules (equal_lr: 4, blur: 4, modulated_conv: 3)" in captured.out
     assert "  near miss: up: looks like modulated_conv but its padding (ConstantPad2d) is not reflect/replicate/zero padding" in captured.out
     assert "rewrote 1 batch-grouped convolution in the traced graph" in captured.out
     assert "  up -> graph:batch_grouped_conv" in captured.out
@@ -568,7 +567,7 @@ def test_help_lists_a_family_registered_later(capfd, monkeypatch):
 
 def test_noise_choice_is_printed_and_reported(work):
     """A generator whose noise layers would draw random noise: the CLI says what the export does instead."""
-    from fixtures_stylegan2.layers import TinyGenerator
+    from fixtures.stylegan2.layers import TinyGenerator
 
     torch.manual_seed(0)
     torch.save(TinyGenerator("clean").eval(), work / "noisy.pt")

@@ -9,10 +9,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-
-from conftest import TINY_DECODER_BLURS, relative_l2, tiny_inputs
 from modconv_export import DEFAULT_OPSET, ExportError, export_onnx, max_supported_opset
 from modconv_export.export.checks import computed_conv_weights, conv_nodes, dynamic_batch_axes, non_standard_ops
+
+from helpers import TINY_DECODER_BLURS, relative_l2, tiny_inputs
 
 EXPORTERS = ("dynamo", "torchscript")
 

@@ -18,11 +18,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-
-from conftest import relative_l2
 from modconv_export import export_onnx
 from modconv_export.families import recognize
 from modconv_export.families.lats import age_code
+
+from helpers import relative_l2
 
 UPSTREAM = os.environ.get("MODCONV_UPSTREAM_LATS")
 pytestmark = pytest.mark.skipif(

@@ -27,8 +27,8 @@ import onnx
 import pytest
 import torch
 import torch.nn as nn
-
 from modconv_export.cli import main
+
 from cli_inputs import FIXTURES, write_cli_inputs
 from pickle_payloads import Attr, Build, Call, G, NewObj, StackGlobal, plain_pickle, save
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from conftest import relative_l2
 from modconv_export import RewriteError, export_onnx, make_exportable, rewrite_report
 from modconv_export.rewrite import registry
+
+from helpers import relative_l2
 
 
 @pytest.fixture(autouse=True)

@@ -16,14 +16,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-
-from conftest import TinyDecoder, randomize, relative_l2
-from fixtures.foreign_layers import frozen_batch, novel_stylegan
-from fixtures_stylegan2 import models
-from fixtures_stylegan2.upstream import load_upstream, missing_reason
 from modconv_export import export_onnx, export_torchscript, make_exportable, rewrite_report
 from modconv_export.export.checks import computed_conv_weights, conv_nodes, dynamic_batch_axes
 from modconv_export.rewrite import registry
+
+from fixtures.foreign_layers import frozen_batch, novel_stylegan
+from fixtures.stylegan2 import models
+from fixtures.stylegan2.upstream import load_upstream, missing_reason
+from helpers import TinyDecoder, randomize, relative_l2
 
 UPSTREAM_MISSING = missing_reason()
 CONV = "graph:batch_grouped_conv"

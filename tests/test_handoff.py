@@ -14,12 +14,11 @@ import polygraphy.json as polygraphy_json  # test-only dependencies (the `test` 
 import pytest
 import torch
 from google.protobuf import text_format
-from polygraphy.comparator import IterationResult, RunResults
-from tritonclient.grpc import model_config_pb2
-
 from modconv_export import save_checkpoint
 from modconv_export.families import get_family
 from modconv_export.handoff import GraphTensor, cuda_found, graph_io, save_polygraphy_inputs, save_polygraphy_outputs, triton_config
+from polygraphy.comparator import IterationResult, RunResults
+from tritonclient.grpc import model_config_pb2
 
 DECODER_CONFIG = {"latent_dim": 16, "n_mlp": 2, "channels": [8, 8], "output_nc": 3}
 POLYGRAPHY = Path(sys.executable).parent / "polygraphy"

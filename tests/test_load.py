@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-
 from modconv_export import LoadError, ModconvExportError, load_checkpoint, load_model, save_checkpoint
 from modconv_export.families import Family, InputSpec, get_family, register_family
-from pickle_payloads import Touch
 from modconv_export.families import registry as family_registry
+
+from pickle_payloads import Touch
 
 FIXTURES = Path(__file__).parent / "fixtures" / "foreign_layers"
 DECODER_CONFIG = {"latent_dim": 16, "n_mlp": 2, "channels": [8, 8], "output_nc": 3}

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import modconv_export
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -15,14 +16,12 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn as nn
-
-import modconv_export
 from modconv_export import ExportError, export_onnx, rewrite_model
 from modconv_export.errors import ModconvExportError, plain_text
+from modconv_export.export.metadata import PREFIX, family_properties, graph_sha256, read_properties, record_parity, strip_debug_metadata
 from modconv_export.families import get_family, registered_families
 from modconv_export.families.lats import AGE_CLASSES
 from modconv_export.families.registry import Family, InputSpec, TensorInfo, register_family
-from modconv_export.export.metadata import PREFIX, family_properties, graph_sha256, read_properties, record_parity, strip_debug_metadata
 from modconv_export.verify import check_parity
 
 DECODER_CONFIG = {"latent_dim": 16, "n_mlp": 2, "channels": [8, 8], "output_nc": 3}

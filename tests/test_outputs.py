@@ -22,11 +22,12 @@ import onnx
 import pytest
 import torch
 import torch.nn as nn
-
-from modconv_export import export_onnx, files as files_module
-from cli_inputs import write_cli_inputs
-from modconv_export.cli import main
+from modconv_export import export_onnx
+from modconv_export import files as files_module
 from modconv_export._util.files import Outputs
+from modconv_export.cli import main
+
+from cli_inputs import write_cli_inputs
 
 ERROR = "modconv-export: error: "
 FAST = ["--exporter", "torchscript", "--providers", "cpu"]

@@ -8,12 +8,12 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn as nn
-
-from conftest import randomize, relative_l2, tiny_inputs
 from modconv_export import ExportError, export_onnx
-from modconv_export.rewrite.graph import half_form
 from modconv_export.layers.seed import ModulatedConv2d, PixelNorm
 from modconv_export.rewrite import make_exportable
+from modconv_export.rewrite.graph import half_form
+
+from helpers import randomize, relative_l2, tiny_inputs
 
 
 class NormedStack(nn.Module):
@@ -123,7 +123,8 @@ def _naive_half(exportable, args):
 @pytest.mark.parametrize("flavour", ["clean", "basicsr"])
 def test_stylegan2_forms_demodulate_in_float32(flavour):
     """eps 1e-8 underflows float16 and s^2 summed over 64 channels overflows it: both stay float32."""
-    from fixtures_stylegan2.layers import CleanModulatedConv2d, ModulatedConv2d as BasicsrModulatedConv2d
+    from fixtures.stylegan2.layers import CleanModulatedConv2d
+    from fixtures.stylegan2.layers import ModulatedConv2d as BasicsrModulatedConv2d
 
     torch.manual_seed(0)
     layer = (CleanModulatedConv2d if flavour == "clean" else BasicsrModulatedConv2d)(64, 64, 3, 8).eval()

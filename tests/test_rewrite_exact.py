@@ -6,11 +6,11 @@ import itertools
 
 import pytest
 import torch
-
-from conftest import randomize, relative_l2
 from modconv_export import make_exportable, rewrite_report
-from modconv_export.layers.seed_forms import DepthwiseBlur, SeedModulatedConvForm
 from modconv_export.layers.seed import Blur, ModulatedConv2d
+from modconv_export.layers.seed_forms import DepthwiseBlur, SeedModulatedConvForm
+
+from helpers import randomize, relative_l2
 
 
 class Wrap(torch.nn.Module):

@@ -10,13 +10,13 @@ import warnings
 import pytest
 import torch
 import torch.nn as nn
-
-from conftest import randomize, relative_l2
 from modconv_export import RewriteError, make_exportable, rewrite_model
-from modconv_export.layers.seed_forms import DepthwiseBlur, SeedModulatedConvForm
 from modconv_export.layers.seed import Blur, EqualConv2d, EqualLinear, ModulatedConv2d
+from modconv_export.layers.seed_forms import DepthwiseBlur, SeedModulatedConvForm
 from modconv_export.rewrite import registered_rules
-from user_layers.my_stylegan import Smooth, SmoothFn, StyleConv, StyleLinear, UserGenerator
+
+from fixtures.user_layers.my_stylegan import Smooth, SmoothFn, StyleConv, StyleLinear, UserGenerator
+from helpers import randomize, relative_l2
 
 
 class OneLayer(nn.Module):
@@ -60,9 +60,10 @@ RULE_CASES = {
 }
 
 # StyleGAN2 layers of GFPGAN (stylegan2_clean_arch) and basicsr (stylegan2_arch): our faithful copies
-# (tests/fixtures_stylegan2/layers.py); tests/test_stylegan2_rules.py runs the upstream files too.
-from fixtures_stylegan2 import layers as sg2  # noqa: E402
+# (tests/fixtures/stylegan2/layers.py); tests/test_stylegan2_rules.py runs the upstream files too.
 from modconv_export.layers.stylegan2_forms import BiasLeakyReLU, NoisyStyleConv, ScaledLinear, StyleGAN2ModulatedConvForm, UpFirDn2d  # noqa: E402
+
+from fixtures.stylegan2 import layers as sg2  # noqa: E402
 
 RULE_CASES.update({
     "stylegan2_clean_modulated_conv": [
@@ -174,10 +175,13 @@ def test_strict_raises_on_near_miss():
         rewrite_model(randomize(Holder(), seed=2), strict=True)
 
 
-def test_no_warning_for_clean_models(tiny_decoder):
+def test_no_warning_for_clean_models(tiny_decoder, tiny_args):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        make_exportable(tiny_decoder)
+        exportable, report = rewrite_model(tiny_decoder)
+    assert report.near_misses == [] and report.counts() == {"equal_lr": 5, "blur": 5, "modulated_conv": 4}
+    with torch.no_grad():
+        assert relative_l2(exportable(*tiny_args), tiny_decoder(*tiny_args)) <= 1e-5
 
 
 def test_unrelated_modules_left_alone():

@@ -16,13 +16,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from PIL import Image
-
-from conftest import relative_l2
 from modconv_export import export_onnx
-from modconv_export.load.checkpoint import load_checkpoint
 from modconv_export.families import get_family
 from modconv_export.families.lats import age_code
+from modconv_export.load.checkpoint import load_checkpoint
+from PIL import Image
+
+from helpers import relative_l2
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 SIZE = 64  # the small presets' resolution
@@ -109,8 +109,14 @@ def test_deploy_lats_with_an_image(exported, tmp_path):
     Image.new("RGB", (90, 120), (200, 100, 50)).save(picture)
     arrays = tmp_path / "a.npz"
     run(SAMPLES / "deploy_onnxruntime.py", exported["lats"][2], "--image", picture, "--out", tmp_path / "g.png", "--save-arrays", arrays)
-    image = np.load(arrays)["image"]
-    np.testing.assert_allclose(image[0, :, 10, 10], np.array([200, 100, 50]) / 127.5 - 1, atol=1e-6)
+    saved = np.load(arrays)
+    image, output = saved["image"], saved["output"]
+    # the picture, normalised as LATS does, is what was fed: every pixel (a flat colour)
+    np.testing.assert_allclose(image, np.broadcast_to((np.array([200, 100, 50]) / 127.5 - 1)[None, :, None, None], image.shape), atol=1e-6)
+    _, model, _ = exported["lats"]
+    with torch.no_grad():
+        expected = model(torch.from_numpy(image), torch.from_numpy(saved["target_age"])).numpy()
+    assert relative_l2(output, expected) <= 1e-4  # and the output is the model's for that image
 
 
 def test_deploy_decoder_grid(exported, tmp_path):

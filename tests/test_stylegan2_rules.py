@@ -1,7 +1,7 @@
 """The StyleGAN2 rules (GFPGAN clean, basicsr) layer by layer: exact export forms, near misses, noise.
 
 Our own layer copies are in tests/test_rules.py's RULE_CASES; here the upstream files themselves are
-rewritten too when their archives are available (see tests/fixtures_stylegan2/upstream.py), and the
+rewritten too when their archives are available (see tests/fixtures/stylegan2/upstream.py), and the
 upfirdn2d export form is checked against two references: ours and basicsr's own CPU code.
 """
 
@@ -12,14 +12,14 @@ import warnings
 import pytest
 import torch
 import torch.nn as nn
-
-from conftest import relative_l2
-from fixtures_stylegan2 import layers as sg2
-from fixtures_stylegan2 import reference_ops
-from fixtures_stylegan2.models import perturb
-from fixtures_stylegan2.upstream import load_upstream, missing_reason
 from modconv_export import RewriteError, rewrite_model
 from modconv_export.layers.stylegan2_forms import ZERO_NOISE_NOTE, BiasLeakyReLU, NoisyStyleConv, StyleGAN2ModulatedConvForm, UpFirDn2d
+
+from fixtures.stylegan2 import layers as sg2
+from fixtures.stylegan2 import reference_ops
+from fixtures.stylegan2.models import perturb
+from fixtures.stylegan2.upstream import load_upstream, missing_reason
+from helpers import relative_l2
 
 UPSTREAM_MISSING = missing_reason()
 needs_upstream = pytest.mark.skipif(UPSTREAM_MISSING is not None, reason=f"upstream archives: {UPSTREAM_MISSING}")

@@ -4,7 +4,7 @@ Each file must run at batch 1 and 3 within relative L2 1e-4 of the eager fp32 mo
 every Conv/ConvTranspose weight from a constant initializer and contain no random op. Upstream models
 (GFPGAN 1.3.8 ``StyleGAN2GeneratorClean`` and ``GFPGANv1Clean``, basicsr 1.4.2 ``StyleGAN2Generator``)
 are the real architecture files at the smallest size that runs every path; our own tiny generators
-(tests/fixtures_stylegan2/layers.py) run everywhere, with noise as graph inputs.
+(tests/fixtures/stylegan2/layers.py) run everywhere, with noise as graph inputs.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-
-from conftest import relative_l2
-from fixtures_stylegan2 import models
-from fixtures_stylegan2.layers import TinyGenerator
-from fixtures_stylegan2.models import perturb
-from fixtures_stylegan2.upstream import load_upstream, missing_reason
 from modconv_export import ExportError, export_onnx, export_torchscript
 from modconv_export.export.checks import computed_conv_weights, conv_nodes, dynamic_batch_axes
+
+from fixtures.stylegan2 import models
+from fixtures.stylegan2.layers import TinyGenerator
+from fixtures.stylegan2.models import perturb
+from fixtures.stylegan2.upstream import load_upstream, missing_reason
+from helpers import relative_l2
 
 UPSTREAM_MISSING = missing_reason()
 S = models.STYLE

@@ -1,7 +1,7 @@
 """The ``gfpgan`` family: GFPGAN's released checkpoint layout loads into our key-compatible model,
 equals the upstream ``GFPGANv1Clean`` and exports through the StyleGAN2 rules.
 
-Upstream comparisons need the archives (tests/fixtures_stylegan2/upstream.py); the rest runs anywhere.
+Upstream comparisons need the archives (tests/fixtures/stylegan2/upstream.py); the rest runs anywhere.
 """
 
 from __future__ import annotations
@@ -10,15 +10,15 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-
-from conftest import relative_l2
-from fixtures_stylegan2 import models
-from fixtures_stylegan2.models import perturb
-from fixtures_stylegan2.upstream import load_upstream, missing_reason
 from modconv_export import export_onnx, rewrite_model
-from modconv_export.families import get_family, recognize
 from modconv_export.export.checks import computed_conv_weights
+from modconv_export.families import get_family, recognize
 from modconv_export.load import load_model
+
+from fixtures.stylegan2 import models
+from fixtures.stylegan2.models import perturb
+from fixtures.stylegan2.upstream import load_upstream, missing_reason
+from helpers import relative_l2
 
 UPSTREAM_MISSING = missing_reason()
 needs_upstream = pytest.mark.skipif(UPSTREAM_MISSING is not None, reason=f"upstream archives: {UPSTREAM_MISSING}")

@@ -9,10 +9,10 @@ import textwrap
 
 import pytest
 import torch
-
-from conftest import tiny_inputs
 from modconv_export import ExportError, export_torchscript
-from user_layers.my_stylegan import UserGenerator
+
+from fixtures.user_layers.my_stylegan import UserGenerator
+from helpers import tiny_inputs
 
 LOADER = textwrap.dedent(
     """
@@ -23,7 +23,7 @@ LOADER = textwrap.dedent(
     for batch, (args, expected) in data.items():
         out = module(*args)
         errors[batch] = [list(out.shape), float((out - expected).norm() / expected.norm())]
-    leaked = sorted(m for m in sys.modules if m.startswith(("modconv_export", "user_layers", "conftest")))
+    leaked = sorted(m for m in sys.modules if m.startswith(("modconv_export", "fixtures", "helpers", "conftest")))
     print(json.dumps({"errors": errors, "leaked": leaked}))
     """
 )

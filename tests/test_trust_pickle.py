@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-
 from modconv_export import LoadError, load_model
 from modconv_export.cli import main
+
 from pickle_payloads import Attr, Build, Call, G, NewObj, Persistent, StackGlobal, Touch, plain_pickle, save, to_bytes
 
 pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol 4")  # the STACK_GLOBAL payloads' own protocol
@@ -317,15 +317,15 @@ def test_zip_with_a_second_pickle_folder(tmp_path):
 
 
 def test_a_real_user_generator_still_exports_with_import_path(tmp_path):
-    """tests/user_layers (a package): pickled, loaded from --import-path, exported and verified in a subprocess."""
-    sys.path.insert(0, str(TESTS))
+    """tests/fixtures/user_layers (a package): pickled, loaded from --import-path, exported and verified in a subprocess."""
+    sys.path.insert(0, str(TESTS / "fixtures"))
     try:
         from user_layers.my_stylegan import UserGenerator
     finally:
-        sys.path.remove(str(TESTS))
+        sys.path.remove(str(TESTS / "fixtures"))
     torch.manual_seed(0)
     torch.save(UserGenerator().eval(), tmp_path / "user.pt")
-    proc = subprocess.run([sys.executable, "-m", "modconv_export", tmp_path / "user.pt", tmp_path / "user.onnx", "--trust-pickle", "--import-path", TESTS,
+    proc = subprocess.run([sys.executable, "-m", "modconv_export", tmp_path / "user.pt", tmp_path / "user.onnx", "--trust-pickle", "--import-path", TESTS / "fixtures",
                            "--input", "x=1x4x8x8", "--input", "z=1x8", "--exporter", "torchscript", "--providers", "cpu"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -2,7 +2,7 @@
 
 Neither codebase is on the package index and upstream code is never committed, so these tests read a
 checkout named by an environment variable and skip without it (commits pinned in
-``tests/upstream_codebases/stylegan2_wrappers.py``)::
+``tests/fixtures/upstream_codebases/stylegan2_wrappers.py``)::
 
     MODCONV_UPSTREAM_ROSINALITY=/path/to/stylegan2-pytorch MODCONV_UPSTREAM_NVLABS=/path/to/stylegan2-ada-pytorch \\
     MODCONV_UPSTREAM_STYLEGAN3=/path/to/stylegan3  python -m pytest tests/test_upstream_codebases.py
@@ -26,13 +26,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-
-from conftest import relative_l2
 from modconv_export import export_onnx, export_torchscript, make_exportable, rewrite_report
 from modconv_export.export.checks import computed_conv_weights, conv_nodes
 from modconv_export.rewrite import registry
 
-WRAPPERS = Path(__file__).resolve().parent / "upstream_codebases"
+from helpers import relative_l2
+
+WRAPPERS = Path(__file__).resolve().parent / "fixtures" / "upstream_codebases"
 sys.path.insert(0, str(WRAPPERS))
 import stylegan2_wrappers as wrappers  # noqa: E402
 

@@ -13,8 +13,6 @@ import logging
 import warnings
 from typing import Any, Iterator
 
-import numpy as np
-
 from ..errors import plain_text
 
 __all__ = ["as_tuple", "exception_line", "first_line", "forward_parameters", "quiet", "relative_l2"]
@@ -43,6 +41,8 @@ def exception_line(exc: BaseException, limit: int = 300) -> str:
 
 def relative_l2(actual: Any, expected: Any) -> float:
     """``|actual - expected| / |expected|`` in float64 (absolute where ``expected`` is zero); tensors or arrays."""
+    import numpy as np  # here, not at import: the signal handlers load this package before anything heavy
+
     a, e = (np.asarray(v.detach().cpu().double() if hasattr(v, "detach") else v, dtype=np.float64) for v in (actual, expected))
     diff, ref = float(np.linalg.norm(a - e)), float(np.linalg.norm(e))
     return diff / ref if ref > 0 else diff

@@ -20,25 +20,11 @@ import sys
 import threading
 from typing import Iterator
 
+from ..errors import Interrupted
+
 __all__ = ["HANDLED", "Interrupted", "deferred", "exit_on_signal", "signals_raise"]
 
 HANDLED = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
-
-
-class Interrupted(BaseException):
-    """A handled signal arrived. A BaseException, so that no library's ``except Exception`` swallows it."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = int(signum)
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
-
-    @property
-    def signal_name(self) -> str:
-        return signal.Signals(self.signum).name
 
 
 _state: dict = {"deferring": 0, "pending": None}

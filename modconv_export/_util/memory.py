@@ -10,16 +10,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import ModconvExportError
+from ..errors import OutOfMemory
 
 __all__ = ["OutOfMemory", "available_bytes", "check_fits", "format_bytes", "is_allocation_failure"]
 
 #: How libraries say "out of memory": Python, torch's CPU and CUDA allocators, ONNX Runtime, numpy.
 _OOM_TEXT = ("can't allocate memory", "out of memory", "bad_alloc", "failed to allocate", "unable to allocate", "cannot allocate memory")
-
-
-class OutOfMemory(ModconvExportError):
-    """The run needs more memory than this machine can give."""
 
 
 def format_bytes(n: float) -> str:

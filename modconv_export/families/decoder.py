@@ -135,7 +135,6 @@ DECODER_FAMILY = register_family(
         build=build,
         inputs=inputs,
         outputs=("image",),
-        dynamic_axes={"latent": {0: "batch"}, "image": {0: "batch"}},
         presets={"full": FULL, "small": SMALL},
         tensors={
             "latent": TensorInfo("latent vector, standard normal; the mapping MLP turns it into the style", "NC", None, {"distribution": "N(0, 1)"}),

@@ -132,7 +132,6 @@ GFPGAN_FAMILY = register_family(
         build=build,
         inputs=inputs,
         outputs=("restored",),
-        dynamic_axes={"image": {0: "batch"}, "restored": {0: "batch"}},
         tensors={
             "image": TensorInfo("aligned face crop, RGB, normalised as GFPGANer does: (pixel / 255 - 0.5) / 0.5", "NCHW", (-1.0, 1.0),
                                 {"size": "out_size x out_size (released models: 512x512)"}),

@@ -328,7 +328,6 @@ LATS_FAMILY = register_family(
         build=build,
         inputs=inputs,
         outputs=("output",),
-        dynamic_axes={"image": {0: "batch"}, "target_age": {0: "batch"}, "output": {0: "batch"}},
         presets={"full": FULL, "small": SMALL},
         tensors=TENSORS,
     )

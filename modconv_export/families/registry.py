@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from ..errors import ModconvExportError
+from ..errors import UnknownFamilyError
 
 __all__ = [
     "Family",
@@ -27,10 +27,6 @@ __all__ = [
     "register_family",
     "registered_families",
 ]
-
-
-class UnknownFamilyError(ModconvExportError):
-    """A state_dict matches no registered family (or a family name is unknown)."""
 
 
 @dataclass(frozen=True)
@@ -93,9 +89,9 @@ class Family:
     build: Callable[[Mapping[str, Any]], nn.Module]
     #: ``inputs(config) -> [InputSpec]`` in forward order.
     inputs: Callable[[Mapping[str, Any]], list[InputSpec]]
+    #: Output names in return order. Axis 0 of every input and output is the batch, the only dynamic axis
+    #: (the export makes it symbolic for all of them; the files record it in their metadata).
     outputs: tuple[str, ...]
-    #: Axes of inputs/outputs that are dynamic, by name: ``{"image": {0: "batch"}}``.
-    dynamic_axes: Mapping[str, Mapping[int, str]] = field(default_factory=dict)
     #: Optional ``convert_state_dict(state_dict) -> state_dict`` for checkpoints saved with other keys.
     convert_state_dict: Callable[[Mapping[str, torch.Tensor]], dict] | None = None
     #: Named example configurations (e.g. ``"full"``, ``"small"``) for samples and tests.

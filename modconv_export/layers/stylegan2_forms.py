@@ -223,8 +223,6 @@ class NoisyStyleConv(nn.Module):
     mean), with a warning in eager mode and :data:`ZERO_NOISE_NOTE` in the rewrite report.
     """
 
-    rewrite_note = ZERO_NOISE_NOTE
-
     def __init__(self, modulated_conv: nn.Module, noise_weight: torch.Tensor, activate: nn.Module, *, gain: float = 1.0, bias: torch.Tensor | None = None) -> None:
         super().__init__()
         self.modulated_conv = modulated_conv

@@ -15,16 +15,12 @@ from typing import Any, Mapping
 import torch
 
 from .._util.files import atomic_output, write_bytes
-from ..errors import ModconvExportError
+from ..errors import CheckpointError
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "is_toolkit_checkpoint"]
 
 CHECKPOINT_FORMAT = "modconv-export"
 CHECKPOINT_VERSION = 1
-
-
-class CheckpointError(ModconvExportError):
-    """A file is not a valid toolkit checkpoint."""
 
 
 @dataclass

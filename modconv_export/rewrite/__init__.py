@@ -2,9 +2,11 @@
 
 from . import rules  # noqa: F401  (registers the built-in rules)
 from .engine import RewriteReport, copy_module, make_exportable, rewrite_model, rewrite_report
-from .registry import Rule, register_rule, registered_rules, unregister_rule
+from .registry import STAGES, Replacement, Rule, register_rule, registered_rules, unregister_rule
 
 __all__ = [
+    "STAGES",
+    "Replacement",
     "RewriteReport",
     "Rule",
     "copy_module",

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from .._util import as_tuple, relative_l2
 from ..errors import RewriteError
-from .registry import Rule, registered_rules
+from .registry import Replacement, Rule, registered_rules
 
 __all__ = ["RewriteReport", "copy_module", "rewrite_model", "make_exportable", "rewrite_report"]
 
@@ -31,7 +31,7 @@ class RewriteReport:
 
     rewritten: list[tuple[str, str]] = field(default_factory=list)  # (module path, rule name)
     near_misses: list[tuple[str, str, str]] = field(default_factory=list)  # (path, rule, reason)
-    #: (path, rule, note): what a user should know about a replacement (its ``rewrite_note``), e.g.
+    #: (path, rule, note): what a user should know about a replacement (its :class:`Replacement` note), e.g.
     #: that random noise became zero noise or that the original could not be run for the probe.
     notes: list[tuple[str, str, str]] = field(default_factory=list)
 
@@ -92,18 +92,19 @@ def _apply_rules(module: nn.Module, path: str, report: RewriteReport) -> nn.Modu
         reason = rule.check(module)
         if reason is None:
             try:
-                replacement = rule.replace(module)
+                result = rule.replace(module)
+                result = result if isinstance(result, Replacement) else Replacement(result)
             except Exception as exc:
                 reason = f"its replacement failed ({type(exc).__name__}: {exc})"
             else:
+                replacement = result.module
                 reason = _probe_error(rule, module, replacement)
         if reason is not None:
             report.near_misses.append((path, rule.name, reason))
             continue
         report.rewritten.append((path, rule.name))
-        note = getattr(replacement, "rewrite_note", None)
-        if isinstance(note, str) and note:
-            report.notes.append((path, rule.name, note))
+        if result.note:
+            report.notes.append((path, rule.name, result.note))
         module = replacement
     return module
 

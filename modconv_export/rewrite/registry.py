@@ -6,7 +6,13 @@ A rule has three parts, as onnxscript's rewriter rules do:
   parameter and buffer shapes; never the class or its import path, since users keep their own copies);
 * ``check(module)`` -- returns ``None`` when the module fits the pattern exactly, otherwise the reason
   it does not. A module that looks like the layer but fails the check is a *near miss* and is reported;
-* ``replace(module)`` -- builds the export form.
+* ``replace(module)`` -- builds the export form: a module, or a :class:`Replacement` that carries a
+  note for the report along with it (e.g. "not compared numerically: the original cannot run here").
+
+Order is declared, not implied: every rule belongs to a :data:`STAGES` entry -- ``"fold"`` rules
+(re-parameterisations such as EqualLR's weight hook) run on a module before ``"layer"`` rules replace it
+-- and within a stage rules run in name order. Children are rewritten before their parents, so a parent's
+rule may require its children's export forms (its ``check`` says so when they are missing).
 
 Rules register with :func:`register_rule`; a duplicate name or a malformed rule fails at import time.
 """
@@ -19,9 +25,20 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-__all__ = ["Rule", "register_rule", "registered_rules", "unregister_rule"]
+__all__ = ["STAGES", "Replacement", "Rule", "register_rule", "registered_rule", "registered_rules", "unregister_rule"]
 
 ProbeFn = Callable[[nn.Module], Optional[tuple]]
+
+#: The order in which rules run on one module: folds first, then layer replacements.
+STAGES = ("fold", "layer")
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """A rule's result: the export form, and what a user should know about it (shown in the report)."""
+
+    module: nn.Module
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -29,14 +46,14 @@ class Rule:
     name: str
     looks_like: Callable[[nn.Module], bool]
     check: Callable[[nn.Module], Optional[str]]
-    replace: Callable[[nn.Module], nn.Module]
+    replace: Callable[[nn.Module], "nn.Module | Replacement"]
     #: Example inputs for a numerical self-check of the replacement, or ``None`` to skip it
     #: (for rules whose replacement is the same arithmetic by construction).
     probe_inputs: Optional[ProbeFn] = None
     #: Relative L2 error above which the replacement is rejected as inexact.
     probe_tolerance: float = 1e-5
-    #: Lower numbers run first on the same module (folds before layer replacements).
-    priority: int = 100
+    #: Which of :data:`STAGES` the rule belongs to.
+    stage: str = "layer"
     description: str = ""
 
 
@@ -50,15 +67,17 @@ def register_rule(
     check: Callable[[nn.Module], Optional[str]],
     probe_inputs: Optional[ProbeFn] = None,
     probe_tolerance: float = 1e-5,
-    priority: int = 100,
+    stage: str = "layer",
 ) -> Callable[[Callable[[nn.Module], nn.Module]], Callable[[nn.Module], nn.Module]]:
-    """Decorator registering ``replace`` as the rule ``name``."""
+    """Decorator registering ``replace`` (module -> module or :class:`Replacement`) as the rule ``name``."""
 
     if not name or not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
         raise ValueError(f"rule name must be a non-empty identifier, got {name!r}")
     for part, value in (("looks_like", looks_like), ("check", check)):
         if not callable(value):
             raise TypeError(f"rule {name!r}: {part} must be callable")
+    if stage not in STAGES:
+        raise ValueError(f"rule {name!r}: stage must be one of {', '.join(STAGES)}, got {stage!r}")
 
     def decorate(replace: Callable[[nn.Module], nn.Module]) -> Callable[[nn.Module], nn.Module]:
         if name in _RULES:
@@ -72,7 +91,7 @@ def register_rule(
             replace=replace,
             probe_inputs=probe_inputs,
             probe_tolerance=probe_tolerance,
-            priority=priority,
+            stage=stage,
             description=(replace.__doc__ or "").strip().splitlines()[0] if replace.__doc__ else "",
         )
         return replace
@@ -85,9 +104,14 @@ def unregister_rule(name: str) -> None:
     del _RULES[name]
 
 
+def registered_rule(name: str) -> Rule | None:
+    """The rule registered as ``name``, or ``None``."""
+    return _RULES.get(name)
+
+
 def registered_rules() -> list[Rule]:
     """All rules, in the order they are tried on a module."""
-    return sorted(_RULES.values(), key=lambda r: (r.priority, r.name))
+    return sorted(_RULES.values(), key=lambda r: (STAGES.index(r.stage), r.name))
 
 
 def param_device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:

@@ -8,13 +8,7 @@ from .builders import LegacyOpBuilder, TracedOpBuilder
 from .builtin import lower_depthwise_conv
 from .discover import functions_called, lowerings_for
 from .install import lowerings_installed
-from .registry import (
-    FunctionLowering,
-    lowering_for,
-    register_function_lowering,
-    registered_lowerings,
-    unregister_function_lowering,
-)
+from .registry import FunctionLowering, lowering_for, register_function_lowering, registered_lowerings, unregister_function_lowering
 
 __all__ = [
     "FunctionLowering",

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 import torch
 import torch.nn as nn
 
-from ..rewrite.rules.blur import looks_like_blur
+from ..rewrite.registry import registered_rule
 from .builtin import lower_depthwise_conv
 from .registry import FunctionLowering, lowering_for, registered_lowerings
 
@@ -74,7 +74,8 @@ def lowerings_for(model: nn.Module, args: tuple) -> list[FunctionLowering]:
     """The lowerings to install for exporting ``model``: a registered one for every Function it calls,
     and the built-in depthwise-conv lowering for unregistered Functions called by seed-style blurs
     (found with one grad-enabled forward, run only when blur-like modules are present)."""
-    watch = [m for m in model.modules() if looks_like_blur(m)]
+    blur = registered_rule("blur")  # the seed blur's structural test, as the rewrite uses it
+    watch = [m for m in model.modules() if blur is not None and blur.looks_like(m)]
     if not watch:
         # Nothing blur-like left (the usual case after rewriting): no forward pass is needed, and
         # installing a registered lowering for a Function the model never calls is harmless.

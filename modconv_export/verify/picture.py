@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .._util.files import atomic_output, write_bytes
-from ..errors import ModconvExportError
+from ..errors import MissingExtraError, ModconvExportError
 from .report import ImageSample, ParityReport
 
 __all__ = ["MissingExtraError", "report_image_size", "write_report_image"]
@@ -28,10 +28,6 @@ LINE = 14  #: height of one text line
 CAPTION_LINES = 2  #: caption lines above each output block
 #: Heat map from black through red and yellow to white, for |difference| scaled to its maximum.
 _HEAT = np.array([[0, 0, 0], [120, 0, 40], [230, 40, 0], [255, 200, 0], [255, 255, 255]], dtype=np.float64)
-
-
-class MissingExtraError(ModconvExportError, ImportError):
-    """An optional dependency (an extra) is not installed."""
 
 
 def _pillow():

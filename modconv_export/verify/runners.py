@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import ModconvExportError
+from ..errors import RunnerUnavailable
 from ..ort_options import cuda_provider_options, session_options
 
 __all__ = ["EagerRunner", "OnnxRuntimeRunner", "Runner", "RunnerUnavailable", "TorchScriptRunner", "flatten_outputs"]
@@ -38,10 +38,6 @@ _ORT_DTYPES = {
     "tensor(int32)": np.int32,
     "tensor(bool)": np.bool_,
 }
-
-
-class RunnerUnavailable(ModconvExportError):
-    """The backend cannot run on this machine; the message is the reason shown in the report."""
 
 
 def flatten_outputs(outputs: Any) -> list[torch.Tensor]:

@@ -24,14 +24,10 @@ import torch.nn as nn
 from torch.utils import _pytree as pytree
 
 from ..._util import exception_line, quiet
-from ...errors import RewriteError
+from ...errors import CaptureError
 from .batch import batch_symbol
 
 __all__ = ["CaptureError", "GraphCapture", "at_batch", "capture", "dynamic_batch_shapes", "plain_graph_module"]
-
-
-class CaptureError(RewriteError):
-    """``torch.export`` could not capture the model (the reason names the Function or op in the way)."""
 
 
 @dataclass

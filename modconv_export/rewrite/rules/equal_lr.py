@@ -34,7 +34,7 @@ def _check(module: nn.Module) -> str | None:
     return None
 
 
-@register_rule("equal_lr", looks_like=_looks_like, check=_check, priority=10)
+@register_rule("equal_lr", looks_like=_looks_like, check=_check, stage="fold")
 def fold_equal_lr(module: nn.Module) -> nn.Module:
     """Fold the ``<name>_orig`` pre-hook into a constant ``<name>`` parameter."""
     was_training = module.training

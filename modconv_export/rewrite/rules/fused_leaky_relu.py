@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from ...layers.stylegan2_forms import BiasLeakyReLU
-from ..registry import probe_tensor, register_rule
+from ..registry import Replacement, probe_tensor, register_rule
 from ._stylegan2 import number, original_failure
 
 
@@ -44,6 +44,4 @@ def replace_fused_leaky_relu(module: nn.Module) -> nn.Module:
     """basicsr ``FusedLeakyReLU`` -> ``leaky_relu(x + bias) * scale`` in plain torch."""
     replacement = BiasLeakyReLU(module.bias, module.negative_slope, module.scale)
     failure = original_failure(module, _inputs(module))
-    if failure:
-        replacement.rewrite_note = f"not compared numerically: the original cannot run here ({failure})"
-    return replacement
+    return Replacement(replacement, f"not compared numerically: the original cannot run here ({failure})" if failure else None)

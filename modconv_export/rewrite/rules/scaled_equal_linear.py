@@ -15,7 +15,7 @@ from math import sqrt
 import torch.nn as nn
 
 from ...layers.stylegan2_forms import BiasLeakyReLU, ScaledLinear
-from ..registry import probe_tensor, register_rule
+from ..registry import Replacement, probe_tensor, register_rule
 from ._stylegan2 import number, original_failure
 
 _ACTIVATIONS = (None, "fused_lrelu")
@@ -57,6 +57,4 @@ def replace_scaled_equal_linear(module: nn.Module) -> nn.Module:
     activation = BiasLeakyReLU(bias, 0.2, sqrt(2)) if module.activation == "fused_lrelu" else None
     replacement = ScaledLinear(module.weight.detach() * float(module.scale), bias, activation)
     failure = original_failure(module, _inputs(module))
-    if failure:
-        replacement.rewrite_note = f"not compared numerically: the original cannot run here ({failure})"
-    return replacement
+    return Replacement(replacement, f"not compared numerically: the original cannot run here ({failure})" if failure else None)

@@ -17,8 +17,8 @@ from math import sqrt
 import torch
 import torch.nn as nn
 
-from ...layers.stylegan2_forms import NoisyStyleConv, StyleGAN2ModulatedConvForm
-from ..registry import probe_tensor, register_rule
+from ...layers.stylegan2_forms import ZERO_NOISE_NOTE, NoisyStyleConv, StyleGAN2ModulatedConvForm
+from ..registry import Replacement, probe_tensor, register_rule
 from ._stylegan2 import style_width
 
 
@@ -75,6 +75,5 @@ def replace_style_conv(module: nn.Module) -> nn.Module:
     # GFPGAN's clean StyleConv (own bias) scales the conv by sqrt(2) "for conversion"; basicsr's does not.
     gain = sqrt(2) if bias is not None else 1.0
     replacement = NoisyStyleConv(module.modulated_conv, module.weight, module.activate, gain=gain, bias=bias)
-    if not _noise_is_optional(module):
-        replacement.rewrite_note = ""  # the original always receives noise: nothing random to report
-    return replacement
+    # Only where the original draws noise itself is there something random to report.
+    return Replacement(replacement, ZERO_NOISE_NOTE if _noise_is_optional(module) else None)
