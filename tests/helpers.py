@@ -10,7 +10,7 @@ import torch.nn as nn
 from modconv_export._util import relative_l2
 from modconv_export.layers.seed import Blur, EqualLinear, ModulatedConv2d, PixelNorm
 
-__all__ = ["TINY_DECODER_BLURS", "TinyDecoder", "randomize", "relative_l2", "tiny_inputs"]
+__all__ = ["TINY_DECODER_BLURS", "TinyDecoder", "patch_file_writes", "randomize", "relative_l2", "tiny_inputs"]
 
 
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -51,3 +51,20 @@ TINY_DECODER_BLURS = {"conv_up.blur": 8, "conv_down.blur": 8, "blur": 8}
 def tiny_inputs(batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(batch, 3, 10, 10, generator=gen), torch.randn(batch, 16, generator=gen)
+
+
+def patch_file_writes(monkeypatch, replacement) -> None:
+    """Route every ``write_bytes`` the package's modules imported from ``_util.files`` through ``replacement``
+    (found by identity, so a module that moves keeps being covered)."""
+    import sys
+
+    from modconv_export._util import files
+
+    import modconv_export.cli  # noqa: F401  (the writers a run uses, loaded before they are looked for)
+    import modconv_export.handoff  # noqa: F401
+    import modconv_export.verify.picture  # noqa: F401
+
+    real = files.write_bytes
+    for name, module in list(sys.modules.items()):
+        if name.startswith("modconv_export") and getattr(module, "write_bytes", None) is real:
+            monkeypatch.setattr(module, "write_bytes", replacement)

@@ -30,6 +30,7 @@ import torch.nn as nn
 from modconv_export.cli import main
 
 from cli_inputs import FIXTURES, write_cli_inputs
+from helpers import patch_file_writes
 from pickle_payloads import Attr, Build, Call, G, NewObj, StackGlobal, plain_pickle, save
 
 USER_CODE = Path(__file__).parent / "fixtures" / "user_code"
@@ -315,7 +316,7 @@ def test_fuzz_signals_at_random_moments(base, tmp_path):
 
 
 def test_fuzz_failing_writes(base, tmp_path, capfd, monkeypatch):
-    from modconv_export import files as files_module
+    from modconv_export._util import files as files_module
 
     rng = random.Random(5505)
     real = files_module.write_bytes
@@ -333,8 +334,7 @@ def test_fuzz_failing_writes(base, tmp_path, capfd, monkeypatch):
                 raise OSError(err_no, os.strerror(err_no), str(path))
             real(path, data)
 
-        for module in ("modconv_export._util.files", "modconv_export.export", "modconv_export.cli", "modconv_export.export.metadata", "modconv_export.handoff"):
-            monkeypatch.setattr(f"{module}.write_bytes", write)
+        patch_file_writes(monkeypatch, write)
         before = snapshot(paths.values())
         argv = [str(base / "dec.pt"), str(paths["OUT"]), "--torchscript", str(paths["--torchscript"]), "--report", str(paths["--report"]), "--no-verify", *FAST]
         code, err = run_main(argv, capfd)

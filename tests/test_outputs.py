@@ -23,16 +23,15 @@ import pytest
 import torch
 import torch.nn as nn
 from modconv_export import export_onnx
-from modconv_export import files as files_module
+from modconv_export._util import files as files_module
 from modconv_export._util.files import Outputs
 from modconv_export.cli import main
 
 from cli_inputs import write_cli_inputs
+from helpers import patch_file_writes
 
 ERROR = "modconv-export: error: "
 FAST = ["--exporter", "torchscript", "--providers", "cpu"]
-#: the modules that hand output bytes to files.write_bytes
-WRITERS = ("modconv_export._util.files", "modconv_export.export", "modconv_export.cli", "modconv_export.export.metadata", "modconv_export.handoff", "modconv_export.verify.picture")
 
 
 def one_line(stderr: str) -> str:
@@ -86,8 +85,7 @@ def test_a_full_disk_at_any_output_changes_nothing(failing, work, out, capfd, mo
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         real(path, data)
 
-    for module in WRITERS:
-        monkeypatch.setattr(f"{module}.write_bytes", full_disk)
+    patch_file_writes(monkeypatch, full_disk)
     before = snapshot(out)
     outputs = all_outputs(out) if failing == "g.png" else [*all_outputs(out)[:4], "--no-verify"]  # only the picture needs the check
     code = main([str(work / "dec.pt"), str(out / "g.onnx"), *outputs, *FAST])
@@ -105,8 +103,7 @@ def test_hand_off_files_join_the_transaction(work, out, capfd, monkeypatch):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         real(path, data)
 
-    for module in WRITERS:
-        monkeypatch.setattr(f"{module}.write_bytes", full_disk)
+    patch_file_writes(monkeypatch, full_disk)
     (out / "in.json").write_text("old inputs")
     before = snapshot(out)
     argv = [str(work / "dec.pt"), str(out / "g.onnx"), "--save-inputs", str(out / "in.json"), "--save-outputs", str(out / "ref.json"),
@@ -125,7 +122,7 @@ def test_a_failing_torchscript_step_keeps_the_old_onnx(work, out, capfd, monkeyp
     def fail(*args, **kwargs):
         raise ExportError("torch.jit.trace failed: simulated")
 
-    monkeypatch.setattr("modconv_export.cli.export_torchscript", fail)
+    monkeypatch.setattr("modconv_export.cli.steps.export_torchscript", fail)
     before = snapshot(out)
     assert main([str(work / "dec.pt"), str(out / "g.onnx"), *all_outputs(out), *FAST]) == 2
     assert "simulated" in one_line(capfd.readouterr().err)
@@ -136,7 +133,7 @@ def test_an_allocation_failure_anywhere_is_exit_2(work, out, capfd, monkeypatch)
     def oom(*args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
 
-    monkeypatch.setattr("modconv_export.cli.export_torchscript", oom)
+    monkeypatch.setattr("modconv_export.cli.steps.export_torchscript", oom)
     before = snapshot(out)
     assert main([str(work / "dec.pt"), str(out / "g.onnx"), "--torchscript", str(out / "g.ts"), *FAST]) == 2
     assert re.search(r"out of memory: RuntimeError: .*can't allocate memory", one_line(capfd.readouterr().err))
@@ -213,10 +210,10 @@ def test_a_file_size_limit_is_a_full_disk_too(work, out):
 
 #: step -> what to wrap so that the signal arrives inside it
 STEPS = {
-    "ONNX export": "modconv_export.cli.export_onnx",
-    "TorchScript export": "modconv_export.cli.export_torchscript",
+    "ONNX export": "modconv_export.cli.steps.export_onnx",
+    "TorchScript export": "modconv_export.cli.steps.export_torchscript",
     "parity check": "modconv_export.verify.check_parity",
-    "JSON report": "modconv_export.cli.write_bytes",
+    "JSON report": "modconv_export.cli.steps.write_bytes",
     "picture": "modconv_export.verify.write_report_image",
 }
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import ops  # noqa: F401  (registers torch.ops.modconv_export.depthwise_conv2d)
+from . import ops  # noqa: F401  (registers torch.ops.modconv_export.depthwise_conv2d)
 
 __all__ = ["DepthwiseBlur", "SeedModulatedConvForm", "demodulation"]
 

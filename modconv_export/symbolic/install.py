@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from .. import ops  # noqa: F401  (registers modconv_export::depthwise_conv2d)
+from ..layers import ops  # noqa: F401  (registers modconv_export::depthwise_conv2d)
 from ..errors import LoweringError
 from .builders import LegacyOpBuilder, TracedOpBuilder, onnxscript_opset
 from .builtin import depthwise_conv2d_translation

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from ._util.interrupts import deferred
+from .._util.interrupts import deferred
 
 __all__ = ["PROG", "Console", "captured_fds", "error", "file_size", "plural", "printable"]
 

@@ -1,0 +1,196 @@
+"""The command line's vocabulary: the parser, its help, and the checks every option passes before the
+slow steps start (a bad option is one :class:`UsageError` line, never a traceback)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+from pathlib import Path
+from typing import Sequence
+
+from .. import __version__
+from .._util.files import check_writable_target
+from ..errors import ExportError, MissingExtraError, UsageError
+from ..families import registered_families
+from .console import PROG
+
+__all__ = ["build_parser", "check_targets", "parse_batch_sizes", "parse_input", "parse_providers", "real_path", "shape_text", "triton_name"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse prints usage + exits; we want one line
+        raise UsageError(f"{message} (see --help)")
+
+
+EPILOG = """\
+MODEL may be:
+  a modconv-export checkpoint  (modconv_export.save_checkpoint; loaded with weights_only=True)
+  a bare state_dict of a known model family (recognised by its keys; loaded strictly)
+  a pickled nn.Module (torch.save(model)): only with --trust-pickle, and only torch.nn classes,
+    pure math functions and classes defined in --import-path directories or the current directory;
+    any other global is refused before anything is built (--allow-global MODULE.NAME adds one)
+
+model families (a bare state_dict is recognised by its keys):
+{families}
+
+exit status: 0 exported and verified, 1 exported but parity failed (files kept),
+             2 bad input, export error, full disk or out of memory (nothing written),
+             3 internal error, 130 SIGINT, 143 SIGTERM, 129 SIGHUP (nothing written)
+
+examples:
+  modconv-export samples/out/lats_small.pt out.onnx --report-image parity.png
+  modconv-export latest_net_g_running.pth lats.onnx --torchscript lats.pt --batch-sizes 1,4 --providers CPUExecutionProvider,CUDAExecutionProvider
+  modconv-export generator.pt g.onnx --trust-pickle --input latent=1x512 --save-inputs in.json --save-outputs ref.json --triton-repo models
+"""
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the toolkit's version and the ONNX Runtime build it found (distribution, providers)."""
+
+    def __init__(self, option_strings, dest, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and the ONNX Runtime build found, then exit")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from ..ort_options import describe_ort_build
+
+        print(f"{PROG} {__version__}\n{describe_ort_build()}")
+        parser.exit()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    families = "\n".join(f"  {f.name:<10} {f.description}" for f in registered_families())
+    p = _Parser(
+        prog=PROG,
+        description="Export a modulated-convolution generator to ONNX with a dynamic batch, verified against eager PyTorch.",
+        epilog=EPILOG.format(families=families),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", metavar="MODEL", help="checkpoint, state_dict or (with --trust-pickle) pickled module")
+    p.add_argument("output", metavar="OUT.onnx", help="ONNX file to write")
+    p.add_argument("--input", action="append", default=[], metavar="NAME=SHAPE",
+                   help="example input shape, e.g. latent=1x256 (repeatable, in forward order; axis 0 is the dynamic batch); "
+                        "defaults come from the model family")  # fmt: skip
+    p.add_argument("--torchscript", metavar="PATH", help="also write a TorchScript file")
+    p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo", help="ONNX exporter (default: dynamo)")
+    p.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default: 18)")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                   help="fp16: float16 feature maps, float32 style/demodulation; I/O stays float32 (default: fp32)")
+    p.add_argument("--keep-debug-metadata", action="store_true",
+                   help="keep the exporter's per-node debug metadata (stack traces with this machine's paths; about half the file)")  # fmt: skip
+    p.add_argument("--report", metavar="PATH.json", help="write a JSON report (model, rewrite, export, parity rows)")
+    p.add_argument("--report-image", metavar="PATH.png", help="write a reference/output/difference picture (needs Pillow)")
+    p.add_argument("--save-inputs", metavar="PATH.json", help="write the parity inputs in Polygraphy's JSON format (polygraphy run --load-inputs)")
+    p.add_argument("--save-outputs", metavar="PATH.json", help="write the eager reference outputs as Polygraphy RunResults (--load-outputs)")
+    p.add_argument("--triton-repo", metavar="DIR", help="also write a Triton model repository: DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx (NAME: OUT's stem)")
+    p.add_argument("--triton-max-batch-size", type=int, default=8, metavar="N", help="max_batch_size of the Triton config (default: 8)")
+    p.add_argument("--no-verify", action="store_true", help="skip the parity check")
+    p.add_argument("--providers", default="cpu,cuda", metavar="LIST",
+                   help="devices to verify on: cpu, cuda or ONNX Runtime's names (CUDAExecutionProvider), comma-separated "
+                        "(default: cpu,cuda; missing CUDA is reported as not run)")  # fmt: skip
+    p.add_argument("--batch-sizes", default="1,3", metavar="LIST", help="batch sizes to verify, comma-separated (default: 1,3)")
+    p.add_argument("--max-rel-l2", type=tolerance_value, metavar="X", help="relative-L2 limit for every backend (default: per device, 1e-4 on CPU)")
+    p.add_argument("--rtol", type=tolerance_value, metavar="X", help="also check element-wise: |out - ref| <= atol + rtol*|ref| (allclose; default: off)")
+    p.add_argument("--atol", type=tolerance_value, metavar="X", help="absolute part of that element-wise check (alone: bounds the largest difference)")
+    p.add_argument("--trust-pickle", action="store_true", help="allow a pickled module, under an allowlist (see below)")
+    p.add_argument("--import-path", action="append", default=[], metavar="DIR", help="directory to import a pickled model's classes from (repeatable)")
+    p.add_argument("--allow-global", action="append", default=[], metavar="MODULE.NAME", help="also allow this global in a trusted pickle (repeatable)")
+    talk = p.add_mutually_exclusive_group()
+    talk.add_argument("-v", "--verbose", action="store_true", help="list rewritten modules, near misses and progress")
+    talk.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors (the exit status tells the result)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and the exporters' own output")
+    p.add_argument("--version", action=_VersionAction)
+    return p
+
+
+_INPUT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=([0-9]+(?:x[0-9]+)*)")
+
+
+def parse_input(text: str) -> tuple[str, tuple[int, ...]]:
+    """``"latent=1x256"`` -> ``("latent", (1, 256))``; anything else is a :class:`UsageError`."""
+    match = _INPUT.fullmatch(text.strip())
+    shape = tuple(int(d) for d in match.group(2).split("x")) if match else ()
+    if not match or min(shape) < 1:
+        raise UsageError(f"malformed --input {text!r}: expected NAME=SHAPE with SHAPE like 1x3x64x64 (positive integers joined by x)")
+    return match.group(1), shape
+
+
+def tolerance_value(text: str) -> float:
+    """A tolerance: a finite number > 0 (``inf`` would make every check pass, ``nan`` none)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def real_path(path: str) -> Path:
+    """The file a path names (``os.path.realpath`` also survives symlink loops, where ``resolve`` raises)."""
+    return Path(os.path.realpath(os.path.expanduser(path)))
+
+
+def check_targets(args: argparse.Namespace) -> None:
+    """Fail before any slow step if an output cannot be written or would clobber the input."""
+    if Path(args.output).suffix.lower() != ".onnx":
+        raise UsageError(f"OUT must be an .onnx file, got {args.output!r} (TorchScript goes to --torchscript PATH)")
+    targets = {"OUT": args.output, "--torchscript": args.torchscript, "--report": args.report, "--report-image": args.report_image,
+               "--save-inputs": args.save_inputs, "--save-outputs": args.save_outputs}  # fmt: skip
+    seen = {real_path(args.model): "MODEL"}
+    for option, path in targets.items():
+        if path is None:
+            continue
+        try:
+            check_writable_target(path)
+        except ExportError as exc:
+            raise ExportError(f"{option} {path}: {exc}") from None
+        resolved = real_path(path)
+        if resolved in seen:
+            raise UsageError(f"{option} {path} is the same file as {seen[resolved]}")
+        seen[resolved] = option
+    for option in ("report_image", "save_inputs", "save_outputs"):
+        if args.no_verify and getattr(args, option):
+            raise UsageError(f"--{option.replace('_', '-')} needs the parity check: drop --no-verify")
+    if args.triton_repo:
+        from ..handoff.files import triton_config
+
+        triton_config(triton_name(args), [], [], max_batch_size=args.triton_max_batch_size, gpu=False)  # a bad name or size fails now
+        repo = Path(args.triton_repo).expanduser()
+        try:
+            check_writable_target((repo if repo.is_dir() else repo.parent) / "probe")
+        except ExportError as exc:
+            raise ExportError(f"--triton-repo {args.triton_repo}: {exc}") from None
+    if args.report_image:
+        try:
+            import PIL  # noqa: F401
+        except ImportError:
+            raise MissingExtraError("--report-image needs Pillow: pip install 'modconv-export[image]' (or pip install pillow)") from None
+
+
+#: ``--providers`` names: the short ones and ONNX Runtime's execution-provider names.
+_PROVIDER_NAMES = {"cpu": "cpu", "cuda": "cuda", "cpuexecutionprovider": "cpu", "cudaexecutionprovider": "cuda"}
+
+
+def parse_providers(text: str) -> tuple[str, ...]:
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    bad = [p for p in names if p.lower() not in _PROVIDER_NAMES]
+    if bad or not names:
+        raise UsageError(f"--providers takes cpu, cuda, CPUExecutionProvider or CUDAExecutionProvider, comma-separated, got {text!r}")
+    return tuple(dict.fromkeys(_PROVIDER_NAMES[p.lower()] for p in names))
+
+
+def parse_batch_sizes(text: str) -> tuple[int, ...]:
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise UsageError(f"--batch-sizes takes positive integers, comma-separated (e.g. 1,3,8), got {text!r}")
+    return tuple(dict.fromkeys(int(p) for p in parts))
+
+
+def triton_name(args: argparse.Namespace) -> str:
+    return Path(args.output).stem

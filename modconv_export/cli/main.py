@@ -1,0 +1,166 @@
+"""``modconv-export MODEL OUT.onnx``: load -> rewrite -> export -> verify from the shell.
+
+Every mistake the user can make is one line on stderr (``modconv-export: error: ...``) and exit 2,
+never a traceback (``--debug`` shows it) and never a half-written file: the outputs of a run are one
+transaction (:class:`~modconv_export._util.files.Outputs`), renamed into place together after every step
+succeeded, and every output directory is checked before the slow export starts. A parity failure is
+exit 1: the files stay, the table says why. Signals: see :mod:`modconv_export._util.interrupts`.
+
+Step results and the result table go to stdout; live progress for the slow steps goes to stderr only
+on a terminal (or with ``-v``), so a script's stderr holds nothing but the error line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+import traceback
+import warnings
+from typing import Iterator, Sequence
+
+from .._util.files import Outputs
+from .._util.interrupts import Interrupted, signals_raise
+from .._util.memory import is_allocation_failure
+from ..errors import ModconvExportError, OutOfMemory, UsageError
+from ..export import resolve_opset
+from ..export.metadata import graph_sha256, record_parity
+from ..load import load_model
+from . import steps
+from .arguments import build_parser, check_targets, parse_batch_sizes, parse_input, parse_providers, real_path, shape_text
+from .console import PROG, Console, error, file_size
+from .inputs import outputs_of, resolve_inputs, run_eager
+
+__all__ = ["EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PARITY", "EXIT_USAGE", "main"]
+
+EXIT_OK, EXIT_PARITY, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def _run(args: argparse.Namespace, console: Console, files: Outputs) -> int:
+    given = [parse_input(text) for text in args.input]
+    parse_providers(args.providers)
+    parse_batch_sizes(args.batch_sizes)
+    check_targets(args)
+    resolve_opset(args.opset, args.exporter)  # a bad --opset fails now, not after loading
+    for directory in reversed(args.import_path):  # keep the user's classes importable for the whole run (main restores)
+        sys.path.insert(0, str(real_path(directory)))
+
+    start = time.perf_counter()
+    console.progress(f"loading {args.model} ...")
+    loaded = load_model(args.model, trust_pickle=args.trust_pickle, import_paths=args.import_path, allow_globals=args.allow_global)
+    console.say(f"loaded {args.model}: {loaded.describe()} in {time.perf_counter() - start:.1f} s")
+    inputs = resolve_inputs(loaded, given)
+    outputs = outputs_of(run_eager(loaded.module, inputs))
+    shapes = ", ".join(f"{n}={shape_text(s)}" for n, s in zip(inputs.names, inputs.shapes))
+    console.say(f"inputs: {shapes} (axis 0 is the dynamic batch)")
+    if args.report_image:
+        from ..verify.metrics import is_image_like
+
+        if not any(is_image_like(tuple(o.shape)) for o in outputs if hasattr(o, "shape")):
+            raise UsageError("--report-image: the model has no image-like output ([N, 1|3|4, H, W]) to draw")
+
+    prepared = steps.rewrite(loaded.module, inputs, args.precision, console)
+    rewrite = prepared.report
+    ts_source = steps.torchscript_source(loaded, prepared, inputs) if (args.torchscript or not args.no_verify) else None
+    exported = steps.export(args, loaded, prepared, inputs, outputs, console, files, ts_source)
+    summary = steps.summary(args, loaded, inputs, rewrite, exported)
+    onnx_tmp = files.temporary(args.output)
+    digest = graph_sha256(onnx_tmp)  # the graph the parity check reads; record_parity refuses any other
+    kept = " and ".join(p for p in (args.output, args.torchscript) if p)
+    try:
+        report = None if args.no_verify else steps.verify(args, loaded, inputs, console, files, ts_source)
+    except OutOfMemory:
+        raise
+    except ModconvExportError as exc:  # e.g. the model itself fails at another batch size
+        files.commit()
+        error(f"parity check FAILED: {kept} kept, but the check could not run: {exc}")
+        return EXIT_PARITY
+    if report is not None:
+        record_parity(onnx_tmp, report, graph_digest=digest)
+    if args.report:
+        steps.write_report(args.report, summary, report, files)
+    if report is not None and args.report_image:
+        from ..verify import write_report_image
+
+        write_report_image(report, files.stage(args.report_image))
+    handed = steps.hand_off(args, report, files)
+    files.commit()  # every step succeeded (or only parity failed): all outputs replace their targets together
+
+    verdict = "not verified (--no-verify)" if report is None else report.summary
+    console.say("")
+    console.say("result")
+    rows = [("model", f"{args.model} ({loaded.kind}{', family ' + loaded.family.name if loaded.family else ''})"),
+            ("onnx", f"{args.output} ({file_size(args.output)}, opset {exported['opset']}, {args.exporter}, batch dynamic)"),  # fmt: skip
+            ("torchscript", f"{args.torchscript} ({file_size(args.torchscript)})" if args.torchscript else "-"),
+            ("report", ", ".join(p for p in (args.report, args.report_image) if p) or "-"),
+            *handed,
+            ("parity", verdict)]  # fmt: skip
+    for key, value in rows:
+        console.say(f"  {key:<12} {value}")
+    if report is not None and not report.passed:
+        error(f"parity check FAILED: {kept} kept, but it does not match the eager model (see the table)", prefix="")
+        return EXIT_PARITY
+    return EXIT_OK
+
+
+@contextlib.contextmanager
+def _restored_sys_path() -> Iterator[None]:
+    saved = list(sys.path)
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
+
+
+def _interrupted(signal_name: str, files: Outputs) -> None:
+    if files.committed:
+        error(f"interrupted by {signal_name} after the outputs were written (they are complete)")
+    else:
+        error(f"interrupted by {signal_name} (nothing written; existing files are untouched)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``) and return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        error(str(exc))
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help, --version
+        return int(exc.code or 0)
+    console = Console(args.verbose, args.quiet)
+    files = Outputs()
+    with warnings.catch_warnings(), signals_raise(), _restored_sys_path():
+        if not debug:
+            warnings.simplefilter("ignore")
+        try:
+            with files:
+                return _run(args, console, files)
+        except Interrupted as exc:
+            _interrupted(exc.signal_name, files)
+            return exc.exit_code
+        except KeyboardInterrupt:  # the default SIGINT handler (a caller that replaced ours)
+            _interrupted("SIGINT", files)
+            return EXIT_INTERRUPTED
+        except ModconvExportError as exc:
+            if debug:
+                traceback.print_exc()
+            error(str(exc))
+            return EXIT_USAGE
+        except OSError as exc:  # the environment, not the user's input: a full disk, a vanished directory
+            if debug:
+                traceback.print_exc()
+            error(f"{str(exc.filename) + ': ' if exc.filename else ''}{exc.strerror or exc}")
+            return EXIT_USAGE
+        except Exception as exc:
+            if debug:
+                traceback.print_exc()
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            if is_allocation_failure(exc):
+                error(f"out of memory: {type(exc).__name__}: {text[:300]}")
+                return EXIT_USAGE
+            error(f"internal error: {type(exc).__name__}: {text} (a bug in {PROG}: rerun with --debug and report the traceback)")
+            return EXIT_INTERNAL
