@@ -84,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="PATH.json", help="write a JSON report (model, rewrite, export, parity rows)")
     p.add_argument("--report-image", metavar="PATH.png", help="write a reference/output/difference picture (needs Pillow)")
     p.add_argument("--no-verify", action="store_true", help="skip the parity check")
-    p.add_argument("--providers", default="cpu,cuda", metavar="LIST", help="devices to verify on (default: cpu,cuda; missing CUDA is reported as not run)")
+    p.add_argument("--providers", default="cpu,cuda", metavar="LIST",
+                   help="devices to verify on: cpu, cuda, openvino (f32), openvino-bf16 (default: cpu,cuda; "
+                        "what cannot run here is reported as not run)")  # fmt: skip
     p.add_argument("--rtol", type=float, metavar="X", help="relative-L2 limit for every backend (default: per device, 1e-4 on CPU)")
     p.add_argument("--atol", type=float, metavar="X", help="also bound the largest absolute difference")
     p.add_argument("--trust-pickle", action="store_true", help="allow a pickled module (unpickling runs code from the file)")
@@ -142,11 +144,13 @@ def _check_targets(args: argparse.Namespace) -> None:
 
 
 def _providers(text: str) -> tuple[str, ...]:
-    names = tuple(p.strip() for p in text.split(",") if p.strip())
-    bad = [p for p in names if p not in ("cpu", "cuda")]
-    if bad or not names:
-        raise UsageError(f"--providers takes cpu and/or cuda, comma-separated, got {text!r}")
-    return names
+    """``--providers``: the names :data:`modconv_export.verify.harness.PROVIDERS` accepts (one vocabulary)."""
+    from .verify.harness import PROVIDERS, parse_providers
+
+    try:
+        return parse_providers(text)
+    except ModconvExportError:
+        raise UsageError(f"--providers takes {', '.join(PROVIDERS)} (comma-separated), got {text!r}") from None
 
 
 # -- output ---------------------------------------------------------------------------------------

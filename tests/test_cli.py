@@ -27,6 +27,7 @@ import torch.nn as nn
 from modconv_export import export_onnx, rewrite_model, save_checkpoint
 from modconv_export.cli import main, parse_input, UsageError
 from modconv_export.families import get_family
+from modconv_export.openvino_options import bf16_unavailable_reason
 
 FIXTURES = Path(__file__).parent / "fixtures" / "foreign_layers"
 SCRIPT = Path(sys.executable).parent / "modconv-export"
@@ -220,6 +221,20 @@ def test_fp16_export_is_verified_at_the_fp16_tolerance(work, decoder):
         assert rel_l2(ort_run(out / "g.onnx", {"latent": latent})[0], decoder(latent)) < 1e-2
 
 
+@pytest.mark.skipif(bool(bf16_unavailable_reason()), reason="no OpenVINO with native bf16 here")
+def test_openvino_providers_verify_f32_and_bf16(work, decoder):
+    out = work / "openvino"
+    out.mkdir()
+    proc = run_cli(work / "decoder.pt", out / "g.onnx", "--exporter", "torchscript", "--providers", "cpu,openvino,openvino-bf16", "--report", out / "g.json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads((out / "g.json").read_text())["parity"]["rows"]
+    f32 = [r for r in rows if r["backend"] == "openvino-cpu"]
+    bf16 = [r for r in rows if r["backend"] == "openvino-cpu-bf16"]
+    assert len(f32) == 2 and all(r["status"] == "pass" and r["rel_l2"] < 1e-5 for r in f32)
+    assert len(bf16) == 2 and all(r["status"] == "pass" and r["precision"] == "bf16" and 1e-4 < r["rel_l2"] <= r["rel_l2_limit"] for r in bf16)
+    assert "openvino-cpu-bf16" in proc.stdout and "PSNR" in proc.stdout
+
+
 def test_parity_failure_keeps_the_file_and_exits_1(work, foreign, good_onnx):
     """A branch on the batch size: the TorchScript-based exporter freezes the traced batch's branch."""
     out = work / "parity"
@@ -365,7 +380,7 @@ CASES = {
     "unknown option": (["decoder.pt", "--bogus"], r"unrecognized arguments: --bogus"),
     "missing out": (["decoder.pt", "OUT="], r"the following arguments are required: OUT\.onnx"),
     "bad exporter": (["decoder.pt", "--exporter", "tf"], r"invalid choice: 'tf'"),
-    "bad providers": (["decoder.pt", "--providers", "tpu"], r"--providers takes cpu and/or cuda"),
+    "bad providers": (["decoder.pt", "--providers", "tpu"], r"--providers takes cpu, cuda, .*openvino, openvino-bf16"),
     "image without verify": (["decoder.pt", "--no-verify", "--report-image", "bad/x.png"], r"--report-image needs the parity check"),
     "image of a non-image": (["svd.pt", "--trust-pickle", "--input", "x=1x4", "--report-image", "bad/x.png"], r"no image-like output"),
 }  # fmt: skip

@@ -4,7 +4,8 @@ Reference: the *original* (unrewritten) model, eager fp32 on CPU; where CUDA is 
 also eager fp32 on CUDA with TF32 off, which is what the CUDA fp32 rows are compared against (so a row
 measures the conversion, not CPU-vs-GPU arithmetic). Backends: the eager rewrite
 (:func:`~modconv_export.make_exportable`), a TorchScript file and an ONNX file under ONNX Runtime, each on
-CPU and CUDA. Each batch size gets fresh inputs; the sizes other than the export's example batch prove
+CPU and CUDA; and, when asked for (providers ``openvino``/``openvino-bf16``), the ONNX file on OpenVINO's
+CPU plugin in f32 and bf16 (judged at the bf16 tolerance). Each batch size gets fresh inputs; the sizes other than the export's example batch prove
 the dynamic batch axis. Measuring is :func:`.metrics.compare`, judging is :mod:`.tolerances`.
 """
 
@@ -25,18 +26,34 @@ import torch.nn as nn
 from ..errors import ModconvExportError
 from .metrics import compare, is_image_like
 from .report import FAIL, NOT_RUN, PASS, ImageSample, ParityReport, ParityRow
-from .runners import EagerRunner, OnnxRuntimeRunner, Runner, RunnerUnavailable, TorchScriptRunner
-from .tolerances import PRECISIONS, ToleranceOverride, resolve_tolerance
+from .runners import EagerRunner, OnnxRuntimeRunner, OpenVINORunner, Runner, RunnerUnavailable, TorchScriptRunner
+from .tolerances import ToleranceOverride, resolve_tolerance
 
-__all__ = ["batch_seed", "check_parity", "random_inputs"]
+__all__ = ["PROVIDERS", "batch_seed", "check_parity", "parse_providers", "random_inputs"]
 
 CPU_REFERENCE = "eager-original-cpu"
 CUDA_REFERENCE = "eager-original-cuda"
 _DEVICES = {"cpu": "cpu", "cuda": "cuda", "CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda"}
+#: Providers that add OpenVINO rows (the ONNX file on OpenVINO's CPU plugin), with their precision.
+_OPENVINO = {"openvino": "fp32", "openvino-bf16": "bf16"}
+#: Every name ``providers`` (and the CLI's ``--providers``) accepts.
+PROVIDERS = (*_DEVICES, *_OPENVINO)
+#: Precisions of a whole check (of the ONNX file); bf16 exists only as OpenVINO rows of an fp32 check.
+CHECK_PRECISIONS = ("fp32", "fp16")
 #: Outputs the picture prefers to show: ONNX Runtime first (the file people deploy).
-_PICTURE_ORDER = ("ort-cpu", "ort-cuda", "torchscript-cpu", "torchscript-cuda", "eager-cpu", "eager-cuda")
+_PICTURE_ORDER = ("ort-cpu", "ort-cuda", "openvino-cpu", "openvino-cpu-bf16", "torchscript-cpu", "torchscript-cuda", "eager-cpu", "eager-cuda")
 
 MakeInputs = Callable[[int, int], Any]
+
+
+def parse_providers(text: str | Sequence[str]) -> tuple[str, ...]:
+    """``"cpu,openvino-bf16"`` (or a sequence of names) -> validated names in order, duplicates dropped;
+    :class:`~modconv_export.errors.ModconvExportError` naming the accepted ones otherwise."""
+    names = [p.strip() for p in (text.split(",") if isinstance(text, str) else text) if p.strip()]
+    unknown = [p for p in names if p not in PROVIDERS]
+    if unknown or not names:
+        raise ModconvExportError(f"providers must be among {', '.join(PROVIDERS)}; got {', '.join(unknown) or 'none'}")
+    return tuple(dict.fromkeys(names))
 
 
 def _as_args(args: Any) -> tuple:
@@ -108,7 +125,17 @@ def _versions() -> dict[str, str]:
         "numpy": np.__version__,
         "python": platform.python_version(),
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "openvino": _package_version("openvino"),
     }
+
+
+def _package_version(name: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def _timed(runner: Runner, inputs: tuple, repeats: int) -> tuple[list[np.ndarray], float]:
@@ -123,10 +150,11 @@ def _timed(runner: Runner, inputs: tuple, repeats: int) -> tuple[list[np.ndarray
 
 
 class _Plan:
-    """One backend to run: a runner factory, or the reason it does not run; and its reference."""
+    """One backend to run: a runner factory, or the reason it does not run; its reference and the
+    precision it computes in (which picks its tolerance)."""
 
-    def __init__(self, name: str, make: Callable[[], Runner] | None = None, reason: str = "", reference: str = CPU_REFERENCE) -> None:
-        self.name, self.make, self.reason, self.reference = name, make, reason, reference
+    def __init__(self, name: str, make: Callable[[], Runner] | None = None, reason: str = "", reference: str = CPU_REFERENCE, precision: str | None = None) -> None:
+        self.name, self.make, self.reason, self.reference, self.precision = name, make, reason, reference, precision
 
 
 def _onnx_reason(onnx_path: Path | None, onnx_half: bool, half: bool) -> str:
@@ -140,7 +168,7 @@ def _onnx_reason(onnx_path: Path | None, onnx_half: bool, half: bool) -> str:
     return ""
 
 
-def _plans(model, rewritten, onnx_path, onnx_half, ts_path, devices, precision) -> list[_Plan]:
+def _plans(model, rewritten, onnx_path, onnx_half, ts_path, devices, openvino, precision) -> list[_Plan]:
     """Every backend in table order; those that cannot run carry their reason instead of a factory."""
     half = precision == "fp16"
     dtype = torch.float16 if half else torch.float32
@@ -165,12 +193,16 @@ def _plans(model, rewritten, onnx_path, onnx_half, ts_path, devices, precision) 
 
         for name, make, reason in (("eager", eager, torch_reason), ("torchscript", script, ts_reason), ("ort", onnxrt, ort_reason)):
             plans.append(_Plan(f"{name}-{device}", None if reason else make, reason, ref))
+    for ov_precision in openvino:
+        reason = _onnx_reason(onnx_path, onnx_half, False) if not half else "OpenVINO rows check float32 files (precision='fp32')"
+        make = None if reason else (lambda p=ov_precision: OpenVINORunner(onnx_path, p))
+        plans.append(_Plan(OpenVINORunner.default_name(ov_precision), make, reason, CPU_REFERENCE, ov_precision))
     return plans
 
 
 def _run_plan(plan, inputs, refs, names, precision, tolerance, repeats) -> tuple[list[ParityRow], list[str], dict[int, list[np.ndarray]]]:
     """Rows of one backend, the providers it actually used, and its outputs per batch size."""
-    common = dict(precision=precision, reference=plan.reference, rel_l2_limit=tolerance.rel_l2, atol_limit=tolerance.atol)
+    common = dict(precision=plan.precision or precision, reference=plan.reference, rel_l2_limit=tolerance.rel_l2, atol_limit=tolerance.atol, psnr_limit=tolerance.min_psnr)
     if plan.make is None:
         return [ParityRow(plan.name, NOT_RUN, reason=plan.reason, **common)], [], {}
     runner = None
@@ -253,7 +285,8 @@ def check_parity(
     ``args`` are example inputs in ``forward`` order (a tensor or a tuple); for each batch size the
     harness draws new standard-normal inputs of the same non-batch shape, or calls
     ``make_inputs(batch, seed)`` (seed derived from ``seed`` and the batch size) for realistic ones.
-    ``providers`` picks the devices ("cpu", "cuda"). ``precision="fp16"`` runs the torch backends in
+    ``providers`` picks the devices ("cpu", "cuda") and OpenVINO rows ("openvino", "openvino-bf16"; see
+    :data:`PROVIDERS`). ``precision="fp16"`` runs the torch backends in
     half on CUDA and ONNX Runtime on an ONNX file that computes in float16 (float16 inputs, or float16
     convolution weights behind float32 I/O as ``export_onnx(precision="fp16")`` writes); the reference stays fp32 on CPU.
     ``rtol``/``atol`` override the limits of :mod:`.tolerances`. ``repeats`` runs per batch give the
@@ -262,12 +295,11 @@ def check_parity(
     """
     if not isinstance(model, nn.Module):
         raise ModconvExportError(f"check_parity needs a torch.nn.Module, got {type(model).__name__}")
-    if precision not in PRECISIONS:
-        raise ModconvExportError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    unknown = [p for p in providers if p not in _DEVICES]
-    if unknown or not providers:
-        raise ModconvExportError(f"providers must be among 'cpu', 'cuda', got {list(providers)}")
-    devices = list(dict.fromkeys(_DEVICES[p] for p in providers))
+    if precision not in CHECK_PRECISIONS:
+        raise ModconvExportError(f"unknown precision {precision!r}; choose one of {', '.join(CHECK_PRECISIONS)}")
+    providers = parse_providers(providers)
+    devices = list(dict.fromkeys(_DEVICES[p] for p in providers if p in _DEVICES))
+    openvino = [_OPENVINO[p] for p in providers if p in _OPENVINO]
     batches = list(dict.fromkeys(int(b) for b in batch_sizes))
     if not batches or min(batches) < 1:
         raise ModconvExportError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
@@ -309,10 +341,10 @@ def check_parity(
     used: dict[str, list[str]] = {CPU_REFERENCE: ["torch:cpu"]}
     tolerances: dict[str, dict[str, Any]] = {}
     kept: dict[str, dict[int, list[np.ndarray]]] = {}
-    for plan in _plans(model, rewritten, paths["onnx"], onnx_half, paths["torchscript"], devices, precision):
+    for plan in _plans(model, rewritten, paths["onnx"], onnx_half, paths["torchscript"], devices, openvino, precision):
         if plan.reference not in refs:  # the CUDA reference did not run: fall back to the CPU one
             plan.reference = CPU_REFERENCE
-        tolerance = resolve_tolerance(plan.name, precision, rtol, atol)
+        tolerance = resolve_tolerance(plan.name, plan.precision or precision, rtol, atol)
         tolerances[plan.name] = tolerance.to_dict()
         plan_rows, plan_providers, outputs = _run_plan(plan, inputs, refs, names, precision, tolerance, repeats)
         rows += plan_rows

@@ -1,0 +1,271 @@
+"""OpenVINO settings for deploying exported generators on the CPU, as one documented place.
+
+The OpenVINO runners of :mod:`modconv_export.verify` and ``benchmarks/bench.py`` compile here, so what
+is measured is what is recommended (as :mod:`.ort_options` does for ONNX Runtime):
+
+* ``INFERENCE_PRECISION_HINT``: ``f32`` or ``bf16``, always set explicitly. OpenVINO's CPU default is
+  bf16 wherever the CPU has AMX or AVX512-BF16, so a run without the hint is a bf16 run there and an
+  f32 run elsewhere -- the same line of code would give different numbers on different machines.
+* ``PERFORMANCE_HINT=LATENCY`` and ``INFERENCE_NUM_THREADS`` = the cores this process may use (as for
+  ONNX Runtime): one request at a time, every core on it -- what a generator serving single requests needs.
+* bf16 runs only where OpenVINO itself reports ``BF16`` in ``OPTIMIZATION_CAPABILITIES`` (AMX-BF16 or
+  AVX512-BF16; elsewhere bf16 would be emulated or silently fall back); :func:`bf16_unavailable_reason`
+  says why not, with the CPU's flags.
+* The **bf16 precision policy** (:class:`OpenVINOModel`, ``f32_islands=True``): the *style path* --
+  every op computing per-sample vectors from vector inputs (the age code / latent): mapping and style
+  MLPs with their pixel norms, the per-sample scale ``s`` and the demodulation ``rsqrt(s²·ΣW² + 1e-5)``
+  -- is cut out of the graph into a model of its own that runs in f32; its outputs feed the rest (the
+  feature maps: convolutions, resampling, padding, activations, normalisation), which runs in bf16.
+  Measured against fp32 eager (random weights, the families' own inputs, batch 1, 3 input seeds):
+  LATS 256 px: plain bf16 3.3e-2..6.2e-2 relative L2 (33..38 dB PSNR), with the policy 1.3e-2..2.4e-2
+  (43..46 dB); small LATS with random biases 6.8e-3..1.4e-2 -> 3.3e-3..3.8e-3. GFPGAN's styles come from
+  its encoder's features, not from an input, so it has no such path (7e-3, 55 dB either way). Keeping
+  the feature-map normalisation statistics in f32 as well gained nothing measurable (bf16 has float32's
+  exponent range, so the fp16 policy's overflow reason does not apply) and cost time (it stops OpenVINO
+  fusing them). OpenVINO's per-node ``DisablePrecisionConversion`` attribute was tried first and is not
+  used: the CPU plugin's fusions (a MatMul with its bias into a FullyConnected, pixel norm into RMS)
+  build new nodes without it, so with real (non-zero) biases most of the MLP silently ran in bf16.
+
+ONNX Runtime with the OpenVINO execution provider (the ``onnxruntime-ep-openvino`` plugin,
+:func:`ort_openvino_session`) runs the same OpenVINO CPU plugin, so it is no faster; it cannot take the
+f32-island policy (it reads the ONNX file), and its documented ``precision`` option is ignored by the
+plugin (asking for ``FP32`` still runs bf16 on AMX): precision goes through ``load_config``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any, Iterable
+
+from .ort_options import cpu_threads, session_options
+
+__all__ = [
+    "OV_PRECISIONS",
+    "bf16_unavailable_reason",
+    "OpenVINOModel",
+    "compile_config",
+    "cpu_info",
+    "openvino_unavailable_reason",
+    "optimization_capabilities",
+    "ort_openvino_device",
+    "ort_openvino_session",
+    "split_style_path",
+]
+
+#: Toolkit precision names -> OpenVINO's ``INFERENCE_PRECISION_HINT`` values.
+OV_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
+#: /proc/cpuinfo flags that matter for CPU inference speed (reported with every benchmark).
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "amx_fp16")
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+INSTALL_HINT = "pip install 'modconv-export[openvino]'"
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_info() -> dict[str, Any]:
+    """The CPU's model name and the ISA flags of :data:`ISA_FLAGS` it has (from /proc/cpuinfo on Linux)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            model = value.strip()
+        elif key.strip() == "flags":
+            flags |= set(value.split())
+    return {"model": model, "isa": [f for f in ISA_FLAGS if f in flags], "cores_available": cpu_threads()}
+
+
+def openvino_unavailable_reason() -> str:
+    """``""`` if the ``openvino`` package imports, else the reason (with the install command)."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return f"OpenVINO not installed ({INSTALL_HINT})"
+    return ""
+
+
+@functools.lru_cache(maxsize=None)
+def _core() -> Any:
+    import openvino as ov
+
+    return ov.Core()
+
+
+def optimization_capabilities() -> list[str]:
+    """OpenVINO's ``OPTIMIZATION_CAPABILITIES`` of the CPU device (``BF16``, ``FP32``, ``INT8``, ...)."""
+    return [str(c) for c in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+
+
+def bf16_unavailable_reason(capabilities: list[str] | None = None) -> str:
+    """``""`` if OpenVINO runs bf16 natively on this CPU, else why not (OpenVINO's view plus the CPU flags).
+
+    ``capabilities``: an ``OPTIMIZATION_CAPABILITIES`` list from elsewhere (the execution provider's own
+    OpenVINO); by default the ``openvino`` package's.
+    """
+    if capabilities is None:
+        reason = openvino_unavailable_reason()
+        if reason:
+            return reason
+        capabilities = optimization_capabilities()
+    if "BF16" in capabilities:
+        return ""
+    flags = [f for f in cpu_info()["isa"] if f in BF16_FLAGS]
+    return (
+        f"this CPU has no native bf16 (OpenVINO OPTIMIZATION_CAPABILITIES: {' '.join(capabilities) or 'none'}; "
+        f"needs AMX-BF16 or AVX512-BF16, /proc/cpuinfo has {', '.join(flags) or 'neither'})"
+    )
+
+
+def compile_config(precision: str = "fp32", *, threads: int | None = None, hint: str = "LATENCY", **extra: Any) -> dict[str, Any]:
+    """The CPU properties the toolkit compiles with (see the module docstring); ``extra`` adds or overrides."""
+    if precision not in OV_PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(OV_PRECISIONS)}, got {precision!r}")
+    return {"INFERENCE_PRECISION_HINT": OV_PRECISIONS[precision], "PERFORMANCE_HINT": hint, "INFERENCE_NUM_THREADS": threads or cpu_threads(), **extra}
+
+
+def _is_vector_shape(shape: Any) -> bool:
+    """``[B, C]``, or ``[B, C, 1, 1]``-like: per-sample vectors, whatever their rank (batch may be dynamic)."""
+    if shape.rank.is_dynamic:
+        return False
+    dims = list(shape)
+    return len(dims) <= 2 or all(d.is_static and d.get_length() == 1 for d in dims[2:])
+
+
+def _is_vector_op(op: Any) -> bool:
+    return op.get_output_size() > 0 and all(_is_vector_shape(op.get_output_partial_shape(i)) for i in range(op.get_output_size()))
+
+
+def split_style_path(model: Any) -> tuple[Any, Any] | None:
+    """``(style, features)``: ``model`` cut in two at its style path, or ``None`` if it has none.
+
+    The style path is every vector-shaped op (:func:`_is_vector_shape`) fed by vector inputs, constants
+    and other style-path ops only. ``style`` takes those inputs and returns every style-path tensor the
+    rest uses; ``features`` takes the other inputs followed by those tensors (inputs named ``style:<k>``)
+    and returns ``model``'s outputs. ``model`` is consumed (its nodes are rewired into ``features``).
+    """
+    import openvino as ov
+
+    const: set[Any] = set()
+    style: set[Any] = set()
+    for op in model.get_ordered_ops():
+        kind = op.get_type_name()
+        sources = [i.get_source_output().get_node() for i in op.inputs()]
+        if kind == "Constant" or (kind != "Parameter" and sources and all(s in const for s in sources)):
+            const.add(op)
+        elif kind == "Parameter":
+            if _is_vector_shape(op.get_output_partial_shape(0)):
+                style.add(op)
+        elif kind != "Result" and _is_vector_op(op) and any(s in style for s in sources) and all(s in style or s in const for s in sources):
+            style.add(op)
+    cuts = []
+    for op in model.get_ordered_ops():
+        if op in style:
+            for output in op.outputs():
+                users = [t for t in output.get_target_inputs() if t.get_node() not in style]
+                if users:
+                    cuts.append((output, users))
+    style_inputs = [p for p in model.get_parameters() if p in style]
+    if not style_inputs or all(output.get_node().get_type_name() == "Parameter" for output, _ in cuts):
+        return None
+    style_model = ov.Model([ov.opset13.result(output) for output, _ in cuts], style_inputs, "style")
+    cut_inputs = []
+    for k, (output, users) in enumerate(cuts):
+        parameter = ov.opset13.parameter(output.get_partial_shape(), output.get_element_type(), name=f"style:{k}")
+        parameter.output(0).set_names({f"style:{k}"})
+        for user in users:
+            user.replace_source_output(parameter.output(0))
+        cut_inputs.append(parameter)
+    features = ov.Model(model.get_results(), [p for p in model.get_parameters() if p not in style] + cut_inputs, "features")
+    return style_model, features
+
+
+class OpenVINOModel:
+    """An ONNX (or IR) file compiled for OpenVINO's CPU plugin at ``precision``, called with arrays.
+
+    For bf16 with ``f32_islands`` (the default) and a style path (:func:`split_style_path`) it is two
+    compiled models: the style path in f32, whose outputs feed the feature maps in bf16 -- the policy
+    of the module docstring. ``shapes`` reshapes the inputs to static shapes first; ``config`` adds or
+    overrides :func:`compile_config` properties. ``model(arrays)`` takes the inputs in the file's order
+    and returns its outputs in order; ``compiled`` lists the compiled models (to save or inspect them).
+    """
+
+    def __init__(self, path: str | os.PathLike, precision: str = "fp32", *, f32_islands: bool = True, shapes: dict[str, list[int]] | None = None, config: dict[str, Any] | None = None) -> None:
+        model = _core().read_model(str(path))
+        if shapes:
+            model.reshape(shapes)
+        self.input_names = [p.get_any_name() for p in model.inputs]
+        self.precision = precision
+        parts = split_style_path(model) if precision == "bf16" and f32_islands else None
+        settings = lambda p: {**compile_config(p), **(config or {})}  # noqa: E731
+        self.f32_islands = parts is not None
+        if parts is None:
+            self.compiled = [_core().compile_model(model, "CPU", settings(precision))]
+            self._requests = [self.compiled[0].create_infer_request()]
+            return
+        style, features = parts
+        self.compiled = [_core().compile_model(style, "CPU", settings("fp32")), _core().compile_model(features, "CPU", settings(precision))]
+        self._requests = [c.create_infer_request() for c in self.compiled]
+        self._style_inputs = [self.input_names.index(p.get_any_name()) for p in style.inputs]
+        self._feature_inputs = [self.input_names.index(p.get_any_name()) for p in features.inputs if not p.get_any_name().startswith("style:")]
+
+    def __call__(self, arrays: list[Any]) -> list[Any]:
+        import numpy as np
+
+        if len(arrays) != len(self.input_names):
+            raise ValueError(f"the model takes {len(self.input_names)} inputs ({', '.join(self.input_names)}), got {len(arrays)}")
+        arrays = [np.ascontiguousarray(a) for a in arrays]
+        if not self.f32_islands:
+            result = self._requests[0].infer(arrays, share_inputs=True)
+            return [np.array(result[o]) for o in self.compiled[0].outputs]
+        style_request, feature_request = self._requests
+        style_request.infer([arrays[i] for i in self._style_inputs], share_inputs=True)
+        first = len(self._feature_inputs)
+        for k in range(len(self.compiled[0].outputs)):  # the style tensors are handed over, not copied
+            feature_request.set_input_tensor(first + k, style_request.get_output_tensor(k))
+        result = feature_request.infer({i: arrays[j] for i, j in enumerate(self._feature_inputs)}, share_inputs=True)
+        return [np.array(result[o]) for o in self.compiled[1].outputs]
+
+
+def _register_ort_plugin() -> str:
+    """Register the plugin library with ONNX Runtime once per process; the EP's name."""
+    import onnxruntime as ort
+    import onnxruntime_ep_openvino as plugin
+
+    name = plugin.get_ep_name()
+    if not any(d.ep_name == name for d in ort.get_ep_devices()):
+        ort.register_execution_provider_library(name, plugin.get_library_path())
+    return name
+
+
+def ort_openvino_device() -> Any:
+    """The OpenVINO execution provider's CPU device (an ``OrtEpDevice``), registering the plugin once.
+
+    Raises ``ImportError`` without the ``onnxruntime-ep-openvino`` plugin (which bundles its own OpenVINO)
+    and ``RuntimeError`` if it offers no CPU device. ``ep_metadata["OPTIMIZATION_CAPABILITIES"]`` is that
+    OpenVINO's view of the CPU.
+    """
+    import onnxruntime as ort
+
+    ep_name = _register_ort_plugin()
+    devices = [d for d in ort.get_ep_devices() if d.ep_name == ep_name and d.ep_metadata.get("ov_device") == "CPU"]
+    if not devices:
+        raise RuntimeError(f"the OpenVINO execution provider offers no CPU device (onnxruntime {ort.__version__})")
+    return devices[0]
+
+
+def ort_openvino_session(path: str | os.PathLike, precision: str = "fp32", *, load_config: dict[str, Any] | None = None) -> Any:
+    """An ONNX Runtime session on the OpenVINO execution provider's CPU device, with :func:`compile_config`'s
+    properties passed through ``load_config`` (the provider's ``precision`` option is not honoured)."""
+    import onnxruntime as ort
+
+    device = ort_openvino_device()
+    cpu = {k: str(v) for k, v in compile_config(precision).items()}
+    options = session_options()
+    options.add_provider_for_devices([device], {"load_config": json.dumps({"CPU": {**cpu, **(load_config or {})}})})
+    return ort.InferenceSession(str(path), sess_options=options)
