@@ -7,8 +7,8 @@
 Every backend is a runner of :mod:`modconv_export.verify.runners` -- the code that proves parity is the
 code that is timed: eager seed layers (the baseline), eager rewritten, TorchScript, ``torch.compile``
 (CPU), torch bf16 autocast (rewritten model), ONNX Runtime CPU fp32 (and the fp16 file), OpenVINO f32
-and bf16 (with the toolkit's f32-island policy, and without it), ONNX Runtime on the OpenVINO execution
-provider (f32, bf16); on a GPU also eager / TorchScript / ``torch.compile`` fp32 (TF32 off) and fp16,
+and bf16 (with the toolkit's style-path policy, without it, and compiled for the one input shape),
+ONNX Runtime on the OpenVINO execution provider (f32, bf16); on a GPU also eager / TorchScript / ``torch.compile`` fp32 (TF32 off) and fp16,
 ONNX Runtime CUDA fp32 and fp16. A backend that cannot run here is a row that says "not run" and why.
 
 Timing: all backends of a model are prepared first; per batch size each is warmed up, then they run
@@ -62,6 +62,7 @@ class Row:
     batch: int
     status: str  # "ok", "not run: <reason>" or "failed: <reason>"
     median_ms: float | None = None
+    min_ms: float | None = None  # the least disturbed run: on a loaded machine closer to a quiet one's median
     speedup: float | None = None
     rel_l2: float | None = None
     psnr: float | None = None
@@ -136,6 +137,7 @@ def backends(model: nn.Module, files: dict[str, Path | None], cuda: bool, args: 
         ("openvino-cpu", lambda: OpenVINORunner(onnx, "fp32")),
         ("openvino-cpu-bf16", lambda: OpenVINORunner(onnx, "bf16")),
         ("openvino-cpu-bf16-plain", lambda: OpenVINORunner(onnx, "bf16", f32_islands=False, name="openvino-cpu-bf16-plain")),
+        ("openvino-cpu-bf16-static", lambda: OpenVINORunner(onnx, "bf16", static_shapes=True, name="openvino-cpu-bf16-static")),
         ("ort-openvino-cpu", lambda: OpenVINORunner(onnx, "fp32", runtime="onnxruntime")),
         ("ort-openvino-cpu-bf16", lambda: OpenVINORunner(onnx, "bf16", runtime="onnxruntime")),
     ]
@@ -248,7 +250,7 @@ def bench_batch(spec: Spec, model: nn.Module, batch: int, inputs: tuple, runners
         ms = medians[name]
         baseline = medians.get("eager-seed-cuda-fp32" if "cuda" in name else "eager-seed-cpu")
         m = compare(outputs[name], expected)
-        rows.append(Row(spec.name, spec.size, name, batch, "ok", ms, baseline / ms if baseline else None, m.rel_l2, m.psnr, peaks.get(name), len(times[name])))
+        rows.append(Row(spec.name, spec.size, name, batch, "ok", ms, min(times[name]), baseline / ms if baseline else None, m.rel_l2, m.psnr, peaks.get(name), len(times[name])))
         print(f"[{spec.name}{spec.size}] b={batch} {name}: {ms:.1f} ms", file=sys.stderr)
     return rows
 

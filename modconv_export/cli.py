@@ -33,8 +33,10 @@ from . import __version__
 from .diagnose import describe_export_failure
 from .errors import ExportError, ModconvExportError
 from .export import export_onnx, export_torchscript, resolve_opset
+from .families import registered_families
 from .files import atomic_output, check_writable_target
 from .load import LoadedModel, forward_parameters, load_model
+from .metadata import family_properties, graph_sha256, record_parity
 from .rewrite import RewriteReport, registered_rules, rewrite_model
 
 __all__ = ["EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PARITY", "EXIT_USAGE", "UsageError", "build_parser", "main", "parse_input"]
@@ -59,16 +61,38 @@ MODEL may be:
   a pickled nn.Module (torch.save(model)): only with --trust-pickle, since unpickling runs code;
     its classes must be importable from the current directory or an --import-path
 
+model families (a bare state_dict is recognised by its keys):
+{families}
+
 exit status: 0 exported and verified, 1 exported but parity failed (file kept),
              2 bad input or export error (nothing written), 3 internal error, 130 interrupted
+
+examples:
+  modconv-export samples/out/lats_small.pt out.onnx --report-image parity.png
+  modconv-export latest_net_g_running.pth lats.onnx --torchscript lats.pt --batch-sizes 1,4 --providers CPUExecutionProvider,CUDAExecutionProvider
+  modconv-export generator.pt g.onnx --trust-pickle --input latent=1x512 --save-inputs in.json --save-outputs ref.json --triton-repo models
 """
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the toolkit's version and the ONNX Runtime build it found (distribution, providers)."""
+
+    def __init__(self, option_strings, dest, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and the ONNX Runtime build found, then exit")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from .ort_options import describe_ort_build
+
+        print(f"{PROG} {__version__}\n{describe_ort_build()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
+    families = "\n".join(f"  {f.name:<10} {f.description}" for f in registered_families())
     p = _Parser(
         prog=PROG,
         description="Export a modulated-convolution generator to ONNX with a dynamic batch, verified against eager PyTorch.",
-        epilog=EPILOG,
+        epilog=EPILOG.format(families=families),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("model", metavar="MODEL", help="checkpoint, state_dict or (with --trust-pickle) pickled module")
@@ -81,19 +105,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default: 18)")
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
                    help="fp16: float16 feature maps, float32 style/demodulation; I/O stays float32 (default: fp32)")
+    p.add_argument("--keep-debug-metadata", action="store_true",
+                   help="keep the exporter's per-node debug metadata (stack traces with this machine's paths; about half the file)")  # fmt: skip
     p.add_argument("--report", metavar="PATH.json", help="write a JSON report (model, rewrite, export, parity rows)")
     p.add_argument("--report-image", metavar="PATH.png", help="write a reference/output/difference picture (needs Pillow)")
+    p.add_argument("--save-inputs", metavar="PATH.json", help="write the parity inputs in Polygraphy's JSON format (polygraphy run --load-inputs)")
+    p.add_argument("--save-outputs", metavar="PATH.json", help="write the eager reference outputs as Polygraphy RunResults (--load-outputs)")
+    p.add_argument("--triton-repo", metavar="DIR", help="also write a Triton model repository: DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx (NAME: OUT's stem)")
+    p.add_argument("--triton-max-batch-size", type=int, default=8, metavar="N", help="max_batch_size of the Triton config (default: 8)")
     p.add_argument("--no-verify", action="store_true", help="skip the parity check")
     p.add_argument("--providers", default="cpu,cuda", metavar="LIST",
-                   help="devices to verify on: cpu, cuda, openvino (f32), openvino-bf16 (default: cpu,cuda; "
-                        "what cannot run here is reported as not run)")  # fmt: skip
-    p.add_argument("--rtol", type=float, metavar="X", help="relative-L2 limit for every backend (default: per device, 1e-4 on CPU)")
-    p.add_argument("--atol", type=float, metavar="X", help="also bound the largest absolute difference")
+                   help="devices to verify on: cpu, cuda or ONNX Runtime's names (CUDAExecutionProvider), openvino (f32), "
+                        "openvino-bf16, comma-separated (default: cpu,cuda; what cannot run here is reported as not run)")  # fmt: skip
+    p.add_argument("--batch-sizes", default="1,3", metavar="LIST", help="batch sizes to verify, comma-separated (default: 1,3)")
+    p.add_argument("--max-rel-l2", type=float, metavar="X", help="relative-L2 limit for every backend (default: per device, 1e-4 on CPU)")
+    p.add_argument("--rtol", type=float, metavar="X", help="also check element-wise: |out - ref| <= atol + rtol*|ref| (allclose; default: off)")
+    p.add_argument("--atol", type=float, metavar="X", help="absolute part of that element-wise check (alone: bounds the largest difference)")
     p.add_argument("--trust-pickle", action="store_true", help="allow a pickled module (unpickling runs code from the file)")
     p.add_argument("--import-path", action="append", default=[], metavar="DIR", help="directory to import a pickled model's classes from (repeatable)")
-    p.add_argument("-v", "--verbose", action="store_true", help="list rewritten modules, near misses and progress")
+    talk = p.add_mutually_exclusive_group()
+    talk.add_argument("-v", "--verbose", action="store_true", help="list rewritten modules, near misses and progress")
+    talk.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors (the exit status tells the result)")
     p.add_argument("--debug", action="store_true", help="show tracebacks and the exporters' own output")
-    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    p.add_argument("--version", action=_VersionAction)
     return p
 
 
@@ -119,7 +153,8 @@ def _check_targets(args: argparse.Namespace) -> None:
     """Fail before any slow step if an output cannot be written or would clobber the input."""
     if Path(args.output).suffix.lower() != ".onnx":
         raise UsageError(f"OUT must be an .onnx file, got {args.output!r} (TorchScript goes to --torchscript PATH)")
-    targets = {"OUT": args.output, "--torchscript": args.torchscript, "--report": args.report, "--report-image": args.report_image}
+    targets = {"OUT": args.output, "--torchscript": args.torchscript, "--report": args.report, "--report-image": args.report_image,
+               "--save-inputs": args.save_inputs, "--save-outputs": args.save_outputs}  # fmt: skip
     seen = {Path(args.model).expanduser().resolve(): "MODEL"}
     for option, path in targets.items():
         if path is None:
@@ -132,8 +167,18 @@ def _check_targets(args: argparse.Namespace) -> None:
         if resolved in seen:
             raise UsageError(f"{option} {path} is the same file as {seen[resolved]}")
         seen[resolved] = option
-    if args.no_verify and args.report_image:
-        raise UsageError("--report-image needs the parity check: drop --no-verify")
+    for option in ("report_image", "save_inputs", "save_outputs"):
+        if args.no_verify and getattr(args, option):
+            raise UsageError(f"--{option.replace('_', '-')} needs the parity check: drop --no-verify")
+    if args.triton_repo:
+        from .handoff import triton_config
+
+        triton_config(_triton_name(args), [], [], max_batch_size=args.triton_max_batch_size, gpu=False)  # a bad name or size fails now
+        repo = Path(args.triton_repo).expanduser()
+        try:
+            check_writable_target((repo if repo.is_dir() else repo.parent) / "probe")
+        except ExportError as exc:
+            raise ExportError(f"--triton-repo {args.triton_repo}: {exc}") from None
     if args.report_image:
         from .verify import MissingExtraError
 
@@ -144,13 +189,25 @@ def _check_targets(args: argparse.Namespace) -> None:
 
 
 def _providers(text: str) -> tuple[str, ...]:
-    """``--providers``: the names :data:`modconv_export.verify.harness.PROVIDERS` accepts (one vocabulary)."""
+    """``--providers``: parsed by :func:`modconv_export.verify.harness.parse_providers` (one vocabulary)."""
     from .verify.harness import PROVIDERS, parse_providers
 
     try:
         return parse_providers(text)
     except ModconvExportError:
-        raise UsageError(f"--providers takes {', '.join(PROVIDERS)} (comma-separated), got {text!r}") from None
+        accepted = ", ".join(PROVIDERS[:-1]) + f" or {PROVIDERS[-1]}"
+        raise UsageError(f"--providers takes {accepted}, comma-separated, got {text!r}") from None
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise UsageError(f"--batch-sizes takes positive integers, comma-separated (e.g. 1,3,8), got {text!r}")
+    return tuple(dict.fromkeys(int(p) for p in parts))
+
+
+def _triton_name(args: argparse.Namespace) -> str:
+    return Path(args.output).stem
 
 
 # -- output ---------------------------------------------------------------------------------------
@@ -159,12 +216,14 @@ def _providers(text: str) -> tuple[str, ...]:
 class _Console:
     """Results to stdout; live progress to stderr only where someone watches (a terminal, or ``-v``)."""
 
-    def __init__(self, verbose: bool) -> None:
+    def __init__(self, verbose: bool, quiet: bool = False) -> None:
         self.verbose = verbose
-        self.live = verbose or sys.stderr.isatty()
+        self.quiet = quiet
+        self.live = not quiet and (verbose or sys.stderr.isatty())
 
     def say(self, line: str = "") -> None:
-        print(line, flush=True)
+        if not self.quiet:
+            print(line, flush=True)
 
     def progress(self, line: str) -> None:
         if self.live:
@@ -299,7 +358,8 @@ def _export(args: argparse.Namespace, loaded: LoadedModel, exportable: torch.nn.
     with _captured_fds(keep=args.debug):
         try:
             export_onnx(exportable, inputs.tensors, args.output, exporter=args.exporter, opset=opset, rewrite=False,
-                        input_names=inputs.names, output_names=family_outputs, precision=args.precision)  # fmt: skip
+                        input_names=inputs.names, output_names=family_outputs, precision=args.precision,
+                        keep_debug_metadata=args.keep_debug_metadata, metadata=family_properties(loaded.family))  # fmt: skip
         except ExportError as exc:
             misses = [p for p, _, _ in rewrite.near_misses]
             better = describe_export_failure(exportable, inputs.tensors, exc.__cause__, args.exporter, misses) if exc.__cause__ else None
@@ -336,11 +396,27 @@ def _verify(args: argparse.Namespace, loaded: LoadedModel, inputs: _Inputs, cons
     start = time.perf_counter()
     with _captured_fds(keep=args.debug):
         report = check_parity(loaded.module, inputs.tensors, onnx_path=args.output, torchscript_path=args.torchscript,
-                              providers=_providers(args.providers), rtol=args.rtol, atol=args.atol, make_inputs=make,
-                              precision=args.precision)  # fmt: skip
+                              trace_torchscript=not args.torchscript, providers=_providers(args.providers), batch_sizes=_batch_sizes(args.batch_sizes),
+                              rtol=args.rtol, atol=args.atol, max_rel_l2=args.max_rel_l2, make_inputs=make, precision=args.precision)  # fmt: skip
     console.say(f"verified in {time.perf_counter() - start:.1f} s")
     console.say(report.format_table())
     return report
+
+
+def _hand_off(args: argparse.Namespace, report) -> list[tuple[str, str]]:
+    """Polygraphy data and the Triton repository, from the finished (verified and recorded) file."""
+    from . import handoff
+
+    rows = []
+    if args.save_inputs or args.save_outputs:
+        handoff.save_parity_data(report, args.output, args.save_inputs, args.save_outputs)
+        rows.append(("polygraphy", ", ".join(p for p in (args.save_inputs, args.save_outputs) if p)))
+    if args.triton_repo:
+        with _captured_fds(keep=args.debug):  # ONNX Runtime logs a failed CUDA probe on fd 2
+            gpu = handoff.cuda_found(args.output, report)
+        model = handoff.write_triton_repository(args.triton_repo, _triton_name(args), args.output, max_batch_size=args.triton_max_batch_size, gpu=gpu)
+        rows.append(("triton", f"{model} (max_batch_size {args.triton_max_batch_size}, {'KIND_GPU' if gpu else 'KIND_CPU'})"))
+    return rows
 
 
 def _write_report(path: str, summary: dict, parity) -> None:
@@ -353,6 +429,7 @@ def _write_report(path: str, summary: dict, parity) -> None:
 def _run(args: argparse.Namespace, console: _Console) -> int:
     given = [parse_input(text) for text in args.input]
     _providers(args.providers)
+    _batch_sizes(args.batch_sizes)
     _check_targets(args)
     resolve_opset(args.opset, args.exporter)  # a bad --opset fails now, not after loading
     for directory in reversed(args.import_path):  # keep the user's classes importable for the whole run (main restores)
@@ -385,18 +462,22 @@ def _run(args: argparse.Namespace, console: _Console) -> int:
                     "notes": [{"path": p, "rule": r, "note": note} for p, r, note in rewrite.notes]},  # fmt: skip
         "export": exported,
     }
+    digest = graph_sha256(args.output)  # the graph the parity check reads; record_parity refuses any other
     try:
         report = None if args.no_verify else _verify(args, loaded, inputs, console)
     except ModconvExportError as exc:  # e.g. the model itself fails at another batch size
         kept = " and ".join(p for p in (args.output, args.torchscript) if p)
         _error(f"parity check FAILED: {kept} kept, but the check could not run: {exc}")
         return EXIT_PARITY
+    if report is not None:
+        record_parity(args.output, report, graph_digest=digest)
     if args.report:
         _write_report(args.report, summary, report)
     if report is not None and args.report_image:
         from .verify import write_report_image
 
         write_report_image(report, args.report_image)
+    handed = _hand_off(args, report)
 
     verdict = "not verified (--no-verify)" if report is None else report.summary
     console.say("")
@@ -405,6 +486,7 @@ def _run(args: argparse.Namespace, console: _Console) -> int:
             ("onnx", f"{args.output} ({_size(args.output)}, opset {exported['opset']}, {args.exporter}, batch dynamic)"),  # fmt: skip
             ("torchscript", f"{args.torchscript} ({_size(args.torchscript)})" if args.torchscript else "-"),
             ("report", ", ".join(p for p in (args.report, args.report_image) if p) or "-"),
+            *handed,
             ("parity", verdict)]  # fmt: skip
     for key, value in rows:
         console.say(f"  {key:<12} {value}")
@@ -459,7 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except SystemExit as exc:  # --help, --version
         return int(exc.code or 0)
-    console = _Console(args.verbose)
+    console = _Console(args.verbose, args.quiet)
     with warnings.catch_warnings(), _terminate_as_interrupt(), _restored_sys_path():
         if not debug:
             warnings.simplefilter("ignore")

@@ -22,10 +22,11 @@ import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .errors import plain_text
+
 __all__ = ["describe_export_failure", "ops_by_module"]
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 #: Where the exporters name the failing op, most specific first.
 _OP_PATTERNS = (
     r"Exporting the operator '(?:aten::)?(\w+)'",
@@ -44,7 +45,7 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = _ANSI.sub("", str(exc)).strip()
+    text = plain_text(str(exc)).strip()
     line = text.splitlines()[0] if text else type(exc).__name__
     return line[:200] + ("..." if len(line) > 200 else "")
 
@@ -151,7 +152,7 @@ def describe_export_failure(
     near misses: a look-alike left unrewritten is the usual culprit).
     """
     chain = _chain(exc)
-    text = _ANSI.sub("", "\n".join(str(e) for e in chain))
+    text = plain_text("\n".join(str(e) for e in chain))
     reason = _first_line(chain[-1])
     if "No ONNX function found" in text:
         reason = "it has no ONNX conversion in the dynamo exporter"

@@ -1,10 +1,30 @@
-"""Typed exceptions, so callers (the CLI above all) can turn usage errors into one clear line."""
+"""Typed exceptions, so callers (the CLI above all) can turn usage errors into one clear line.
+
+Messages are plain text: the exporters colour parts of theirs for a terminal (torch.onnx's dynamo
+exporter embeds ``\\x1b[96m...\\x1b[0m``), which is noise in a log file, a pytest report or a JSON
+field, so every error of this toolkit drops terminal escape sequences when it is built.
+"""
 
 from __future__ import annotations
 
+import re
+
+__all__ = ["ExportError", "LoadError", "LoweringError", "ModconvExportError", "RewriteError", "plain_text"]
+
+#: ECMA-48 control sequences (colours, cursor movement): ESC [ parameters intermediates final-byte.
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+
+
+def plain_text(text: str) -> str:
+    """``text`` without terminal escape sequences (``"\\x1b[96mstep 1\\x1b[0m"`` -> ``"step 1"``)."""
+    return _ESCAPES.sub("", text)
+
 
 class ModconvExportError(Exception):
-    """Base class of every error this toolkit raises on purpose."""
+    """Base class of every error this toolkit raises on purpose; its message never holds terminal codes."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(plain_text(a) if isinstance(a, str) else a for a in args))
 
 
 class RewriteError(ModconvExportError):

@@ -17,7 +17,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import onnx
 import onnx_ir as ir
@@ -25,15 +25,16 @@ from onnx_ir.passes.common import IdentityEliminationPass
 import torch
 import torch.nn as nn
 
+from . import __version__
 from .errors import ExportError
 from .files import atomic_output
 from .graph import computed_conv_weights, non_standard_ops
+from .metadata import export_properties, name_nodes_by_module, parity_properties, rewrite_properties, strip_debug_metadata
 from .precision import PRECISIONS, to_half
-from .rewrite import make_exportable
-from .rewrite import copy_module
+from .rewrite import copy_module, make_exportable, rewrite_report
 from .symbolic import lowerings_for, lowerings_installed
 
-__all__ = ["DEFAULT_OPSET", "export_onnx", "export_torchscript", "max_supported_opset", "resolve_opset"]
+__all__ = ["DEFAULT_OPSET", "export_onnx", "export_torchscript", "max_supported_opset", "resolve_opset", "trace_torchscript"]
 
 #: torch.onnx's op library (torch_lib) is written against opset 18; every supported ORT runs it.
 DEFAULT_OPSET = 18
@@ -194,10 +195,9 @@ def _export_legacy(model, args, input_names, output_names, opset, dynamic_batch)
     return ir.serde.serialize_model(model)
 
 
-def _pin_output_shapes(proto: onnx.ModelProto, outputs: Any, dynamic_batch: bool) -> onnx.ModelProto:
+def _pin_output_shapes(model: ir.Model, outputs: Any, dynamic_batch: bool) -> None:
     """Only the batch axis is dynamic: write the eager outputs' other sizes into the graph outputs
     (the legacy exporter leaves e.g. the size after a reflection pad symbolic)."""
-    model = ir.serde.deserialize_model(proto)
     tensors = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
     for value, tensor in zip(model.graph.outputs, tensors):
         if not isinstance(tensor, torch.Tensor) or value.shape is None or len(value.shape) != tensor.dim():
@@ -206,6 +206,16 @@ def _pin_output_shapes(proto: onnx.ModelProto, outputs: Any, dynamic_batch: bool
         if dynamic_batch and tensor.dim() > 0:
             dims[0] = value.shape[0] if not isinstance(value.shape[0], int) else ir.SymbolicDim("batch")
         value.shape = ir.Shape(dims)
+
+
+def _finish(proto: onnx.ModelProto, outputs: Any, dynamic_batch: bool, keep_debug_metadata: bool, properties: dict[str, str]) -> onnx.ModelProto:
+    """Pinned output shapes, module paths in node names, no exporter debug metadata, our properties."""
+    model = ir.serde.deserialize_model(proto)
+    _pin_output_shapes(model, outputs, dynamic_batch)
+    name_nodes_by_module(model)  # dynamo files only: the legacy exporter's names hold the scopes already
+    if not keep_debug_metadata:
+        strip_debug_metadata(model)
+    model.metadata_props.update(properties)
     return ir.serde.serialize_model(model)
 
 
@@ -236,6 +246,8 @@ def export_onnx(
     rewrite: bool = True,
     strict: bool = False,
     precision: str = "fp32",
+    keep_debug_metadata: bool = False,
+    metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Rewrite ``model``, export it to ONNX at ``path`` and return the path.
 
@@ -244,7 +256,11 @@ def export_onnx(
     TorchScript-based exporter. ``rewrite=False`` exports the model as it is, with only the Function
     lowerings installed. ``precision="fp16"`` computes feature maps in float16 and keeps the style and
     demodulation arithmetic in float32 (see :mod:`modconv_export.precision`); inputs and outputs stay
-    float32. Raises :class:`~modconv_export.errors.ExportError` with a one-line reason.
+    float32. The file's nodes are named by module path and the exporter's debug metadata (stack
+    traces with this machine's paths) is stripped unless ``keep_debug_metadata``; its ``metadata_props``
+    hold the toolkit version, exporter, precision, dynamic axes, the rewrite summary and ``metadata``
+    (see :mod:`modconv_export.metadata`). Raises :class:`~modconv_export.errors.ExportError` with a
+    one-line reason.
     """
     if precision not in PRECISIONS:
         raise ExportError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -252,10 +268,21 @@ def export_onnx(
         raise ExportError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
     opset = resolve_opset(opset, exporter)
     exportable, args, outputs = _prepare(model, args, rewrite, strict)
+    try:
+        rewritten = rewrite_properties(rewrite_report(exportable))
+    except ValueError:  # rewrite=False on a model that did not come from make_exportable
+        rewritten = {}
     if precision == "fp16":
         exportable = to_half(exportable, args)
     names_in = _input_names(model, args, input_names)
     names_out = _output_names(outputs, output_names)
+    axes = {name: {0: "batch"} for name in [*names_in, *names_out]} if dynamic_batch else {}
+    properties = {
+        **export_properties(version=__version__, exporter=exporter, precision=precision, dynamic_axes=axes),
+        **rewritten,
+        **parity_properties(None),  # "verified": false until metadata.record_parity finalises a verified file
+        **(metadata or {}),
+    }
     trace_args = _batch_of_two(args) if dynamic_batch else args
     lowerings = lowerings_for(exportable, trace_args)
     try:
@@ -269,7 +296,7 @@ def export_onnx(
     except Exception as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"{exporter} export failed: {type(exc).__name__}: {message}") from exc
-    proto = _check_graph(_pin_output_shapes(proto, outputs, dynamic_batch))
+    proto = _check_graph(_finish(proto, outputs, dynamic_batch, keep_debug_metadata, properties))
     with atomic_output(path) as tmp:
         onnx.save_model(proto, str(tmp))
     return Path(path)
@@ -280,12 +307,12 @@ def _traced_ops(module: torch.jit.ScriptModule) -> set[str]:
     return {k for k in kinds if k.startswith("modconv_export::") or k == "prim::PythonOp"}
 
 
-def export_torchscript(model: nn.Module, args: Any, path: str | os.PathLike, *, rewrite: bool = True, strict: bool = False) -> Path:
-    """Rewrite ``model``, trace it and save a TorchScript file that runs at any batch size.
+def trace_torchscript(model: nn.Module, args: Any, *, rewrite: bool = True, strict: bool = False, check: bool = True) -> torch.jit.ScriptModule:
+    """Rewrite ``model`` and trace it into a ScriptModule that runs at any batch size.
 
-    The file holds only ``aten`` ops, so ``torch.jit.load`` runs it in a process that never imports
-    this package or the user's model code. The trace is replayed at a second batch size and compared
-    with eager before anything is written.
+    The trace must hold only ``aten`` ops (what a plain ``torch.jit.load`` runs); with ``check`` it is
+    replayed at a second batch size and compared with eager (the parity check measures that itself,
+    so it traces with ``check=False``). Raises :class:`~modconv_export.errors.ExportError`.
     """
     exportable, args, _ = _prepare(model, args, rewrite, strict)
     trace_args = _batch_of_two(args)
@@ -297,12 +324,24 @@ def export_torchscript(model: nn.Module, args: Any, path: str | os.PathLike, *, 
     foreign = _traced_ops(traced)
     if foreign:
         raise ExportError(f"the traced graph calls ops a plain torch.jit.load cannot run: {', '.join(sorted(foreign))}")
-    other = tuple(a.repeat(3, *([1] * (a.dim() - 1))) if isinstance(a, torch.Tensor) and a.dim() > 0 else a for a in args)
-    with torch.no_grad():
-        expected, actual = exportable(*other), traced(*other)
-    for e, a in zip(_as_args(expected), _as_args(actual)):
-        if e.shape != a.shape or not torch.allclose(e, a, rtol=1e-4, atol=1e-5):
-            raise ExportError("the traced TorchScript module does not reproduce eager at another batch size (batch frozen?)")
+    if check:
+        other = tuple(a.repeat(3, *([1] * (a.dim() - 1))) if isinstance(a, torch.Tensor) and a.dim() > 0 else a for a in args)
+        with torch.no_grad():
+            expected, actual = exportable(*other), traced(*other)
+        for e, a in zip(_as_args(expected), _as_args(actual)):
+            if e.shape != a.shape or not torch.allclose(e, a, rtol=1e-4, atol=1e-5):
+                raise ExportError("the traced TorchScript module does not reproduce eager at another batch size (batch frozen?)")
+    return traced
+
+
+def export_torchscript(model: nn.Module, args: Any, path: str | os.PathLike, *, rewrite: bool = True, strict: bool = False) -> Path:
+    """Rewrite ``model``, trace it and save a TorchScript file that runs at any batch size.
+
+    The file holds only ``aten`` ops, so ``torch.jit.load`` runs it in a process that never imports
+    this package or the user's model code. The trace is replayed at a second batch size and compared
+    with eager before anything is written.
+    """
+    traced = trace_torchscript(model, args, rewrite=rewrite, strict=strict)
     with atomic_output(path) as tmp:
         torch.jit.save(traced, str(tmp))
     return Path(path)

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cpu_threads", "session_options", "cuda_provider_options", "create_session"]
+__all__ = ["cpu_threads", "create_session", "cuda_provider_options", "describe_ort_build", "ort_distributions", "session_options"]
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 
@@ -77,3 +77,28 @@ def create_session(path: str | os.PathLike, device: str = "cpu", *, optimization
     if device == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
         raise RuntimeError(f"CUDA provider unavailable: the session fell back to {session.get_providers()[0]}")
     return session
+
+
+def ort_distributions() -> list[str]:
+    """The installed distributions that provide the ``onnxruntime`` import (``onnxruntime``,
+    ``onnxruntime-gpu``, ...). More than one means they overwrite each other's files."""
+    from importlib.metadata import packages_distributions
+
+    return sorted(set(packages_distributions().get("onnxruntime", [])))
+
+
+def describe_ort_build() -> str:
+    """One line: which ONNX Runtime distribution and version is installed and the providers it lists.
+
+    A listed provider may still fail to load (onnxruntime-gpu lists CUDA without a GPU); the parity
+    table shows which provider a session really used.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        return f"onnxruntime: not importable ({exc})"
+    dists = ort_distributions()
+    line = f"onnxruntime: {' + '.join(dists) or 'unknown distribution'} {ort.__version__}, providers: {', '.join(ort.get_available_providers())}"
+    if len(dists) > 1:
+        line += f" (warning: {' and '.join(dists)} are both installed and share the import name: uninstall all, then install one)"
+    return line

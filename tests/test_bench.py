@@ -14,7 +14,7 @@ from modconv_export.openvino_options import bf16_unavailable_reason, openvino_un
 from modconv_export.verify.tolerances import BF16_REL_L2
 
 ROOT = Path(__file__).resolve().parents[1]
-BF16_ROWS = ("autocast-bf16-cpu", "openvino-cpu-bf16", "openvino-cpu-bf16-plain", "ort-openvino-cpu-bf16")
+BF16_ROWS = ("autocast-bf16-cpu", "openvino-cpu-bf16", "openvino-cpu-bf16-plain", "openvino-cpu-bf16-static", "ort-openvino-cpu-bf16")
 
 
 def test_quick_benchmark_runs_and_reports_sane_numbers(tmp_path):

@@ -24,9 +24,11 @@ import pytest
 import torch
 import torch.nn as nn
 
+import modconv_export
 from modconv_export import export_onnx, rewrite_model, save_checkpoint
 from modconv_export.cli import main, parse_input, UsageError
 from modconv_export.families import get_family
+from modconv_export.metadata import read_properties
 from modconv_export.openvino_options import bf16_unavailable_reason
 
 FIXTURES = Path(__file__).parent / "fixtures" / "foreign_layers"
@@ -184,6 +186,8 @@ def test_pickled_generator_with_layers_from_a_module_the_toolkit_never_saw(forei
     assert counts == {"modulated_conv": 4, "blur": 4, "equal_lr": 4}
     assert "rewrote 12 modules (modulated_conv: 4, blur: 4, equal_lr: 4)" in proc.stdout
     assert "pickled module (ToyGenerator" in proc.stdout
+    # no --torchscript: the parity table still covers TorchScript, through an in-memory trace
+    assert re.search(r"PASSED +\| torchscript-cpu +\| b=3 +\| output", proc.stdout) and "no TorchScript file given" not in proc.stdout
     gen = torch.Generator().manual_seed(4)
     image, latent = torch.randn(3, 3, 8, 8, generator=gen), torch.randn(3, 16, generator=gen)
     with torch.no_grad():
@@ -250,6 +254,24 @@ def test_parity_failure_keeps_the_file_and_exits_1(work, foreign, good_onnx):
     assert (out / "gate.onnx").read_bytes() != good_onnx  # the new export replaced it and is kept
     onnx.checker.check_model(onnx.load(out / "gate.onnx"))
     assert json.loads((out / "gate.json").read_text())["parity"]["passed"] is False
+    recorded = json.loads(read_properties(out / "gate.onnx")["modconv_export.parity"])  # the file says so too
+    assert recorded["verified"] is True and recorded["passed"] is False
+
+
+def test_limits_and_debug_metadata_options(work, decoder):
+    """--max-rel-l2 and --rtol/--atol reach every row (table and JSON); --keep-debug-metadata keeps the traces."""
+    out = work / "limits"
+    out.mkdir()
+    proc = run_cli(work / "decoder.pt", out / "g.onnx", "--keep-debug-metadata", "--max-rel-l2", "1e-3", "--rtol", "1e-2", "--atol", "1e-3",
+                   "--providers", "cpu", "--batch-sizes", "2", "--report", out / "g.json")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads((out / "g.json").read_text())["parity"]["rows"]
+    assert {r["backend"] for r in rows} == {"eager-cpu", "torchscript-cpu", "ort-cpu"} and {r["batch"] for r in rows} == {2}
+    assert all((r["rel_l2_limit"], r["rtol_limit"], r["atol_limit"], r["outside_band"]) == (1e-3, 1e-2, 1e-3, 0) for r in rows)
+    assert re.search(r"PASSED +\| ort-cpu +\| b=2 +\| image +\| rel-L2 \S+ ≤ 1e-03, 0/\d+ elements outside atol 1e-03 \+ rtol 1e-02·\|ref\|", proc.stdout)
+    data = (out / "g.onnx").read_bytes()
+    assert b"pkg.torch.onnx.stack_trace" in data and str(Path(modconv_export.__file__).parent).encode() in data
+    assert json.loads(read_properties(out / "g.onnx")["modconv_export.parity"])["passed"] is True
 
 
 # -- exports that fail inside the exporter -----------------------------------------------------------
@@ -380,7 +402,16 @@ CASES = {
     "unknown option": (["decoder.pt", "--bogus"], r"unrecognized arguments: --bogus"),
     "missing out": (["decoder.pt", "OUT="], r"the following arguments are required: OUT\.onnx"),
     "bad exporter": (["decoder.pt", "--exporter", "tf"], r"invalid choice: 'tf'"),
-    "bad providers": (["decoder.pt", "--providers", "tpu"], r"--providers takes cpu, cuda, .*openvino, openvino-bf16"),
+    "bad providers": (["decoder.pt", "--providers", "tpu"], r"--providers takes cpu, cuda, CPUExecutionProvider, CUDAExecutionProvider, openvino or openvino-bf16, comma-separated, got 'tpu'"),
+    "other ORT provider": (["decoder.pt", "--providers", "TensorrtExecutionProvider"], r"--providers takes cpu, cuda"),
+    "bad batch sizes": (["decoder.pt", "--batch-sizes", "1,0"], r"--batch-sizes takes positive integers, comma-separated \(e\.g\. 1,3,8\), got '1,0'"),
+    "batch sizes not numbers": (["decoder.pt", "--batch-sizes", "1;3"], r"--batch-sizes takes positive integers"),
+    "verbose and quiet": (["decoder.pt", "-v", "-q"], r"argument -q/--quiet: not allowed with argument -v/--verbose"),
+    "inputs without verify": (["decoder.pt", "--no-verify", "--save-inputs", "bad/i.json"], r"--save-inputs needs the parity check"),
+    "outputs without verify": (["decoder.pt", "--no-verify", "--save-outputs", "bad/o.json"], r"--save-outputs needs the parity check"),
+    "outputs dir missing": (["decoder.pt", "--save-outputs", "nowhere/o.json"], r"--save-outputs nowhere/o\.json: output directory does not exist"),
+    "triton repo parent missing": (["decoder.pt", "--triton-repo", "nowhere/repo"], r"--triton-repo nowhere/repo: output directory does not exist"),
+    "triton batch size": (["decoder.pt", "--triton-repo", "bad/repo", "--triton-max-batch-size", "0"], r"Triton max_batch_size must be at least 1, got 0"),
     "image without verify": (["decoder.pt", "--no-verify", "--report-image", "bad/x.png"], r"--report-image needs the parity check"),
     "image of a non-image": (["svd.pt", "--trust-pickle", "--input", "x=1x4", "--report-image", "bad/x.png"], r"no image-like output"),
 }  # fmt: skip
@@ -491,15 +522,36 @@ def test_parse_input_accepts_names_and_shapes():
 
 
 def test_version_and_help(capfd):
+    from importlib.metadata import packages_distributions, version
+
     from modconv_export import __version__
+    from modconv_export.families import registered_families
 
     assert main(["--version"]) == 0
-    assert capfd.readouterr().out.strip() == f"modconv-export {__version__}"
+    lines = capfd.readouterr().out.strip().splitlines()
+    assert lines[0] == f"modconv-export {__version__}"
+    dist = packages_distributions()["onnxruntime"][0]  # onnxruntime-gpu here
+    assert lines[1] == f"onnxruntime: {dist} {version(dist)}, providers: {', '.join(ort.get_available_providers())}"
     assert main(["--help"]) == 0
     text = capfd.readouterr().out
     for option in ("--input NAME=SHAPE", "--torchscript", "--exporter", "--opset", "--report", "--no-verify", "--trust-pickle",
-                   "--import-path", "--debug", "--version", "exit status"):  # fmt: skip
+                   "--import-path", "--debug", "--version", "exit status", "--keep-debug-metadata", "--save-inputs", "--save-outputs",
+                   "--triton-repo", "--batch-sizes", "--max-rel-l2", "--rtol", "--atol", "-q, --quiet"):  # fmt: skip
         assert option in text
+    for family in registered_families():  # one line each, from the registry
+        assert f"  {family.name:<10} {family.description}\n" in text
+    tail = text.rstrip().splitlines()
+    assert tail[-4] == "examples:" and all(line.startswith("  modconv-export ") for line in tail[-3:])
+    assert "samples/out/lats_small.pt" in tail[-3]
+
+
+def test_help_lists_a_family_registered_later(capfd, monkeypatch):
+    from modconv_export.families import registry
+
+    extra = registry.Family("zz-test", "a family registered by a test", (r"^x$",), dict, lambda c: nn.Identity(), lambda c: [], ("y",))
+    monkeypatch.setitem(registry._FAMILIES, extra.name, extra)
+    assert main(["--help"]) == 0
+    assert "  zz-test    a family registered by a test\n" in capfd.readouterr().out
 
 
 def test_noise_choice_is_printed_and_reported(work):

@@ -171,6 +171,6 @@ def test_bf16_tolerance_judges_rel_l2_and_psnr_on_images_only():
     assert not ok and f"< {BF16_MIN_PSNR:.0f} dB" in verdict
     vector = compare((image + 0.1 * noise).reshape(1, -1), image.reshape(1, -1))  # not an image: no PSNR
     assert vector.psnr is None and tol.judge(vector) == (True, f"rel-L2 {vector.rel_l2:.1e} ≤ 1.5e-01")
-    assert resolve_tolerance("openvino-cpu-bf16", "bf16", rtol=0.5).min_psnr is None  # an override replaces both
+    assert resolve_tolerance("openvino-cpu-bf16", "bf16", max_rel_l2=0.5).min_psnr is None  # an override replaces both
     with pytest.raises(ValueError, match="no bf16 tolerance for cuda"):
         resolve_tolerance("ort-cuda", "bf16")

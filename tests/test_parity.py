@@ -289,13 +289,48 @@ def test_usage_errors(model, args, tmp_path):
 
 def test_tolerance_overrides(model, args, files, tmp_path):
     edit_conv_weight(files["legacy"], tmp_path / "nudged.onnx", lambda w: w.__imul__(1.01))
-    loose = check_parity(model, args, onnx_path=tmp_path / "nudged.onnx", providers=("cpu",), rtol={"ort-cpu": 0.1})
+    loose = check_parity(model, args, onnx_path=tmp_path / "nudged.onnx", providers=("cpu",), max_rel_l2={"ort-cpu": 0.1})
     assert loose.passed and loose.tolerances["ort-cpu"]["rel_l2"] == 0.1 and loose.tolerances["eager-cpu"]["rel_l2"] == 1e-4
     strict = check_parity(model, args, onnx_path=files["legacy"], providers=("cpu",), atol=1e-12)
-    assert not strict.passed and "max-abs" in strict.failures[0].reason
+    assert not strict.passed and "elements outside atol 1e-12 + rtol 0e+00" in strict.failures[0].reason
     assert resolve_tolerance("ort-cuda", "fp32").rel_l2 == 5e-3
     assert resolve_tolerance("torchscript-cpu", "fp16").rel_l2 == 1e-2
-    assert resolve_tolerance("ort-cuda", "fp32", rtol={"cuda": 1e-3}).rel_l2 == 1e-3
+    assert resolve_tolerance("ort-cuda", "fp32", max_rel_l2={"cuda": 1e-3}).rel_l2 == 1e-3
+    tol = resolve_tolerance("ort-cuda", "fp32", rtol={"cuda": 1e-3}, atol=1e-5)
+    assert (tol.rel_l2, tol.rtol, tol.atol, tol.band()) == (5e-3, 1e-3, 1e-5, (1e-3, 1e-5))
+
+
+def test_rtol_atol_are_element_wise_allclose(model, args, files, tmp_path):
+    """--rtol/--atol mean what they mean in numpy/torch: |out - ref| <= atol + rtol*|ref| for every element."""
+    edit_conv_weight(files["legacy"], tmp_path / "nudged.onnx", lambda w: w.__imul__(1.01))
+    wide = check_parity(model, args, onnx_path=tmp_path / "nudged.onnx", providers=("cpu",), max_rel_l2=1.0, rtol=0.5, atol=0.5)
+    narrow = check_parity(model, args, onnx_path=tmp_path / "nudged.onnx", providers=("cpu",), max_rel_l2=1.0, rtol=1e-4, atol=1e-6)
+    ort_wide = [r for r in wide.rows if r.backend == "ort-cpu"]
+    ort_narrow = [r for r in narrow.rows if r.backend == "ort-cpu"]
+    assert all(r.status == "pass" and r.outside_band == 0 for r in ort_wide)
+    assert all(r.status == "fail" and r.outside_band > 0 for r in ort_narrow)
+    row = ort_narrow[0]
+    assert (row.rtol_limit, row.atol_limit, row.rel_l2_limit) == (1e-4, 1e-6, 1.0)
+    data = narrow.to_json()["rows"][2]
+    assert {"rtol_limit", "atol_limit", "rel_l2_limit", "outside_band"} <= set(data)
+    # the eager rows, a correct rewrite, pass the same narrow band: the band is per element, not global
+    assert all(r.status == "pass" for r in narrow.rows if r.backend == "eager-cpu")
+
+
+@pytest.mark.parametrize("rtol, atol", [(1e-3, 0.0), (0.0, 1e-3), (1e-2, 1e-4)])
+def test_band_count_agrees_with_numpy_and_torch(rtol, atol):
+    gen = torch.Generator().manual_seed(0)
+    expected = torch.randn(4, 3, 8, 8, generator=gen)
+    actual = expected + torch.randn(expected.shape, generator=gen) * 2e-3
+    m = compare(actual, expected, rtol=rtol, atol=atol)
+    assert m.outside_band == int((~np.isclose(actual.numpy(), expected.numpy(), rtol=rtol, atol=atol)).sum())
+    assert 0 < m.outside_band < m.numel
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
+    edge = expected + (atol + rtol * expected.abs()) * 0.999  # inside the band everywhere
+    assert compare(edge, expected, rtol=rtol, atol=atol).outside_band == 0
+    torch.testing.assert_close(edge, expected, rtol=rtol, atol=atol)
+    assert compare(actual, expected).outside_band is None
 
 
 # --------------------------------------------------------------------------- report, JSON, assert_parity
@@ -387,3 +422,43 @@ def test_tf32_switch_is_local_and_restored():
             assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
             raise RuntimeError("restored even on error")
     assert (conv.fp32_precision, matmul.fp32_precision) == before
+
+
+class _Doubling(torch.autograd.Function):
+    """A Python autograd Function: eager runs it, a TorchScript trace records it as prim::PythonOp."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * 2
+
+
+class _CallsFunction(nn.Module):
+    def forward(self, x):
+        return _Doubling.apply(x) + 1
+
+
+def test_torchscript_traced_in_memory(model, args, files):
+    """Without a TorchScript file the TorchScript rows still run, on a trace kept in memory."""
+    report = check_parity(model, args, onnx_path=files["legacy"], providers=("cpu",), trace_torchscript=True)
+    rows = [r for r in report.rows if r.backend == "torchscript-cpu"]
+    assert report.passed and [r.batch for r in rows] == [1, 3] and all(r.status == "pass" and r.rel_l2 < 1e-5 for r in rows)
+    assert report.files["torchscript"] == "(in-memory trace)"
+    with pytest.raises(ModconvExportError, match="not both"):
+        check_parity(model, args, torchscript_path=files["torchscript"], trace_torchscript=True)
+    untraceable = check_parity(_CallsFunction(), torch.randn(1, 4), providers=("cpu",), trace_torchscript=True)
+    row = next(r for r in untraceable.rows if r.backend == "torchscript-cpu")
+    assert row.status == "not run" and "in-memory TorchScript trace failed" in row.reason and "PythonOp" in row.reason
+
+
+def test_report_keeps_the_inputs_and_reference_outputs(model, args, files):
+    report = check_parity(model, args, onnx_path=files["legacy"], providers=("cpu",), batch_sizes=(2, 1))
+    data = report.data
+    assert list(data.inputs) == [2, 1] and data.reference == "eager-original-cpu" and data.output_names == ["output"]
+    with torch.no_grad():
+        expected = model(*map(torch.from_numpy, data.inputs[2]))
+    assert np.array_equal(data.expected[2][0], expected.numpy())
+    assert data.inputs[2][0].shape[0] == 2 and set(data.times_ms) == {1, 2}

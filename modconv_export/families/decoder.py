@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..reference import EqualLinear, ModulatedConv2d, PixelNorm
 from ._shapes import indices, known_fields, shape_of
-from .registry import Family, InputSpec, register_family
+from .registry import Family, InputSpec, TensorInfo, register_family
 
 __all__ = ["DECODER_FAMILY", "DecoderConfig", "StyledImageDecoder", "build", "infer_config", "inputs"]
 
@@ -137,5 +137,9 @@ DECODER_FAMILY = register_family(
         outputs=("image",),
         dynamic_axes={"latent": {0: "batch"}, "image": {0: "batch"}},
         presets={"full": FULL, "small": SMALL},
+        tensors={
+            "latent": TensorInfo("latent vector, standard normal; the mapping MLP turns it into the style", "NC", None, {"distribution": "N(0, 1)"}),
+            "image": TensorInfo("RGB image (tanh)", "NCHW", (-1.0, 1.0)),
+        },
     )
 )

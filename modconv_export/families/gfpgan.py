@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._shapes import indices, shape_of
-from .registry import Family, InputSpec, register_family
+from .registry import Family, InputSpec, TensorInfo, register_family
 
 __all__ = ["GFPGANv1Clean", "GFPGAN_FAMILY", "build", "infer_config", "inputs"]
 
@@ -261,6 +261,12 @@ GFPGAN_FAMILY = register_family(
         inputs=inputs,
         outputs=("restored",),
         dynamic_axes={"image": {0: "batch"}, "restored": {0: "batch"}},
+        tensors={
+            "image": TensorInfo("aligned face crop, RGB, normalised as GFPGANer does: (pixel / 255 - 0.5) / 0.5", "NCHW", (-1.0, 1.0),
+                                {"size": "out_size x out_size (released models: 512x512)"}),
+            "restored": TensorInfo("restored face, RGB, unclamped: clamp to [-1, 1] before converting to pixels, as GFPGANer does", "NCHW", None,
+                                   {"nominal_range": [-1.0, 1.0]}),
+        },
         presets={
             "full": {"out_size": 512, **_DEFAULTS},
             "small": {**_DEFAULTS, "out_size": 32, "num_style_feat": 16, "narrow": 0.03125, "num_mlp": 2},

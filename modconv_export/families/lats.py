@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..reference import EqualConv2d, EqualLinear, ModulatedConv2d, PixelNorm
 from ._shapes import indices, known_fields, shape_of
-from .registry import Family, InputSpec, register_family
+from .registry import Family, InputSpec, TensorInfo, register_family
 
 __all__ = ["LATSConfig", "LATSGenerator", "LATS_FAMILY", "age_code", "build", "infer_config", "inputs"]
 
@@ -291,6 +291,25 @@ def inputs(config: Mapping[str, Any]) -> list[InputSpec]:
     ]
 
 
+#: The age classes of LATS's released models (upstream ``--sort_order``), in code order.
+AGE_CLASSES = ("0-2", "3-6", "7-9", "15-19", "30-39", "50-69")
+
+TENSORS = {
+    "image": TensorInfo(
+        "RGB face image, normalised as LATS does: (pixel / 255 - 0.5) / 0.5", "NCHW", (-1.0, 1.0),
+        {"size": "any multiple of 2**n_downsampling (released models: 256x256)"},
+    ),
+    "target_age": TensorInfo(
+        "age code of the target age: row i is 1 on the dim_per_class entries of its class plus N(0, noise_std) noise "
+        "over the whole row (LATS get_conditions; no noise with --no_cond_noise); a blend of two codes interpolates "
+        "between their ages; modconv_export.families.lats.age_code builds it",
+        "NC",
+        None,
+        {"classes_years": list(AGE_CLASSES), "dim_per_class": 50, "noise_std": 0.2},
+    ),
+    "output": TensorInfo("RGB image of row i's face at row i's target age (tanh)", "NCHW", (-1.0, 1.0)),
+}
+
 FULL = asdict(LATSConfig())
 SMALL = asdict(LATSConfig(ngf=8, n_blocks=2, mlp_dim=64, latent_dim=64, image_size=64))
 
@@ -311,5 +330,6 @@ LATS_FAMILY = register_family(
         outputs=("output",),
         dynamic_axes={"image": {0: "batch"}, "target_age": {0: "batch"}, "output": {0: "batch"}},
         presets={"full": FULL, "small": SMALL},
+        tensors=TENSORS,
     )
 )

@@ -20,6 +20,7 @@ from ..errors import ModconvExportError
 __all__ = [
     "Family",
     "InputSpec",
+    "TensorInfo",
     "UnknownFamilyError",
     "get_family",
     "recognize",
@@ -51,6 +52,33 @@ class InputSpec:
 
 
 @dataclass(frozen=True)
+class TensorInfo:
+    """What one graph input or output means, declared as data by its family.
+
+    The exporter writes it into the ONNX file's metadata (``modconv_export.inputs``/``.outputs``), so a
+    user of the file alone knows the layout, the value range and how to build a value -- what the
+    graph's names and shapes cannot say (e.g. what LATS's ``target_age`` encodes).
+    """
+
+    meaning: str
+    #: Axis order, e.g. ``"NCHW"`` (``N`` is the batch) or ``"NC"``.
+    layout: str = ""
+    #: ``(low, high)`` of valid values, or ``None`` where unbounded.
+    value_range: tuple[float, float] | None = None
+    #: Structured extras (JSON-ready), e.g. the age classes of a code.
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"meaning": self.meaning}
+        if self.layout:
+            data["layout"] = self.layout
+        if self.value_range is not None:
+            data["range"] = list(self.value_range)
+        data.update(self.details)
+        return data
+
+
+@dataclass(frozen=True)
 class Family:
     """A registered model family (see the module docstring)."""
 
@@ -72,6 +100,8 @@ class Family:
     convert_state_dict: Callable[[Mapping[str, torch.Tensor]], dict] | None = None
     #: Named example configurations (e.g. ``"full"``, ``"small"``) for samples and tests.
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: What every input and output means, by name (written into exported files).
+    tensors: Mapping[str, TensorInfo] = field(default_factory=dict)
 
     def preset(self, name: str) -> dict:
         """A copy of the named preset configuration; ``ValueError`` naming the known ones otherwise."""
@@ -104,6 +134,11 @@ def register_family(family: Family) -> Family:
         raise ValueError(f"model family {family.name!r} is registered twice")
     if not family.key_patterns or not family.outputs:
         raise ValueError(f"family {family.name!r} needs key_patterns and outputs")
+    if family.tensors:  # optional, but a declared name must be a real input or output (typos fail here)
+        names = set(family.outputs) | {spec.name for config in family.presets.values() for spec in family.inputs(config)}
+        unknown = sorted(set(family.tensors) - names) if family.presets else []
+        if unknown:
+            raise ValueError(f"family {family.name!r} declares tensors it does not have: {', '.join(unknown)}")
     _FAMILIES[family.name] = family
     return family
 

@@ -8,8 +8,8 @@ Polygraphy-style parts: :mod:`.runners` (one prepare/infer/release interface per
 from .harness import check_parity, random_inputs
 from .metrics import Metrics, compare
 from .picture import MissingExtraError, write_report_image
-from .report import ImageSample, ParityReport, ParityRow
-from .runners import EagerRunner, OnnxRuntimeRunner, Runner, RunnerUnavailable, TorchScriptRunner
+from .report import ImageSample, ParityData, ParityReport, ParityRow
+from .runners import EagerRunner, OnnxRuntimeRunner, OpenVINORunner, Runner, RunnerUnavailable, TorchScriptRunner
 from .tolerances import DEFAULT_REL_L2, Tolerance, resolve_tolerance
 
 __all__ = [
@@ -19,6 +19,8 @@ __all__ = [
     "Metrics",
     "MissingExtraError",
     "OnnxRuntimeRunner",
+    "OpenVINORunner",
+    "ParityData",
     "ParityReport",
     "ParityRow",
     "Runner",

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import ModconvExportError
+from ..errors import ModconvExportError, plain_text
 from .metrics import compare, is_image_like
-from .report import FAIL, NOT_RUN, PASS, ImageSample, ParityReport, ParityRow
+from .report import FAIL, NOT_RUN, PASS, ImageSample, ParityData, ParityReport, ParityRow
 from .runners import EagerRunner, OnnxRuntimeRunner, OpenVINORunner, Runner, RunnerUnavailable, TorchScriptRunner
 from .tolerances import ToleranceOverride, resolve_tolerance
 
@@ -33,11 +33,16 @@ __all__ = ["PROVIDERS", "batch_seed", "check_parity", "parse_providers", "random
 
 CPU_REFERENCE = "eager-original-cpu"
 CUDA_REFERENCE = "eager-original-cuda"
-_DEVICES = {"cpu": "cpu", "cuda": "cuda", "CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda"}
-#: Providers that add OpenVINO rows (the ONNX file on OpenVINO's CPU plugin), with their precision.
+#: ``providers`` names, matched case-insensitively -> what they select: a device, or OpenVINO rows.
+_PROVIDER_NAMES = {
+    "cpu": "cpu", "cuda": "cuda", "cpuexecutionprovider": "cpu", "cudaexecutionprovider": "cuda",
+    "openvino": "openvino", "openvino-bf16": "openvino-bf16",
+}  # fmt: skip
+#: Every name ``providers`` (and the CLI's ``--providers``) accepts, as documented.
+PROVIDERS = ("cpu", "cuda", "CPUExecutionProvider", "CUDAExecutionProvider", "openvino", "openvino-bf16")
+_DEVICES = ("cpu", "cuda")
+#: OpenVINO rows (the ONNX file on OpenVINO's CPU plugin) and the precision they compute in.
 _OPENVINO = {"openvino": "fp32", "openvino-bf16": "bf16"}
-#: Every name ``providers`` (and the CLI's ``--providers``) accepts.
-PROVIDERS = (*_DEVICES, *_OPENVINO)
 #: Precisions of a whole check (of the ONNX file); bf16 exists only as OpenVINO rows of an fp32 check.
 CHECK_PRECISIONS = ("fp32", "fp16")
 #: Outputs the picture prefers to show: ONNX Runtime first (the file people deploy).
@@ -47,13 +52,15 @@ MakeInputs = Callable[[int, int], Any]
 
 
 def parse_providers(text: str | Sequence[str]) -> tuple[str, ...]:
-    """``"cpu,openvino-bf16"`` (or a sequence of names) -> validated names in order, duplicates dropped;
-    :class:`~modconv_export.errors.ModconvExportError` naming the accepted ones otherwise."""
+    """``"cpu,CUDAExecutionProvider,openvino-bf16"`` (or a sequence of names) -> ``("cpu", "cuda",
+    "openvino-bf16")``: the selections in order, duplicates dropped. The one parser of provider names
+    (``check_parity`` and the CLI); :class:`~modconv_export.errors.ModconvExportError` otherwise."""
     names = [p.strip() for p in (text.split(",") if isinstance(text, str) else text) if p.strip()]
-    unknown = [p for p in names if p not in PROVIDERS]
+    unknown = [p for p in names if p.lower() not in _PROVIDER_NAMES]
     if unknown or not names:
-        raise ModconvExportError(f"providers must be among {', '.join(PROVIDERS)}; got {', '.join(unknown) or 'none'}")
-    return tuple(dict.fromkeys(names))
+        accepted = ", ".join(PROVIDERS[:-1]) + f" or {PROVIDERS[-1]}"
+        raise ModconvExportError(f"providers take {accepted}; got {', '.join(unknown) or 'none'}")
+    return tuple(dict.fromkeys(_PROVIDER_NAMES[p.lower()] for p in names))
 
 
 def _as_args(args: Any) -> tuple:
@@ -61,7 +68,7 @@ def _as_args(args: Any) -> tuple:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    text = plain_text(str(exc)).strip()
     line = text.splitlines()[0] if text else ""
     line = line[:300] + ("..." if len(line) > 300 else "")
     return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
@@ -168,7 +175,7 @@ def _onnx_reason(onnx_path: Path | None, onnx_half: bool, half: bool) -> str:
     return ""
 
 
-def _plans(model, rewritten, onnx_path, onnx_half, ts_path, devices, openvino, precision) -> list[_Plan]:
+def _plans(model, rewritten, onnx_path, onnx_half, ts_source, devices, openvino, precision) -> list[_Plan]:
     """Every backend in table order; those that cannot run carry their reason instead of a factory."""
     half = precision == "fp16"
     dtype = torch.float16 if half else torch.float32
@@ -180,13 +187,13 @@ def _plans(model, rewritten, onnx_path, onnx_half, ts_path, devices, openvino, p
         if cuda and not half:
             plans.append(_Plan(CUDA_REFERENCE, lambda: EagerRunner(model, "cuda", tf32=False, name=CUDA_REFERENCE)))
         torch_reason = "fp16 torch backends run on CUDA only (CPU half precision is no deployment target)" if half and not cuda else ""
-        ts_reason = "no TorchScript file given" if ts_path is None else torch_reason
+        ts_reason = "no TorchScript file given" if ts_source is None else torch_reason
 
         def eager(d: str = device) -> Runner:
             return EagerRunner(rewritten(), d, dtype=dtype, name=f"eager-{d}")
 
         def script(d: str = device) -> Runner:
-            return TorchScriptRunner(ts_path, d, dtype=dtype)
+            return TorchScriptRunner(ts_source() if callable(ts_source) else ts_source, d, dtype=dtype)
 
         def onnxrt(d: str = device) -> Runner:
             return OnnxRuntimeRunner(onnx_path, d)
@@ -202,7 +209,8 @@ def _plans(model, rewritten, onnx_path, onnx_half, ts_path, devices, openvino, p
 
 def _run_plan(plan, inputs, refs, names, precision, tolerance, repeats) -> tuple[list[ParityRow], list[str], dict[int, list[np.ndarray]]]:
     """Rows of one backend, the providers it actually used, and its outputs per batch size."""
-    common = dict(precision=plan.precision or precision, reference=plan.reference, rel_l2_limit=tolerance.rel_l2, atol_limit=tolerance.atol, psnr_limit=tolerance.min_psnr)
+    common = dict(precision=plan.precision or precision, reference=plan.reference, rel_l2_limit=tolerance.rel_l2, rtol_limit=tolerance.rtol, atol_limit=tolerance.atol, psnr_limit=tolerance.min_psnr)
+    band = dict(zip(("rtol", "atol"), tolerance.band())) if tolerance.elementwise else {}
     if plan.make is None:
         return [ParityRow(plan.name, NOT_RUN, reason=plan.reason, **common)], [], {}
     runner = None
@@ -229,7 +237,7 @@ def _run_plan(plan, inputs, refs, names, precision, tolerance, repeats) -> tuple
             kept[batch] = outputs
             for name, actual, ref in zip(names, outputs, expected):
                 try:
-                    m = compare(actual, ref)
+                    m = compare(actual, ref, **band)
                 except ValueError as exc:
                     rows.append(ParityRow(plan.name, FAIL, batch, name, reason=str(exc), time_ms=ms, **common))
                     continue
@@ -238,7 +246,7 @@ def _run_plan(plan, inputs, refs, names, precision, tolerance, repeats) -> tuple
                     ParityRow(
                         plan.name, PASS if ok else FAIL, batch, name, verdict,
                         max_abs=m.max_abs, max_rel=m.max_rel, rel_l2=m.rel_l2, cosine=m.cosine, psnr=m.psnr,
-                        nan_count=m.nan_count, inf_count=m.inf_count, time_ms=ms, **common,
+                        nan_count=m.nan_count, inf_count=m.inf_count, time_ms=ms, outside_band=m.outside_band, **common,
                     )
                 )
         return rows, runner.providers, kept
@@ -269,11 +277,13 @@ def check_parity(
     *,
     onnx_path: str | os.PathLike | None = None,
     torchscript_path: str | os.PathLike | None = None,
+    trace_torchscript: bool = False,
     providers: Sequence[str] = ("cpu", "cuda"),
     batch_sizes: Sequence[int] = (1, 3),
     precision: str = "fp32",
     rtol: ToleranceOverride = None,
     atol: ToleranceOverride = None,
+    max_rel_l2: ToleranceOverride = None,
     seed: int = 0,
     make_inputs: MakeInputs | None = None,
     repeats: int = 3,
@@ -289,7 +299,11 @@ def check_parity(
     :data:`PROVIDERS`). ``precision="fp16"`` runs the torch backends in
     half on CUDA and ONNX Runtime on an ONNX file that computes in float16 (float16 inputs, or float16
     convolution weights behind float32 I/O as ``export_onnx(precision="fp16")`` writes); the reference stays fp32 on CPU.
-    ``rtol``/``atol`` override the limits of :mod:`.tolerances`. ``repeats`` runs per batch give the
+    ``trace_torchscript=True`` checks TorchScript without a file: a trace of the rewritten model on
+    ``args``, kept in memory (a model that does not trace gives "not run" rows with the reason).
+    ``max_rel_l2`` overrides the relative-L2
+    limits of :mod:`.tolerances`; ``rtol``/``atol`` add an element-wise ``allclose`` check (see there).
+    The report's ``data`` keeps the inputs and reference outputs. ``repeats`` runs per batch give the
     median time. Raises :class:`~modconv_export.errors.ModconvExportError` on usage errors (missing
     file, bad arguments, an original model that rejects the inputs); backend failures are rows.
     """
@@ -298,7 +312,9 @@ def check_parity(
     if precision not in CHECK_PRECISIONS:
         raise ModconvExportError(f"unknown precision {precision!r}; choose one of {', '.join(CHECK_PRECISIONS)}")
     providers = parse_providers(providers)
-    devices = list(dict.fromkeys(_DEVICES[p] for p in providers if p in _DEVICES))
+    if torchscript_path is not None and trace_torchscript:
+        raise ModconvExportError("give torchscript_path or trace_torchscript=True, not both")
+    devices = [p for p in providers if p in _DEVICES]
     openvino = [_OPENVINO[p] for p in providers if p in _OPENVINO]
     batches = list(dict.fromkeys(int(b) for b in batch_sizes))
     if not batches or min(batches) < 1:
@@ -313,10 +329,11 @@ def check_parity(
     inputs = {b: _as_args(make_inputs(b, batch_seed(seed, b))) if make_inputs else random_inputs(args, b, batch_seed(seed, b)) for b in batches}
 
     refs: dict[str, dict[int, list[np.ndarray]]] = {CPU_REFERENCE: {}}
+    ref_ms: dict[int, float] = {}
     try:
         with EagerRunner(model, "cpu", name=CPU_REFERENCE) as reference:
             for b, x in inputs.items():
-                refs[CPU_REFERENCE][b] = reference.infer(x)
+                refs[CPU_REFERENCE][b], ref_ms[b] = _timed(reference, x, 1)
     except Exception as exc:
         raise ModconvExportError(f"the original model fails on the parity inputs: {_first_line(exc)}") from exc
 
@@ -325,7 +342,7 @@ def check_parity(
     if len(names) != count:
         names = ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
 
-    cache: dict[str, nn.Module] = {}
+    cache: dict[str, Any] = {}
 
     def rewritten() -> nn.Module:
         if "model" not in cache:
@@ -341,10 +358,26 @@ def check_parity(
     used: dict[str, list[str]] = {CPU_REFERENCE: ["torch:cpu"]}
     tolerances: dict[str, dict[str, Any]] = {}
     kept: dict[str, dict[int, list[np.ndarray]]] = {}
-    for plan in _plans(model, rewritten, paths["onnx"], onnx_half, paths["torchscript"], devices, openvino, precision):
+    ts_source: Any = paths["torchscript"]
+    if trace_torchscript:
+
+        def ts_source() -> torch.jit.ScriptModule:
+            if "trace" not in cache:
+                from ..errors import ExportError
+                from ..export import trace_torchscript as trace
+
+                try:
+                    cache["trace"] = trace(rewritten(), args, rewrite=False, check=False)
+                except ExportError as exc:
+                    cache["trace"] = RunnerUnavailable(f"in-memory TorchScript trace failed: {exc}")
+            if isinstance(cache["trace"], Exception):
+                raise cache["trace"]
+            return cache["trace"]
+
+    for plan in _plans(model, rewritten, paths["onnx"], onnx_half, ts_source, devices, openvino, precision):
         if plan.reference not in refs:  # the CUDA reference did not run: fall back to the CPU one
             plan.reference = CPU_REFERENCE
-        tolerance = resolve_tolerance(plan.name, plan.precision or precision, rtol, atol)
+        tolerance = resolve_tolerance(plan.name, plan.precision or precision, rtol, atol, max_rel_l2)
         tolerances[plan.name] = tolerance.to_dict()
         plan_rows, plan_providers, outputs = _run_plan(plan, inputs, refs, names, precision, tolerance, repeats)
         rows += plan_rows
@@ -365,7 +398,14 @@ def check_parity(
         tolerances=tolerances,
         providers=used,
         versions=_versions(),
-        files={k: str(v) if v is not None else None for k, v in paths.items()},
+        files={**{k: str(v) if v is not None else None for k, v in paths.items()}, **({"torchscript": "(in-memory trace)"} if trace_torchscript else {})},
         references=references,
         images=_pick_images(rows, kept, refs, names, max(batches), image_samples),
+        data=ParityData(
+            inputs={b: tuple(t.detach().cpu().numpy() for t in x if isinstance(t, torch.Tensor)) for b, x in inputs.items()},
+            expected=refs[CPU_REFERENCE],
+            output_names=list(names),
+            reference=CPU_REFERENCE,
+            times_ms=ref_ms,
+        ),
     )

@@ -26,7 +26,9 @@ class Metrics:
     ``max_rel`` ignores reference elements smaller than 1e-3 of the largest reference magnitude,
     where a relative error says nothing. ``psnr`` is ``None`` for outputs that are not images; its peak
     is the reference's value range. ``nan_count``/``inf_count`` count non-finite values in ``actual``
-    (``ref_nonfinite`` those in ``expected``); the float metrics then come out as NaN.
+    (``ref_nonfinite`` those in ``expected``); the float metrics then come out as NaN. ``outside_band``
+    counts the elements with ``|actual - expected| > atol + rtol * |expected|`` when :func:`compare`
+    was given a band (``None`` otherwise).
     """
 
     max_abs: float
@@ -38,6 +40,7 @@ class Metrics:
     inf_count: int
     ref_nonfinite: int
     numel: int
+    outside_band: int | None = None
 
     @property
     def nonfinite(self) -> int:
@@ -58,10 +61,12 @@ def _as_float64(array: Any) -> np.ndarray:
     return np.asarray(array).astype(np.float64)
 
 
-def compare(actual: Any, expected: Any) -> Metrics:
+def compare(actual: Any, expected: Any, *, rtol: float | None = None, atol: float | None = None) -> Metrics:
     """Metrics of ``actual`` against ``expected`` (numpy arrays or tensors of one shape, any float dtype).
 
-    Raises ``ValueError`` if the shapes differ: that is not a numerical difference to measure.
+    With ``rtol`` and/or ``atol`` (a missing one is 0) it also counts the elements outside the
+    ``numpy.allclose`` band. Raises ``ValueError`` if the shapes differ: that is not a numerical
+    difference to measure.
     """
     a, e = _as_float64(actual), _as_float64(expected)
     if a.shape != e.shape:
@@ -69,13 +74,16 @@ def compare(actual: Any, expected: Any) -> Metrics:
     nan_count = int(np.isnan(a).sum())
     inf_count = int(np.isinf(a).sum())
     ref_nonfinite = int((~np.isfinite(e)).sum())
+    banded = rtol is not None or atol is not None
     if a.size == 0:
-        return Metrics(0.0, 0.0, 0.0, 1.0, None, nan_count, inf_count, ref_nonfinite, 0)
+        return Metrics(0.0, 0.0, 0.0, 1.0, None, nan_count, inf_count, ref_nonfinite, 0, 0 if banded else None)
     if nan_count or inf_count or ref_nonfinite:
         nan = float("nan")
-        return Metrics(nan, nan, nan, nan, nan if is_image_like(e.shape) else None, nan_count, inf_count, ref_nonfinite, int(a.size))
+        outside = int((~np.isclose(a, e, rtol=rtol or 0.0, atol=atol or 0.0, equal_nan=False)).sum()) if banded else None
+        return Metrics(nan, nan, nan, nan, nan if is_image_like(e.shape) else None, nan_count, inf_count, ref_nonfinite, int(a.size), outside)
 
     diff = np.abs(a - e)
+    outside = int((diff > (atol or 0.0) + (rtol or 0.0) * np.abs(e)).sum()) if banded else None
     mag = np.abs(e)
     significant = mag > 1e-3 * mag.max() if mag.max() > 0 else np.zeros_like(mag, dtype=bool)
     max_rel = float((diff[significant] / mag[significant]).max()) if significant.any() else (math.inf if diff.max() > 0 else 0.0)
@@ -94,4 +102,4 @@ def compare(actual: Any, expected: Any) -> Metrics:
         mse = float(np.mean((a - e) ** 2))
         peak = float(e.max() - e.min())
         psnr = math.inf if mse == 0 else (10 * math.log10(peak**2 / mse) if peak > 0 else -math.inf)
-    return Metrics(float(diff.max()), max_rel, rel_l2, cosine, psnr, 0, 0, 0, int(a.size))
+    return Metrics(float(diff.max()), max_rel, rel_l2, cosine, psnr, 0, 0, 0, int(a.size), outside)

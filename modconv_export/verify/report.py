@@ -19,11 +19,11 @@ import numpy as np
 
 from ..files import atomic_output
 
-__all__ = ["FAIL", "ImageSample", "NOT_RUN", "PASS", "ParityReport", "ParityRow"]
+__all__ = ["FAIL", "ImageSample", "NOT_RUN", "PASS", "ParityData", "ParityReport", "ParityRow"]
 
 PASS, FAIL, NOT_RUN = "pass", "fail", "not run"
 STATUSES = (PASS, FAIL, NOT_RUN)
-_FLOATS = ("max_abs", "max_rel", "rel_l2", "cosine", "psnr", "time_ms", "rel_l2_limit", "atol_limit", "psnr_limit")
+_FLOATS = ("max_abs", "max_rel", "rel_l2", "cosine", "psnr", "time_ms", "rel_l2_limit", "rtol_limit", "atol_limit", "psnr_limit")
 
 
 @dataclass
@@ -32,7 +32,8 @@ class ParityRow:
 
     ``reason`` is the verdict of a row that ran (``"rel-L2 3.0e-06 ≤ 1e-04"``), or why it failed or did
     not run. ``reference`` names what it was compared against; ``time_ms`` is the median inference time
-    of the whole batch (all outputs).
+    of the whole batch (all outputs). ``rtol_limit``/``atol_limit`` are the element-wise band (``None``:
+    not checked) and ``outside_band`` the number of elements outside it.
     """
 
     backend: str
@@ -51,7 +52,9 @@ class ParityRow:
     inf_count: int | None = None
     time_ms: float | None = None
     rel_l2_limit: float | None = None
+    rtol_limit: float | None = None
     atol_limit: float | None = None
+    outside_band: int | None = None
     psnr_limit: float | None = None
 
     def __post_init__(self) -> None:
@@ -89,8 +92,24 @@ class ImageSample:
 
 
 @dataclass
+class ParityData:
+    """The numbers every backend was fed and judged against, for hand-off files (Polygraphy JSON).
+
+    ``inputs[batch]`` are the inputs in ``forward`` order; ``expected[batch]`` the reference outputs in
+    output order, named ``output_names``; ``reference`` names the runner that computed them and
+    ``times_ms[batch]`` how long it took.
+    """
+
+    inputs: dict[int, tuple[np.ndarray, ...]]
+    expected: dict[int, list[np.ndarray]]
+    output_names: list[str]
+    reference: str
+    times_ms: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass
 class ParityReport:
-    """All rows plus what is needed to reproduce and audit them. Not written to JSON: ``images``."""
+    """All rows plus what is needed to reproduce and audit them. Not written to JSON: ``images``, ``data``."""
 
     rows: list[ParityRow]
     precision: str = "fp32"
@@ -102,6 +121,7 @@ class ParityReport:
     files: dict[str, str | None] = field(default_factory=dict)
     references: dict[str, str] = field(default_factory=dict)
     images: list[ImageSample] = field(default_factory=list, repr=False, compare=False)
+    data: ParityData | None = field(default=None, repr=False, compare=False)
 
     @property
     def failures(self) -> list[ParityRow]:
@@ -166,7 +186,7 @@ class ParityReport:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "ParityReport":
-        tolerances = {k: {n: _from_json_float(v) if n in ("rel_l2", "atol") else v for n, v in t.items()} for k, t in data.get("tolerances", {}).items()}
+        tolerances = {k: {n: _from_json_float(v) if n in ("rel_l2", "rtol", "atol") else v for n, v in t.items()} for k, t in data.get("tolerances", {}).items()}
         return cls(
             rows=[ParityRow.from_dict(r) for r in data["rows"]],
             precision=data.get("precision", "fp32"),

@@ -13,6 +13,7 @@ reason, never into a pass. Any other exception is a real failure of the backend.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -207,15 +208,35 @@ class EagerRunner(_TorchRunner):
 
 
 class TorchScriptRunner(_TorchRunner):
-    """A saved TorchScript file, loaded with ``torch.jit.load`` onto ``device`` (and cast to ``dtype``)."""
+    """A TorchScript file -- or a ScriptModule in memory -- loaded with ``torch.jit.load`` onto ``device``
+    (and cast to ``dtype``).
 
-    def __init__(self, path: str | os.PathLike, device: str | torch.device = "cpu", *, dtype: torch.dtype = torch.float32, tf32: bool | None = None, name: str | None = None) -> None:
+    An in-memory module goes through ``torch.jit.save`` into a buffer and back, so it is checked in the
+    form a file would have, and the caller's module is never moved or cast.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike | torch.jit.ScriptModule,
+        device: str | torch.device = "cpu",
+        *,
+        dtype: torch.dtype = torch.float32,
+        tf32: bool | None = None,
+        name: str | None = None,
+    ) -> None:
         super().__init__(name or f"torchscript-{torch.device(device).type}", device, dtype, tf32)
-        self.path = Path(path)
+        self.source = path if isinstance(path, torch.jit.ScriptModule) else None
+        self.path = None if self.source is not None else Path(path)
 
     def prepare(self) -> None:
         _check_torch_device(self.device)
-        module = torch.jit.load(str(self.path), map_location=self.device)
+        if self.source is not None:
+            buffer = io.BytesIO()
+            torch.jit.save(self.source, buffer)
+            buffer.seek(0)
+            module = torch.jit.load(buffer, map_location=self.device)
+        else:
+            module = torch.jit.load(str(self.path), map_location=self.device)
         self.module = module.to(self.dtype).eval() if self.dtype != torch.float32 else module.eval()
         self.prepared = True
 

@@ -29,8 +29,12 @@ Defaults, with the reasoning:
   structural defect (another model's weights: ~1.4, a swapped input: ~1, PSNR far below 20 dB). A
   1 % weight error is below bf16's resolution: the fp32 rows (ONNX Runtime, OpenVINO f32) catch it.
 
-``rtol`` replaces the relative-L2 limit (and drops bf16's PSNR floor); ``atol``, if given, additionally bounds the largest absolute
-difference. Either may be one number for every backend or a mapping keyed by backend name
+``max_rel_l2`` replaces the relative-L2 limit (and drops bf16's PSNR floor). ``rtol``/``atol`` add an
+element-wise check with the semantics of ``numpy.allclose`` and ``torch.testing.assert_close``: every
+element must satisfy ``|actual - reference| <= atol + rtol * |reference|`` (a missing one of the two
+counts as 0, so ``atol`` alone bounds the largest absolute difference). Polygraphy's default check
+differs slightly: an element fails there only if *both* its absolute and its relative difference exceed
+their limits. Each may be one number for every backend or a mapping keyed by backend name
 (``"ort-cuda"``), device (``"cuda"``) or ``"*"``, most specific first.
 """
 
@@ -78,27 +82,42 @@ def backend_device(backend: str) -> str:
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Limits for one backend: relative L2, optional absolute error, optional PSNR floor for image
-    outputs (``Metrics.psnr`` is ``None`` for others), and no non-finite values."""
+    """Limits for one backend: relative L2, an optional element-wise ``rtol``/``atol`` band, an optional
+    PSNR floor for image outputs (``Metrics.psnr`` is ``None`` for others), no NaN/Inf."""
 
     rel_l2: float
+    rtol: float | None = None
     atol: float | None = None
     max_nonfinite: int = 0
     why: str = ""
     min_psnr: float | None = None
 
+    @property
+    def elementwise(self) -> bool:
+        return self.rtol is not None or self.atol is not None
+
+    def band(self) -> tuple[float, float]:
+        """``(rtol, atol)`` of the element-wise check, a missing one as 0."""
+        return (self.rtol or 0.0, self.atol or 0.0)
+
     def judge(self, metrics: Metrics) -> tuple[bool, str]:
-        """``(passed, verdict)``; the verdict names the deciding number, e.g. ``rel-L2 3.0e-06 <= 1e-04``."""
+        """``(passed, verdict)``; the verdict names the deciding numbers, e.g. ``rel-L2 3.0e-06 ≤ 1e-04``.
+
+        ``metrics`` must have been measured with this tolerance's :meth:`band` when it is element-wise.
+        """
         if metrics.ref_nonfinite:
             return False, f"reference has {metrics.ref_nonfinite} NaN/Inf values"
         if metrics.nonfinite > self.max_nonfinite:
             return False, f"{metrics.nan_count} NaN + {metrics.inf_count} Inf values"
         ok = metrics.rel_l2 <= self.rel_l2
         verdict = f"rel-L2 {metrics.rel_l2:.1e} {'≤' if ok else '>'} {_limit(self.rel_l2)}"
-        if self.atol is not None:
-            abs_ok = metrics.max_abs <= self.atol
-            verdict += f", max-abs {metrics.max_abs:.1e} {'≤' if abs_ok else '>'} {self.atol:.0e}"
-            ok = ok and abs_ok
+        if self.elementwise:
+            rtol, atol = self.band()
+            outside = metrics.outside_band
+            if outside is None:
+                raise ValueError("element-wise tolerance: measure with compare(..., rtol=, atol=)")
+            verdict += f", {outside}/{metrics.numel} elements outside atol {atol:.0e} + rtol {rtol:.0e}·|ref|"
+            ok = ok and outside == 0
         if self.min_psnr is not None and metrics.psnr is not None:
             psnr_ok = metrics.psnr >= self.min_psnr
             verdict += f", PSNR {metrics.psnr:.1f} {'≥' if psnr_ok else '<'} {self.min_psnr:.0f} dB"
@@ -126,14 +145,16 @@ def _pick(override: ToleranceOverride, backend: str) -> float | None:
     return float(override)
 
 
-def resolve_tolerance(backend: str, precision: str, rtol: ToleranceOverride = None, atol: ToleranceOverride = None) -> Tolerance:
+def resolve_tolerance(
+    backend: str, precision: str, rtol: ToleranceOverride = None, atol: ToleranceOverride = None, max_rel_l2: ToleranceOverride = None
+) -> Tolerance:
     """The limits for ``backend`` (``"ort-cpu"``, ``"torchscript-cuda"`` ...) at ``precision``."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     key = (backend_device(backend), precision)
     if key not in DEFAULT_REL_L2:
         raise ValueError(f"no {precision} tolerance for {key[0]} backends ({backend})")
-    rel = _pick(rtol, backend)
+    rel = _pick(max_rel_l2, backend)
     why = _WHY[key] if rel is None else "overridden by the caller"
     min_psnr = DEFAULT_MIN_PSNR.get(key) if rel is None else None
-    return Tolerance(rel_l2=DEFAULT_REL_L2[key] if rel is None else rel, atol=_pick(atol, backend), why=why, min_psnr=min_psnr)
+    return Tolerance(rel_l2=DEFAULT_REL_L2[key] if rel is None else rel, rtol=_pick(rtol, backend), atol=_pick(atol, backend), why=why, min_psnr=min_psnr)

@@ -1,0 +1,226 @@
+"""Files for the tools people verify and serve with: Polygraphy's JSON data and a Triton model repository.
+
+**Polygraphy** (``polygraphy run --load-inputs/--load-outputs``) reads JSON written by its
+``polygraphy.json.save_json``: inputs are a list of feed dicts (one per iteration, name -> array),
+outputs a ``RunResults`` (runner name -> list of ``IterationResult``). Its encoding of a numpy array
+(``polygraphy/json/serde.py``) is ``{"array": base64(np.save(array, allow_pickle=False)),
+"polygraphy_class": "ndarray"}``; an ``IterationResult`` holds each output as a ``LazyArray``
+(``{"values": <array>, "polygraphy_class": "LazyArray"}``). The writers below produce exactly that
+layout with the standard library and numpy, so the toolkit does not depend on Polygraphy; the tests
+load the files with Polygraphy's own ``load_json`` and run ``polygraphy run`` on them.
+
+**Triton Inference Server**: ``DIR/NAME/config.pbtxt`` and ``DIR/NAME/1/model.onnx`` for the
+``onnxruntime_onnx`` platform. The config is protobuf text format for Triton's ``ModelConfig``; writing
+it through ``google.protobuf.text_format`` would need the message classes from ``tritonclient``, so it
+is emitted as text here (names quoted and escaped) and the tests parse it with ``tritonclient``'s
+``model_config_pb2``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from .errors import ExportError
+from .files import atomic_output
+
+__all__ = [
+    "GraphTensor",
+    "graph_io",
+    "polygraphy_array",
+    "save_polygraphy_inputs",
+    "save_polygraphy_outputs",
+    "triton_config",
+    "write_triton_repository",
+]
+
+_TYPE = "polygraphy_class"
+_INDENT = 4  # polygraphy.constants.TAB: Polygraphy writes its JSON with four-space indents
+
+#: ONNX element type -> Triton ``DataType`` name.
+TRITON_TYPES = {
+    onnx.TensorProto.FLOAT: "TYPE_FP32",
+    onnx.TensorProto.FLOAT16: "TYPE_FP16",
+    onnx.TensorProto.BFLOAT16: "TYPE_BF16",
+    onnx.TensorProto.DOUBLE: "TYPE_FP64",
+    onnx.TensorProto.INT8: "TYPE_INT8",
+    onnx.TensorProto.INT16: "TYPE_INT16",
+    onnx.TensorProto.INT32: "TYPE_INT32",
+    onnx.TensorProto.INT64: "TYPE_INT64",
+    onnx.TensorProto.UINT8: "TYPE_UINT8",
+    onnx.TensorProto.UINT16: "TYPE_UINT16",
+    onnx.TensorProto.UINT32: "TYPE_UINT32",
+    onnx.TensorProto.UINT64: "TYPE_UINT64",
+    onnx.TensorProto.BOOL: "TYPE_BOOL",
+}
+
+
+# -- Polygraphy ----------------------------------------------------------------------------------
+
+
+def polygraphy_array(array: np.ndarray) -> dict:
+    """One numpy array as Polygraphy's JSON encoder writes it."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array), allow_pickle=False)
+    return {"array": base64.b64encode(buffer.getvalue()).decode(), _TYPE: "ndarray"}
+
+
+def _write_json(path: str | os.PathLike, data: object) -> Path:
+    text = json.dumps(data, indent=_INDENT)
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def save_polygraphy_inputs(path: str | os.PathLike, feeds: Sequence[Mapping[str, np.ndarray]]) -> Path:
+    """Write ``feeds`` (one ``{input name: array}`` per iteration) for ``polygraphy run --load-inputs``."""
+    return _write_json(path, [{name: polygraphy_array(a) for name, a in feed.items()} for feed in feeds])
+
+
+def save_polygraphy_outputs(
+    path: str | os.PathLike, runner: str, iterations: Sequence[Mapping[str, np.ndarray]], runtimes: Sequence[float] | None = None
+) -> Path:
+    """Write one runner's outputs (one ``{output name: array}`` per iteration, ``runtimes`` in seconds)
+    as a ``RunResults`` for ``polygraphy run --load-outputs``."""
+    runtimes = list(runtimes) if runtimes is not None else [0.0] * len(iterations)
+    results = [
+        {"outputs": {name: {"values": polygraphy_array(a), _TYPE: "LazyArray"} for name, a in outputs.items()},
+         "runtime": float(runtime), "runner_name": runner, _TYPE: "IterationResult"}  # fmt: skip
+        for outputs, runtime in zip(iterations, runtimes)
+    ]
+    return _write_json(path, {"lst": [[runner, results]], _TYPE: "RunResults"})
+
+
+# -- the graph's inputs and outputs --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GraphTensor:
+    """A graph input or output: name, ONNX element type and shape (``None`` for a symbolic axis)."""
+
+    name: str
+    elem_type: int
+    shape: tuple[int | None, ...]
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return onnx.helper.tensor_dtype_to_np_dtype(self.elem_type)
+
+
+def graph_io(path: str | os.PathLike) -> tuple[list[GraphTensor], list[GraphTensor]]:
+    """The ONNX file's inputs (initializers excluded) and outputs, without loading the weights."""
+    proto = onnx.load(str(path), load_external_data=False)
+    weights = {i.name for i in proto.graph.initializer}
+
+    def tensor(value: onnx.ValueInfoProto) -> GraphTensor:
+        t = value.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+        return GraphTensor(value.name, t.elem_type, dims)
+
+    return [tensor(v) for v in proto.graph.input if v.name not in weights], [tensor(v) for v in proto.graph.output]
+
+
+# -- Triton ----------------------------------------------------------------------------------------
+
+_MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+
+
+def _quoted(text: str) -> str:
+    """A protobuf text-format string literal."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    return f'"{escaped}"'
+
+
+def _tensor_block(tensors: Sequence[GraphTensor]) -> list[str]:
+    lines = []
+    for i, t in enumerate(tensors):
+        if t.elem_type not in TRITON_TYPES:
+            raise ExportError(f"Triton has no data type for {t.name!r} ({onnx.TensorProto.DataType.Name(t.elem_type)})")
+        if not t.shape or t.shape[0] is not None:
+            raise ExportError(f"Triton batching needs a dynamic axis 0 on {t.name!r}; export with a dynamic batch")
+        dims = ", ".join(str(d if d is not None else -1) for d in t.shape[1:])
+        end = "," if i < len(tensors) - 1 else ""
+        lines += ["  {", f"    name: {_quoted(t.name)}", f"    data_type: {TRITON_TYPES[t.elem_type]}", f"    dims: [ {dims} ]", f"  }}{end}"]
+    return lines
+
+
+def triton_config(name: str, inputs: Sequence[GraphTensor], outputs: Sequence[GraphTensor], *, max_batch_size: int, gpu: bool) -> str:
+    """``config.pbtxt`` for an ONNX model with a dynamic batch: the batch axis is left to Triton
+    (``max_batch_size`` > 0, ``dims`` without it), dynamic batching on, one instance on GPU or CPU."""
+    if not _MODEL_NAME.fullmatch(name):
+        raise ExportError(f"Triton model name {name!r}: use letters, digits, '_', '.' and '-'")
+    if max_batch_size < 1:
+        raise ExportError(f"Triton max_batch_size must be at least 1, got {max_batch_size}")
+    lines = [f"name: {_quoted(name)}", 'platform: "onnxruntime_onnx"', f"max_batch_size: {int(max_batch_size)}", "input ["]
+    lines += _tensor_block(inputs) + ["]", "output ["] + _tensor_block(outputs) + ["]"]
+    lines += ["dynamic_batching { }", "instance_group [", "  {", "    count: 1", f"    kind: {'KIND_GPU' if gpu else 'KIND_CPU'}", "  }", "]"]
+    return "\n".join(lines) + "\n"
+
+
+def write_triton_repository(repo: str | os.PathLike, name: str, onnx_path: str | os.PathLike, *, max_batch_size: int, gpu: bool) -> Path:
+    """Write ``repo/name/config.pbtxt`` and ``repo/name/1/model.onnx`` (a copy of ``onnx_path``).
+
+    ``repo`` is created if missing (its parent must exist). Returns the model directory.
+    """
+    inputs, outputs = graph_io(onnx_path)
+    config = triton_config(name, inputs, outputs, max_batch_size=max_batch_size, gpu=gpu)
+    repo = Path(repo).expanduser()
+    if not repo.parent.is_dir():
+        raise ExportError(f"--triton-repo: directory {repo.parent} does not exist")
+    version = repo / name / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    with atomic_output(version / "model.onnx") as tmp:
+        shutil.copyfile(onnx_path, tmp)
+    with atomic_output(repo / name / "config.pbtxt") as tmp:
+        tmp.write_text(config, encoding="utf-8")
+    return repo / name
+
+
+# -- from a parity report ---------------------------------------------------------------------------
+
+
+def save_parity_data(report, onnx_path: str | os.PathLike, inputs_path: str | os.PathLike | None, outputs_path: str | os.PathLike | None) -> None:
+    """Write the inputs a :class:`~modconv_export.verify.ParityReport` fed every backend (one iteration
+    per batch size, named and typed like the ONNX file's inputs) and its reference outputs."""
+    data = report.data
+    if data is None:
+        raise ExportError("this parity report kept no inputs and outputs")
+    graph_inputs, graph_outputs = graph_io(onnx_path)
+    batches = list(data.inputs)
+    if inputs_path is not None:
+        feeds = []
+        for batch in batches:
+            arrays = data.inputs[batch]
+            if len(arrays) != len(graph_inputs):
+                raise ExportError(f"the ONNX file takes {len(graph_inputs)} inputs, the model {len(arrays)} tensors")
+            feeds.append({t.name: np.asarray(a).astype(t.numpy_dtype, copy=False) for t, a in zip(graph_inputs, arrays)})
+        save_polygraphy_inputs(inputs_path, feeds)
+    if outputs_path is not None:
+        names = [t.name for t in graph_outputs]
+        iterations = [dict(zip(names, data.expected[batch])) for batch in batches]
+        runtimes = [data.times_ms.get(batch, 0.0) / 1e3 for batch in batches]
+        save_polygraphy_outputs(outputs_path, data.reference, iterations, runtimes)
+
+
+def cuda_found(onnx_path: str | os.PathLike, report=None) -> bool:
+    """Whether ONNX Runtime really runs this file on CUDA here: the parity report's ``ort-cuda`` session
+    if it ran, else a session opened for the purpose (onnxruntime-gpu lists CUDA even without a GPU)."""
+    if report is not None and any(row.backend == "ort-cuda" for row in report.rows):
+        return report.providers.get("ort-cuda", [])[:1] == ["CUDAExecutionProvider"]
+    from .ort_options import create_session
+
+    try:
+        create_session(onnx_path, "cuda")
+    except Exception:
+        return False
+    return True
