@@ -8,15 +8,18 @@ Every backend is a runner of :mod:`modconv_export.verify.runners` -- the code th
 code that is timed: eager seed layers (the baseline), eager rewritten, TorchScript, ``torch.compile``
 (CPU), torch bf16 autocast (rewritten model), ONNX Runtime CPU fp32 (and the fp16 file), OpenVINO f32
 and bf16 (with the toolkit's style-path policy, without it, and compiled for the one input shape),
-ONNX Runtime on the OpenVINO execution provider (f32, bf16); on a GPU also eager / TorchScript / ``torch.compile`` fp32 (TF32 off) and fp16,
-ONNX Runtime CUDA fp32 and fp16. A backend that cannot run here is a row that says "not run" and why.
+ONNX Runtime on the OpenVINO execution provider (f32, bf16); on a GPU also eager / TorchScript /
+``torch.compile`` fp32 (TF32 off) and fp16, ONNX Runtime CUDA fp32 and fp16. A backend that cannot run
+here is a row that says "not run" and why.
 
 Timing: all backends of a model are prepared first; per batch size each is warmed up, then they run
 round-robin (interleaved, so a burst of load from elsewhere hits every backend alike) ``--runs``
-times, and each row is the median. Speed-up is against the eager seed model of the same run and batch
-(on its device); relative L2 and PSNR against the eager seed model in fp32 on the CPU. The JSON holds
-the CPU model, its ISA flags (AMX, AVX-512), the load average before and after, and library versions,
-so numbers from different machines are never mixed up.
+times with a short idle gap before each run (ONNX Runtime's and OpenVINO's worker threads spin for a
+while after a run and would steal cores from the next backend); each row is the median (and the
+minimum, in the JSON). Speed-up is against the eager seed model of the same run and batch (on its
+device); relative L2 and PSNR against the eager seed model in fp32 on the CPU. The JSON holds the CPU
+model, its ISA flags (AMX, AVX-512), the load average before and after, and library versions, so
+numbers from different machines are never mixed up.
 
 Models (weights seeded random; speed does not depend on them), ``NAME[:SIZE[:BATCHES]]``:
 * ``lats`` -- the whole LATS generator (identity encoder, mapping, styled decoder), SIZE x SIZE input;
@@ -235,6 +238,7 @@ def bench_batch(spec: Spec, model: nn.Module, batch: int, inputs: tuple, runners
     times: dict[str, list[float]] = {name: [] for name in live}
     for _ in range(args.runs):
         for name, runner in list(live.items()):
+            time.sleep(args.gap_ms / 1e3)  # the previous backend's spinning worker threads go to sleep first
             try:
                 times[name].append(_time_once(runner, inputs, "cuda" in name))
             except Exception as exc:
@@ -323,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default=None, help="comma-separated subset of backend names (default: all)")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--gap-ms", type=float, default=20.0, help="idle time before each timed run, so one backend's spinning threads do not slow the next (default: 20)")
     parser.add_argument("--exporter", choices=("dynamo", "torchscript"), default=None, help="default: dynamo; torchscript with --quick")
     parser.add_argument("--no-fp16", dest="fp16", action="store_false", help="skip the fp16 ONNX file")
     parser.add_argument("--cpu", action="store_true", help="ignore a GPU even if one is present")

@@ -115,6 +115,23 @@ def test_a_model_without_a_vector_input_has_no_style_path(tmp_path):
 
 
 @needs_openvino
+@pytest.mark.parametrize("pad, folds", [(nn.ReflectionPad2d(1), 1), (nn.ZeroPad2d(1), 0)], ids=["reflect", "zero"])
+def test_nearest_upsampling_folds_into_a_subpixel_convolution_exactly(tmp_path, pad, folds):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), pad, nn.Conv2d(4, 5, 3)).eval()
+    path = export_onnx(model, torch.randn(2, 4, 6, 7), tmp_path / "up.onnx", exporter="torchscript")
+    folded, kept = ovo.OpenVINOModel(path, "fp32"), ovo.OpenVINOModel(path, "fp32", fold_upsampling=False)
+    assert (folded.folded, kept.folded) == (folds, 0)
+    batch = torch.randn(3, 4, 6, 7, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(batch)
+    for m in (folded, kept):
+        assert compare(m([batch.numpy()])[0], expected).rel_l2 < 1e-6
+    layers = {op.get_rt_info()["layerType"].astype(str) for op in folded.compiled[0].get_runtime_model().get_ordered_ops()}
+    assert ("Interpolate" in layers) == (folds == 0)  # folded: nothing is upsampled any more
+
+
+@needs_openvino
 def test_bf16_rows_are_not_run_where_openvino_reports_no_native_bf16(tiny, monkeypatch):
     model, args, path, _ = tiny
     monkeypatch.setattr(ovo, "optimization_capabilities", lambda: ["FP32", "INT8"])
@@ -165,12 +182,12 @@ def test_bf16_tolerance_judges_rel_l2_and_psnr_on_images_only():
     noise = torch.randn(image.shape, generator=gen)
     fine = compare(image + 0.02 * noise, image)  # rel ~2e-2, ~40 dB: a good bf16 result
     assert tol.judge(fine)[0] and "PSNR" in tol.judge(fine)[1]
-    dim = compare(image + 0.1 * noise, image)  # rel ~0.11 passes the rel-L2 limit, but ~26 dB is too noisy
+    dim = compare(image + 0.075 * noise, image)  # rel ~0.08 passes the rel-L2 limit, but ~28.5 dB is too noisy
     assert dim.rel_l2 < BF16_REL_L2 and dim.psnr < BF16_MIN_PSNR
     ok, verdict = tol.judge(dim)
     assert not ok and f"< {BF16_MIN_PSNR:.0f} dB" in verdict
-    vector = compare((image + 0.1 * noise).reshape(1, -1), image.reshape(1, -1))  # not an image: no PSNR
-    assert vector.psnr is None and tol.judge(vector) == (True, f"rel-L2 {vector.rel_l2:.1e} ≤ 1.5e-01")
+    vector = compare((image + 0.075 * noise).reshape(1, -1), image.reshape(1, -1))  # not an image: no PSNR
+    assert vector.psnr is None and tol.judge(vector) == (True, f"rel-L2 {vector.rel_l2:.1e} ≤ 1e-01")
     assert resolve_tolerance("openvino-cpu-bf16", "bf16", max_rel_l2=0.5).min_psnr is None  # an override replaces both
     with pytest.raises(ValueError, match="no bf16 tolerance for cuda"):
         resolve_tolerance("ort-cuda", "bf16")

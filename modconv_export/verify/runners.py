@@ -447,6 +447,7 @@ class OpenVINORunner(Runner):
             return []
         if self.session is not None:
             return [f"{p} (onnxruntime-ep-openvino {self._version}, {self.precision})" for p in self.session.get_providers()]
-        islands = self._models and any(m.f32_islands for m in self._models.values())
-        detail = self.precision + (", style path f32" if islands else "") + (", static shapes" if self.static_shapes else "")
+        models = list(self._models.values())
+        detail = self.precision + (", style path f32" if any(m.f32_islands for m in models) else "")
+        detail += (", upsampling folded" if any(m.folded for m in models) else "") + (", static shapes" if self.static_shapes else "")
         return [f"openvino {self._version}:CPU ({detail})"]
