@@ -6,6 +6,7 @@ Only tensors and plain Python containers/scalars are stored, so loading never ru
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any, Mapping
 import torch
 
 from .errors import ModconvExportError
-from .files import atomic_output
+from .files import atomic_output, write_bytes
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "is_toolkit_checkpoint"]
 
@@ -61,8 +62,10 @@ def save_checkpoint(path: str | os.PathLike, family: str, config: Mapping[str, A
         "config": _plain(dict(config), "config"),
         "state_dict": tensors,
     }
+    buffer = io.BytesIO()  # torch.save's own file writer aborts the process on a full disk
+    torch.save(payload, buffer)
     with atomic_output(path) as tmp:
-        torch.save(payload, tmp)
+        write_bytes(tmp, buffer.getvalue())
     return Path(path)
 
 

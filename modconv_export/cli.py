@@ -1,9 +1,10 @@
 """``modconv-export MODEL OUT.onnx``: load -> rewrite -> export -> verify from the shell.
 
 Every mistake the user can make is one line on stderr (``modconv-export: error: ...``) and exit 2,
-never a traceback (``--debug`` shows it) and never a half-written file: outputs are written under a
-temporary name beside the target and renamed on success, and every output directory is checked
-before the slow export starts. A parity failure is exit 1: the file stays, the table says why.
+never a traceback (``--debug`` shows it) and never a half-written file: the outputs of a run are one
+transaction (:class:`~modconv_export.files.Outputs`), renamed into place together after every step
+succeeded, and every output directory is checked before the slow export starts. A parity failure is
+exit 1: the files stay, the table says why. Signals: see :mod:`modconv_export.interrupts`.
 
 Step results and the result table go to stdout; live progress for the slow steps goes to stderr only
 on a terminal (or with ``-v``), so a script's stderr holds nothing but the error line.
@@ -14,12 +15,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import re
-import signal
 import sys
-import tempfile
-import threading
 import time
 import traceback
 import warnings
@@ -30,18 +29,21 @@ from typing import Iterator, Sequence
 import torch
 
 from . import __version__
+from .console import PROG, Console, captured_fds, error, file_size, plural
 from .diagnose import describe_export_failure
 from .errors import ExportError, ModconvExportError
-from .export import export_onnx, export_torchscript, resolve_opset
+from .export import Prepared, export_onnx, export_torchscript, prepare_export, resolve_opset
 from .families import registered_families
-from .files import atomic_output, check_writable_target
+from .files import Outputs, check_writable_target, write_bytes
+from .interrupts import Interrupted, signals_raise
 from .load import LoadedModel, forward_parameters, load_model
+from .memory import OutOfMemory, check_fits, is_allocation_failure
 from .metadata import family_properties, graph_sha256, record_parity
-from .rewrite import RewriteReport, registered_rules, rewrite_model
+from .rewrite import registered_rules
+from .rewrite.graph import GRAPH_RULES
 
 __all__ = ["EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PARITY", "EXIT_USAGE", "UsageError", "build_parser", "main", "parse_input"]
 
-PROG = "modconv-export"
 EXIT_OK, EXIT_PARITY, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
@@ -58,14 +60,16 @@ EPILOG = """\
 MODEL may be:
   a modconv-export checkpoint  (modconv_export.save_checkpoint; loaded with weights_only=True)
   a bare state_dict of a known model family (recognised by its keys; loaded strictly)
-  a pickled nn.Module (torch.save(model)): only with --trust-pickle, since unpickling runs code;
-    its classes must be importable from the current directory or an --import-path
+  a pickled nn.Module (torch.save(model)): only with --trust-pickle, and only torch.nn classes,
+    pure math functions and classes defined in --import-path directories or the current directory;
+    any other global is refused before anything is built (--allow-global MODULE.NAME adds one)
 
 model families (a bare state_dict is recognised by its keys):
 {families}
 
-exit status: 0 exported and verified, 1 exported but parity failed (file kept),
-             2 bad input or export error (nothing written), 3 internal error, 130 interrupted
+exit status: 0 exported and verified, 1 exported but parity failed (files kept),
+             2 bad input, export error, full disk or out of memory (nothing written),
+             3 internal error, 130 SIGINT, 143 SIGTERM, 129 SIGHUP (nothing written)
 
 examples:
   modconv-export samples/out/lats_small.pt out.onnx --report-image parity.png
@@ -118,11 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="devices to verify on: cpu, cuda or ONNX Runtime's names (CUDAExecutionProvider), openvino (f32), "
                         "openvino-bf16, comma-separated (default: cpu,cuda; what cannot run here is reported as not run)")  # fmt: skip
     p.add_argument("--batch-sizes", default="1,3", metavar="LIST", help="batch sizes to verify, comma-separated (default: 1,3)")
-    p.add_argument("--max-rel-l2", type=float, metavar="X", help="relative-L2 limit for every backend (default: per device, 1e-4 on CPU)")
-    p.add_argument("--rtol", type=float, metavar="X", help="also check element-wise: |out - ref| <= atol + rtol*|ref| (allclose; default: off)")
-    p.add_argument("--atol", type=float, metavar="X", help="absolute part of that element-wise check (alone: bounds the largest difference)")
-    p.add_argument("--trust-pickle", action="store_true", help="allow a pickled module (unpickling runs code from the file)")
+    p.add_argument("--max-rel-l2", type=_limit, metavar="X", help="relative-L2 limit for every backend (default: per device, 1e-4 on CPU)")
+    p.add_argument("--rtol", type=_limit, metavar="X", help="also check element-wise: |out - ref| <= atol + rtol*|ref| (allclose; default: off)")
+    p.add_argument("--atol", type=_limit, metavar="X", help="absolute part of that element-wise check (alone: bounds the largest difference)")
+    p.add_argument("--trust-pickle", action="store_true", help="allow a pickled module, under an allowlist (see below)")
     p.add_argument("--import-path", action="append", default=[], metavar="DIR", help="directory to import a pickled model's classes from (repeatable)")
+    p.add_argument("--allow-global", action="append", default=[], metavar="MODULE.NAME", help="also allow this global in a trusted pickle (repeatable)")
     talk = p.add_mutually_exclusive_group()
     talk.add_argument("-v", "--verbose", action="store_true", help="list rewritten modules, near misses and progress")
     talk.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors (the exit status tells the result)")
@@ -145,8 +150,24 @@ def parse_input(text: str) -> tuple[str, tuple[int, ...]]:
     return match.group(1), shape
 
 
+def _limit(text: str) -> float:
+    """A tolerance: a finite number > 0 (``inf`` would make every check pass, ``nan`` none)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
 def _shape_text(shape: Sequence[int]) -> str:
     return "x".join(str(d) for d in shape)
+
+
+def _real(path: str) -> Path:
+    """The file a path names (``os.path.realpath`` also survives symlink loops, where ``resolve`` raises)."""
+    return Path(os.path.realpath(os.path.expanduser(path)))
 
 
 def _check_targets(args: argparse.Namespace) -> None:
@@ -155,7 +176,7 @@ def _check_targets(args: argparse.Namespace) -> None:
         raise UsageError(f"OUT must be an .onnx file, got {args.output!r} (TorchScript goes to --torchscript PATH)")
     targets = {"OUT": args.output, "--torchscript": args.torchscript, "--report": args.report, "--report-image": args.report_image,
                "--save-inputs": args.save_inputs, "--save-outputs": args.save_outputs}  # fmt: skip
-    seen = {Path(args.model).expanduser().resolve(): "MODEL"}
+    seen = {_real(args.model): "MODEL"}
     for option, path in targets.items():
         if path is None:
             continue
@@ -163,7 +184,7 @@ def _check_targets(args: argparse.Namespace) -> None:
             check_writable_target(path)
         except ExportError as exc:
             raise ExportError(f"{option} {path}: {exc}") from None
-        resolved = Path(path).expanduser().resolve()
+        resolved = _real(path)
         if resolved in seen:
             raise UsageError(f"{option} {path} is the same file as {seen[resolved]}")
         seen[resolved] = option
@@ -213,66 +234,6 @@ def _triton_name(args: argparse.Namespace) -> str:
 # -- output ---------------------------------------------------------------------------------------
 
 
-class _Console:
-    """Results to stdout; live progress to stderr only where someone watches (a terminal, or ``-v``)."""
-
-    def __init__(self, verbose: bool, quiet: bool = False) -> None:
-        self.verbose = verbose
-        self.quiet = quiet
-        self.live = not quiet and (verbose or sys.stderr.isatty())
-
-    def say(self, line: str = "") -> None:
-        if not self.quiet:
-            print(line, flush=True)
-
-    def progress(self, line: str) -> None:
-        if self.live:
-            print(f"{PROG}: {line}", file=sys.stderr, flush=True)
-
-    def detail(self, line: str) -> None:
-        if self.verbose:
-            print(line, flush=True)
-
-
-@contextlib.contextmanager
-def _captured_fds(keep: bool) -> Iterator[list[str]]:
-    """Send fds 1 and 2 to a temp file (the exporters' C++ logs bypass Python); yields the text holder."""
-    holder: list[str] = []
-    if keep:
-        yield holder
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        try:
-            os.dup2(sink.fileno(), 1)
-            os.dup2(sink.fileno(), 2)
-            yield holder
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-            sink.seek(0)
-            holder.append(sink.read().decode("utf-8", "replace"))
-
-
-def _plural(n: int, one: str, many: str) -> str:
-    return f"{n} {one if n == 1 else many}"
-
-
-def _size(path: str | os.PathLike) -> str:
-    n = float(Path(path).stat().st_size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
-
-
 # -- the steps ------------------------------------------------------------------------------------
 
 
@@ -298,6 +259,7 @@ def _resolve_inputs(loaded: LoadedModel, given: list[tuple[str, tuple[int, ...]]
         specs = list(loaded.inputs)
         names = known
         dims = [tuple(shapes.get(s.name, s.shape)) for s in specs]
+        _check_memory(names, dims, [s.dtype.itemsize for s in specs])
         tensors = tuple(s.example(d, seed=i) for i, (s, d) in enumerate(zip(specs, dims)))
         return _Inputs(names, dims, tensors, specs)
     params, required, varargs = forward_parameters(loaded.module)
@@ -311,9 +273,18 @@ def _resolve_inputs(loaded: LoadedModel, given: list[tuple[str, tuple[int, ...]]
         missing = [p for p in required if p not in names_given]
         if missing:
             raise UsageError(f"missing --input for {', '.join(missing)} ({signature})")
+    _check_memory(names_given, [s for _, s in given], [4] * len(given))
     gen = torch.Generator().manual_seed(0)
     tensors = tuple(torch.randn(*shape, generator=gen) for _, shape in given)
     return _Inputs(names_given, [s for _, s in given], tensors, None)
+
+
+def _check_memory(names: Sequence[str], shapes: Sequence[tuple[int, ...]], itemsizes: Sequence[int]) -> None:
+    """Refuse example inputs this machine cannot hold, before allocating them (at the largest batch used)."""
+    per_sample = sum(math.prod(s[1:]) * size for s, size in zip(shapes, itemsizes))
+    batch = max([3, *(s[0] for s in shapes if s)])  # the exporter traces batch 2, the parity check runs 3
+    given = " ".join(f"{n}={_shape_text(s)}" for n, s in zip(names, shapes))
+    check_fits(per_sample * batch, f"the inputs {given} (at batch {batch}, before any activation)")
 
 
 def _run_eager(module: torch.nn.Module, inputs: _Inputs):
@@ -323,6 +294,8 @@ def _run_eager(module: torch.nn.Module, inputs: _Inputs):
     except Exception as exc:
         text = " ".join(str(exc).split())[:300]
         given = " ".join(f"{n}={_shape_text(s)}" for n, s in zip(inputs.names, inputs.shapes))
+        if is_allocation_failure(exc):
+            raise OutOfMemory(f"out of memory running the model on the inputs {given}: {text}") from exc
         raise UsageError(f"the model rejects the inputs {given}: {type(exc).__name__}: {text}") from exc
 
 
@@ -330,13 +303,21 @@ def _outputs_of(result) -> list:
     return list(result) if isinstance(result, (tuple, list)) else [result]
 
 
-def _rewrite(module: torch.nn.Module, console: _Console) -> tuple[torch.nn.Module, RewriteReport]:
-    exportable, report = rewrite_model(module)
+def _rewrite(module: torch.nn.Module, inputs: _Inputs, precision: str, console: Console) -> Prepared:
+    console.progress("rewriting (module rules, then the traced graph) ...")
+    with captured_fds(keep=False):
+        prepared = prepare_export(module, inputs.tensors, precision=precision)
+    report = prepared.report
     counts = report.counts()
+    graph_rules = set(GRAPH_RULES.values())
+    module_counts = {n: c for n, c in counts.items() if n not in graph_rules}
     builtin = ["modulated_conv", "blur", "equal_lr"]  # always shown; other rules when they matched
-    names = [n for n in builtin if n in {r.name for r in registered_rules()}] + sorted(set(counts) - set(builtin))
+    names = [n for n in builtin if n in {r.name for r in registered_rules()}] + sorted(set(module_counts) - set(builtin))
     detail = ", ".join(f"{n}: {counts.get(n, 0)}" for n in names)
-    console.say(f"rewrote {report.count()} modules ({detail})")
+    console.say(f"rewrote {sum(module_counts.values())} modules ({detail})")
+    convs, demods = counts.get(GRAPH_RULES["conv"], 0), counts.get(GRAPH_RULES["demod"], 0)
+    console.say(f"rewrote {plural(convs, 'batch-grouped convolution', 'batch-grouped convolutions')} in the traced graph"
+                f" ({plural(demods, 'demodulation', 'demodulations')} computed from the style)")  # fmt: skip
     for path, rule in report.rewritten:
         console.detail(f"  {path or '<root>'} -> {rule}")
     for line in report.describe_notes():  # e.g. how noise injection was made deterministic
@@ -346,43 +327,56 @@ def _rewrite(module: torch.nn.Module, console: _Console) -> tuple[torch.nn.Modul
             for line in report.describe_near_misses():
                 console.detail(f"  near miss: {line}")
         else:
-            console.say(f"  {_plural(len(report.near_misses), 'near miss', 'near misses')} left as they are (-v shows why)")
-    return exportable, report
+            console.say(f"  {plural(len(report.near_misses), 'near miss', 'near misses')} left as they are (-v shows why)")
+    return prepared
 
 
-def _export(args: argparse.Namespace, loaded: LoadedModel, exportable: torch.nn.Module, rewrite: RewriteReport, inputs: _Inputs, outputs: list, console: _Console) -> dict:
+def _torchscript_source(loaded: LoadedModel, prepared: Prepared, inputs: _Inputs) -> torch.nn.Module:
+    """The float32 form without ONNX lowerings that the TorchScript file (and the eager row) is made from:
+    the ONNX one when it is that already, else a second rewrite."""
+    if prepared.fp32 is not None and not getattr(prepared.fp32, "lowerings", None):
+        return prepared.fp32
+    with captured_fds(keep=False):
+        return prepare_export(loaded.module, inputs.tensors, lowerings=False).module
+
+
+def _export(args: argparse.Namespace, loaded: LoadedModel, prepared: Prepared, inputs: _Inputs, outputs: list, console: Console, files: Outputs, ts_source) -> dict:
+    exportable, rewrite = prepared.module, prepared.report
     opset = resolve_opset(args.opset, args.exporter)
     family_outputs = list(loaded.family.outputs) if loaded.family and len(loaded.family.outputs) == len(outputs) else None
     console.progress(f"exporting {args.output} ({args.exporter} exporter, opset {opset}) ...")
     start = time.perf_counter()
-    with _captured_fds(keep=args.debug):
+    onnx_tmp = files.stage(args.output)
+    with captured_fds(keep=args.debug):
         try:
-            export_onnx(exportable, inputs.tensors, args.output, exporter=args.exporter, opset=opset, rewrite=False,
+            export_onnx(exportable, inputs.tensors, onnx_tmp, exporter=args.exporter, opset=opset, rewrite=False,
                         input_names=inputs.names, output_names=family_outputs, precision=args.precision,
                         keep_debug_metadata=args.keep_debug_metadata, metadata=family_properties(loaded.family))  # fmt: skip
         except ExportError as exc:
             misses = [p for p, _, _ in rewrite.near_misses]
-            better = describe_export_failure(exportable, inputs.tensors, exc.__cause__, args.exporter, misses) if exc.__cause__ else None
+            better = describe_export_failure(prepared.source or exportable, inputs.tensors, exc.__cause__, args.exporter, misses) if exc.__cause__ else None
             if misses:  # an unrewritten look-alike is the usual reason a generator does not export
                 listed = ", ".join(p or "<root>" for p in misses[:3])
-                better = f"{better or exc}; note: {_plural(len(misses), 'near miss', 'near misses')} left unrewritten ({listed}; -v shows why)"
+                better = f"{better or exc}; note: {plural(len(misses), 'near miss', 'near misses')} left unrewritten ({listed}; -v shows why)"
             if better is None:
                 raise
             raise ExportError(better) from exc
     seconds = time.perf_counter() - start
-    console.say(f"exported {args.output} ({_size(args.output)}, {args.exporter} exporter, opset {opset}, {args.precision}, dynamic batch) in {seconds:.1f} s")
+    console.say(f"exported {args.output} ({file_size(onnx_tmp)}, {args.exporter} exporter, opset {opset}, {args.precision}, dynamic batch) in {seconds:.1f} s")
     info = {"onnx": str(args.output), "exporter": args.exporter, "opset": opset, "precision": args.precision, "seconds": round(seconds, 3), "torchscript": None}
     if args.torchscript:
         console.progress(f"writing TorchScript {args.torchscript} ...")
         start = time.perf_counter()
-        with _captured_fds(keep=args.debug):
-            export_torchscript(exportable, inputs.tensors, args.torchscript, rewrite=False)
-        console.say(f"wrote TorchScript {args.torchscript} ({_size(args.torchscript)}) in {time.perf_counter() - start:.1f} s")
+        ts_tmp = files.stage(args.torchscript)
+        with captured_fds(keep=args.debug):
+            export_torchscript(ts_source, inputs.tensors, ts_tmp, rewrite=False)
+        console.say(f"wrote TorchScript {args.torchscript} ({file_size(ts_tmp)}) in {time.perf_counter() - start:.1f} s")
         info["torchscript"] = str(args.torchscript)
     return info
 
 
-def _verify(args: argparse.Namespace, loaded: LoadedModel, inputs: _Inputs, console: _Console):
+def _verify(args: argparse.Namespace, loaded: LoadedModel, inputs: _Inputs, console: Console, files: Outputs, exportable: torch.nn.Module):
+    """Check this run's own files (the temporaries), whatever another run writes to the same names meanwhile."""
     from .verify import check_parity
 
     make = None
@@ -394,50 +388,58 @@ def _verify(args: argparse.Namespace, loaded: LoadedModel, inputs: _Inputs, cons
 
     console.progress("verifying against eager PyTorch ...")
     start = time.perf_counter()
-    with _captured_fds(keep=args.debug):
-        report = check_parity(loaded.module, inputs.tensors, onnx_path=args.output, torchscript_path=args.torchscript,
+    with captured_fds(keep=args.debug):
+        report = check_parity(loaded.module, inputs.tensors, onnx_path=files.temporary(args.output),
+                              torchscript_path=files.temporary(args.torchscript) if args.torchscript else None,
                               trace_torchscript=not args.torchscript, providers=_providers(args.providers), batch_sizes=_batch_sizes(args.batch_sizes),
-                              rtol=args.rtol, atol=args.atol, max_rel_l2=args.max_rel_l2, make_inputs=make, precision=args.precision)  # fmt: skip
+                              rtol=args.rtol, atol=args.atol, max_rel_l2=args.max_rel_l2, make_inputs=make, precision=args.precision,
+                              exportable=exportable)  # fmt: skip
+    report.files = {"onnx": str(args.output), "torchscript": str(args.torchscript) if args.torchscript else None}
     console.say(f"verified in {time.perf_counter() - start:.1f} s")
     console.say(report.format_table())
     return report
 
 
-def _hand_off(args: argparse.Namespace, report) -> list[tuple[str, str]]:
+def _hand_off(args: argparse.Namespace, report, files: Outputs) -> list[tuple[str, str]]:
     """Polygraphy data and the Triton repository, from the finished (verified and recorded) file."""
     from . import handoff
 
     rows = []
+    onnx_tmp = files.temporary(args.output)
     if args.save_inputs or args.save_outputs:
-        handoff.save_parity_data(report, args.output, args.save_inputs, args.save_outputs)
+        staged = [files.stage(p) if p else None for p in (args.save_inputs, args.save_outputs)]
+        handoff.save_parity_data(report, onnx_tmp, *staged)
         rows.append(("polygraphy", ", ".join(p for p in (args.save_inputs, args.save_outputs) if p)))
     if args.triton_repo:
-        with _captured_fds(keep=args.debug):  # ONNX Runtime logs a failed CUDA probe on fd 2
-            gpu = handoff.cuda_found(args.output, report)
-        model = handoff.write_triton_repository(args.triton_repo, _triton_name(args), args.output, max_batch_size=args.triton_max_batch_size, gpu=gpu)
+        with captured_fds(keep=args.debug):  # ONNX Runtime logs a failed CUDA probe on fd 2
+            gpu = handoff.cuda_found(onnx_tmp, report)
+        model = handoff.write_triton_repository(args.triton_repo, _triton_name(args), onnx_tmp, max_batch_size=args.triton_max_batch_size, gpu=gpu, outputs=files)
         rows.append(("triton", f"{model} (max_batch_size {args.triton_max_batch_size}, {'KIND_GPU' if gpu else 'KIND_CPU'})"))
     return rows
 
 
-def _write_report(path: str, summary: dict, parity) -> None:
+def _write_report(path: str, summary: dict, parity, files: Outputs) -> None:
     data = dict(summary, parity=parity.to_json() if parity is not None else None)
     text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False)
-    with atomic_output(path) as tmp:
-        tmp.write_text(text + "\n", encoding="utf-8")
+    try:
+        encoded = text.encode("utf-8")
+    except UnicodeEncodeError:  # a file name with bytes that are not UTF-8: JSON's \\u escapes keep them
+        encoded = json.dumps(data, indent=2, ensure_ascii=True, allow_nan=False).encode("ascii")
+    write_bytes(files.stage(path), encoded + b"\n")
 
 
-def _run(args: argparse.Namespace, console: _Console) -> int:
+def _run(args: argparse.Namespace, console: Console, files: Outputs) -> int:
     given = [parse_input(text) for text in args.input]
     _providers(args.providers)
     _batch_sizes(args.batch_sizes)
     _check_targets(args)
     resolve_opset(args.opset, args.exporter)  # a bad --opset fails now, not after loading
     for directory in reversed(args.import_path):  # keep the user's classes importable for the whole run (main restores)
-        sys.path.insert(0, str(Path(directory).expanduser().resolve()))
+        sys.path.insert(0, str(_real(directory)))
 
     start = time.perf_counter()
     console.progress(f"loading {args.model} ...")
-    loaded = load_model(args.model, trust_pickle=args.trust_pickle, import_paths=args.import_path)
+    loaded = load_model(args.model, trust_pickle=args.trust_pickle, import_paths=args.import_path, allow_globals=args.allow_global)
     console.say(f"loaded {args.model}: {loaded.describe()} in {time.perf_counter() - start:.1f} s")
     inputs = _resolve_inputs(loaded, given)
     outputs = _outputs_of(_run_eager(loaded.module, inputs))
@@ -449,8 +451,10 @@ def _run(args: argparse.Namespace, console: _Console) -> int:
         if not any(is_image_like(tuple(o.shape)) for o in outputs if hasattr(o, "shape")):
             raise UsageError("--report-image: the model has no image-like output ([N, 1|3|4, H, W]) to draw")
 
-    exportable, rewrite = _rewrite(loaded.module, console)
-    exported = _export(args, loaded, exportable, rewrite, inputs, outputs, console)
+    prepared = _rewrite(loaded.module, inputs, args.precision, console)
+    rewrite = prepared.report
+    ts_source = _torchscript_source(loaded, prepared, inputs) if (args.torchscript or not args.no_verify) else None
+    exported = _export(args, loaded, prepared, inputs, outputs, console, files, ts_source)
     summary = {
         "tool": PROG,
         "version": __version__,
@@ -462,63 +466,46 @@ def _run(args: argparse.Namespace, console: _Console) -> int:
                     "notes": [{"path": p, "rule": r, "note": note} for p, r, note in rewrite.notes]},  # fmt: skip
         "export": exported,
     }
-    digest = graph_sha256(args.output)  # the graph the parity check reads; record_parity refuses any other
+    onnx_tmp = files.temporary(args.output)
+    digest = graph_sha256(onnx_tmp)  # the graph the parity check reads; record_parity refuses any other
+    kept = " and ".join(p for p in (args.output, args.torchscript) if p)
     try:
-        report = None if args.no_verify else _verify(args, loaded, inputs, console)
+        report = None if args.no_verify else _verify(args, loaded, inputs, console, files, ts_source)
+    except OutOfMemory:
+        raise
     except ModconvExportError as exc:  # e.g. the model itself fails at another batch size
-        kept = " and ".join(p for p in (args.output, args.torchscript) if p)
-        _error(f"parity check FAILED: {kept} kept, but the check could not run: {exc}")
+        files.commit()
+        error(f"parity check FAILED: {kept} kept, but the check could not run: {exc}")
         return EXIT_PARITY
     if report is not None:
-        record_parity(args.output, report, graph_digest=digest)
+        record_parity(onnx_tmp, report, graph_digest=digest)
     if args.report:
-        _write_report(args.report, summary, report)
+        _write_report(args.report, summary, report, files)
     if report is not None and args.report_image:
         from .verify import write_report_image
 
-        write_report_image(report, args.report_image)
-    handed = _hand_off(args, report)
+        write_report_image(report, files.stage(args.report_image))
+    handed = _hand_off(args, report, files)
+    files.commit()  # every step succeeded (or only parity failed): all outputs replace their targets together
 
     verdict = "not verified (--no-verify)" if report is None else report.summary
     console.say("")
     console.say("result")
     rows = [("model", f"{args.model} ({loaded.kind}{', family ' + loaded.family.name if loaded.family else ''})"),
-            ("onnx", f"{args.output} ({_size(args.output)}, opset {exported['opset']}, {args.exporter}, batch dynamic)"),  # fmt: skip
-            ("torchscript", f"{args.torchscript} ({_size(args.torchscript)})" if args.torchscript else "-"),
+            ("onnx", f"{args.output} ({file_size(args.output)}, opset {exported['opset']}, {args.exporter}, batch dynamic)"),  # fmt: skip
+            ("torchscript", f"{args.torchscript} ({file_size(args.torchscript)})" if args.torchscript else "-"),
             ("report", ", ".join(p for p in (args.report, args.report_image) if p) or "-"),
             *handed,
             ("parity", verdict)]  # fmt: skip
     for key, value in rows:
         console.say(f"  {key:<12} {value}")
     if report is not None and not report.passed:
-        kept = " and ".join(p for p in (args.output, args.torchscript) if p)
-        print(f"{PROG}: parity check FAILED: {kept} kept, but it does not match the eager model (see the table)", file=sys.stderr)
+        error(f"parity check FAILED: {kept} kept, but it does not match the eager model (see the table)", prefix="")
         return EXIT_PARITY
     return EXIT_OK
 
 
 # -- entry point ----------------------------------------------------------------------------------
-
-
-def _error(message: str) -> None:
-    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so temporary output files are removed on the way out."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -530,6 +517,13 @@ def _restored_sys_path() -> Iterator[None]:
         sys.path[:] = saved
 
 
+def _interrupted(signal_name: str, files: Outputs) -> None:
+    if files.committed:
+        error(f"interrupted by {signal_name} after the outputs were written (they are complete)")
+    else:
+        error(f"interrupted by {signal_name} (nothing written; existing files are untouched)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``) and return the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -537,32 +531,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
-        _error(str(exc))
+        error(str(exc))
         return EXIT_USAGE
     except SystemExit as exc:  # --help, --version
         return int(exc.code or 0)
-    console = _Console(args.verbose, args.quiet)
-    with warnings.catch_warnings(), _terminate_as_interrupt(), _restored_sys_path():
+    console = Console(args.verbose, args.quiet)
+    files = Outputs()
+    with warnings.catch_warnings(), signals_raise(), _restored_sys_path():
         if not debug:
             warnings.simplefilter("ignore")
         try:
-            return _run(args, console)
+            with files:
+                return _run(args, console, files)
+        except Interrupted as exc:
+            _interrupted(exc.signal_name, files)
+            return exc.exit_code
+        except KeyboardInterrupt:  # the default SIGINT handler (a caller that replaced ours)
+            _interrupted("SIGINT", files)
+            return EXIT_INTERRUPTED
         except ModconvExportError as exc:
             if debug:
                 traceback.print_exc()
-            _error(str(exc))
+            error(str(exc))
             return EXIT_USAGE
         except OSError as exc:  # the environment, not the user's input: a full disk, a vanished directory
             if debug:
                 traceback.print_exc()
-            _error(f"{str(exc.filename) + ': ' if exc.filename else ''}{exc.strerror or exc}")
+            error(f"{str(exc.filename) + ': ' if exc.filename else ''}{exc.strerror or exc}")
             return EXIT_USAGE
-        except KeyboardInterrupt:
-            _error("interrupted (a file being written was discarded; existing files are untouched)")
-            return EXIT_INTERRUPTED
         except Exception as exc:
             if debug:
                 traceback.print_exc()
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            _error(f"internal error: {type(exc).__name__}: {text} (a bug in {PROG}: rerun with --debug and report the traceback)")
+            if is_allocation_failure(exc):
+                error(f"out of memory: {type(exc).__name__}: {text[:300]}")
+                return EXIT_USAGE
+            error(f"internal error: {type(exc).__name__}: {text} (a bug in {PROG}: rerun with --debug and report the traceback)")
             return EXIT_INTERNAL

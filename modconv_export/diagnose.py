@@ -143,14 +143,16 @@ def ops_by_module(model: nn.Module, args: tuple) -> dict[str, list[str]]:
 
 
 def describe_export_failure(
-    model: nn.Module, args: Any, exc: BaseException, exporter: str = "dynamo", suspects: Sequence[str] = ()
+    model: nn.Module, args: Any, exc: BaseException, exporter: str = "dynamo", suspects: Sequence[str] = (), *, action: str | None = None
 ) -> str | None:
     """One line naming the module path and the op or source line behind ``exc``; ``None`` if unknown.
 
-    ``model``/``args`` are what was handed to the exporter (the rewritten model and example inputs).
+    ``model``/``args`` are the model as its modules are (before graph capture) and example inputs.
     ``suspects`` are module paths to blame first when an op is used in many places (the rewrite's
-    near misses: a look-alike left unrewritten is the usual culprit).
+    near misses: a look-alike left unrewritten is the usual culprit). ``action`` names what failed
+    (default ``"<exporter> export"``).
     """
+    action = action or f"{exporter} export"
     chain = _chain(exc)
     text = plain_text("\n".join(str(e) for e in chain))
     reason = _first_line(chain[-1])
@@ -163,11 +165,11 @@ def describe_export_failure(
         path, filename, lineno = site
         code = linecache.getline(filename, lineno).strip()
         where = f"{filename.rsplit('/', 1)[-1]}:{lineno}" + (f" `{code}`" if code else "")
-        return f"{exporter} export failed in {_module_label(model, path)} at {where}: {reason}"
+        return f"{action} failed in {_module_label(model, path)} at {where}: {reason}"
     reason = reason.split(" [Caused by")[0].strip().rstrip(".")
     scope = _scope_path(model, text)
     if scope is not None:
-        return f"{exporter} export failed in {_module_label(model, scope)}: {reason}"
+        return f"{action} failed in {_module_label(model, scope)}: {reason}"
     op = next((m.group(1) for p in _OP_PATTERNS for m in [re.search(p, text)] if m), None)
     if op is None:
         return None
@@ -177,9 +179,9 @@ def describe_export_failure(
     detail = reason if op in reason else f"op aten::{op}: {reason}"
     flagged = [p for p in paths if any(p == s or p.startswith(f"{s}.") for s in suspects)]
     if len(flagged or paths) == 1:
-        return f"{exporter} export failed in {_module_label(model, (flagged or paths)[0])}: {detail}"
+        return f"{action} failed in {_module_label(model, (flagged or paths)[0])}: {detail}"
     if not paths:
-        return f"{exporter} export failed on op aten::{op}: {reason}"
+        return f"{action} failed on op aten::{op}: {reason}"
     more = f" (+{len(paths) - 4} more)" if len(paths) > 4 else ""
     used = ", ".join(repr(p or "<root>") for p in paths[:4])
-    return f"{exporter} export failed on op aten::{op}, used in modules {used}{more}: {reason}"
+    return f"{action} failed on op aten::{op}, used in modules {used}{more}: {reason}"

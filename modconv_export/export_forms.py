@@ -18,7 +18,20 @@ import torch.nn.functional as F
 
 from . import ops  # noqa: F401  (registers torch.ops.modconv_export.depthwise_conv2d)
 
-__all__ = ["DepthwiseBlur", "InputModulatedConv2d"]
+__all__ = ["DepthwiseBlur", "InputModulatedConv2d", "demodulation"]
+
+
+def demodulation(s: torch.Tensor, weight_sq_sum_t: torch.Tensor, eps: float) -> torch.Tensor:
+    """``rsqrt(s^2 @ sum_k(W^2)^T + eps)``, always computed in float32.
+
+    In float16, ``s^2`` summed over hundreds of input channels leaves the range (65504) and an ``eps``
+    of 1e-5 or 1e-8 is below float16's normal (6e-5) or smallest (6e-8) value: exactly where NaN/Inf
+    come from. It is vector work, negligible next to the convolutions. The caller casts the result to
+    the feature maps' dtype.
+    """
+    s32 = s if s.dtype == torch.float32 else s.float()
+    sq = weight_sq_sum_t if weight_sq_sum_t.dtype == torch.float32 else weight_sq_sum_t.float()
+    return torch.rsqrt(torch.matmul(s32 * s32, sq) + eps)
 
 
 class DepthwiseBlur(nn.Module):
@@ -57,7 +70,13 @@ class InputModulatedConv2d(nn.Module):
     ``upsampler``, ``blur`` and ``downsampler`` are the seed layer's own modules (already rewritten), kept
     in the seed's order: upsample -> [blur if downsampling] -> pad -> conv -> demodulate -> + bias ->
     [avg-pool if downsampling] -> [blur if upsampling].
+
+    Half precision (:mod:`modconv_export.precision`) keeps ``float32_modules`` and ``float32_buffers``
+    in float32, and the demodulation is always computed in float32 (:func:`demodulation`).
     """
+
+    float32_modules = ("style",)
+    float32_buffers = ("weight_sq_sum_t",)
 
     def __init__(
         self,
@@ -91,8 +110,8 @@ class InputModulatedConv2d(nn.Module):
 
     def forward(self, input: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
         s = 1 + self.style(latent).reshape(-1, self.in_channels)
-        # In a half-precision export the style MLP runs in float32 (see modconv_export.precision):
-        # only the per-channel factors are cast down, the demodulation stays in float32.
+        # In a half-precision export the style MLP runs in float32 (float32_modules): only the per-channel
+        # factors are cast to the feature maps' dtype, the demodulation stays in float32.
         s_x = s if s.dtype == input.dtype else s.to(input.dtype)
         x = input * s_x.reshape(-1, self.in_channels, 1, 1)
         if self.upsampler is not None:
@@ -101,7 +120,7 @@ class InputModulatedConv2d(nn.Module):
             x = self.blur(x)
         out = F.conv2d(self.pad(x), self.weight)
         if self.demodulate:
-            d = torch.rsqrt(torch.matmul(s * s, self.weight_sq_sum_t.to(s.dtype)) + self.eps)
+            d = demodulation(s, self.weight_sq_sum_t, self.eps)
             out = out * (d if d.dtype == out.dtype else d.to(out.dtype)).reshape(-1, self.out_channels, 1, 1)
         out = out + self.bias
         if self.downsampler is not None:

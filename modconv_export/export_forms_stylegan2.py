@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .export_forms import demodulation
+
 __all__ = ["BiasLeakyReLU", "NoisyStyleConv", "ScaledLinear", "StyleModulatedConv2d", "UpFirDn2d", "ZERO_NOISE_NOTE"]
 
 #: What the rewrite report says about every noise-injecting layer (the CLI prints it).
@@ -158,7 +160,13 @@ class StyleModulatedConv2d(nn.Module):
     ``s`` (``[batch, Cin]``). Modes: ``same`` (stride 1, ``padding``), GFPGAN's bilinear ``up_bilinear``
     / ``down_bilinear`` before a stride-1 conv, basicsr's ``up_transposed`` (stride-2 transposed conv,
     then ``smooth``) and ``down_strided`` (``smooth``, then a stride-2 conv).
+
+    Half precision keeps the modulation MLP and ``weight_sq_sum_t`` in float32; the demodulation (eps
+    1e-8, below float16's smallest value) is always computed in float32 (:func:`demodulation`).
     """
+
+    float32_modules = ("modulation",)
+    float32_buffers = ("weight_sq_sum_t",)
 
     def __init__(
         self,
@@ -188,7 +196,7 @@ class StyleModulatedConv2d(nn.Module):
 
     def forward(self, input: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         s = self.modulation(style).reshape(-1, self.in_channels)
-        s4 = s.reshape(-1, self.in_channels, 1, 1)
+        s4 = (s if s.dtype == input.dtype else s.to(input.dtype)).reshape(-1, self.in_channels, 1, 1)
         if self.mode == "up_bilinear":  # scale first: fewer pixels before upsampling
             x = F.interpolate(input * s4, scale_factor=2, mode="bilinear", align_corners=False)
         elif self.mode == "down_bilinear":
@@ -204,8 +212,8 @@ class StyleModulatedConv2d(nn.Module):
         else:
             out = F.conv2d(x, self.weight, padding=self.padding)
         if self.demodulate:
-            d = torch.rsqrt(torch.matmul(s * s, self.weight_sq_sum_t) + self.eps)
-            out = out * d.reshape(-1, self.out_channels, 1, 1)
+            d = demodulation(s, self.weight_sq_sum_t, self.eps)
+            out = out * (d if d.dtype == out.dtype else d.to(out.dtype)).reshape(-1, self.out_channels, 1, 1)
         if self.mode == "up_transposed":
             out = self.smooth(out)
         return out

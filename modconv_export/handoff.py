@@ -19,11 +19,11 @@ is emitted as text here (names quoted and escaped) and the tests parse it with `
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 
 from .errors import ExportError
-from .files import atomic_output
+from .files import Outputs, atomic_output, write_bytes
 
 __all__ = [
     "GraphTensor",
@@ -167,22 +167,28 @@ def triton_config(name: str, inputs: Sequence[GraphTensor], outputs: Sequence[Gr
     return "\n".join(lines) + "\n"
 
 
-def write_triton_repository(repo: str | os.PathLike, name: str, onnx_path: str | os.PathLike, *, max_batch_size: int, gpu: bool) -> Path:
+def write_triton_repository(
+    repo: str | os.PathLike, name: str, onnx_path: str | os.PathLike, *, max_batch_size: int, gpu: bool, outputs: Outputs | None = None
+) -> Path:
     """Write ``repo/name/config.pbtxt`` and ``repo/name/1/model.onnx`` (a copy of ``onnx_path``).
 
-    ``repo`` is created if missing (its parent must exist). Returns the model directory.
+    ``repo`` is created if missing (its parent must exist). Returns the model directory. With
+    ``outputs`` the two files join that transaction (renamed into place by its commit, and the
+    folders made here removed again if it is discarded) instead of being written at once.
     """
-    inputs, outputs = graph_io(onnx_path)
-    config = triton_config(name, inputs, outputs, max_batch_size=max_batch_size, gpu=gpu)
+    inputs, graph_outputs = graph_io(onnx_path)
+    config = triton_config(name, inputs, graph_outputs, max_batch_size=max_batch_size, gpu=gpu)
     repo = Path(repo).expanduser()
     if not repo.parent.is_dir():
         raise ExportError(f"--triton-repo: directory {repo.parent} does not exist")
     version = repo / name / "1"
-    version.mkdir(parents=True, exist_ok=True)
-    with atomic_output(version / "model.onnx") as tmp:
-        shutil.copyfile(onnx_path, tmp)
-    with atomic_output(repo / name / "config.pbtxt") as tmp:
-        tmp.write_text(config, encoding="utf-8")
+    own = outputs is None
+    with Outputs() if own else contextlib.nullcontext(outputs) as files:
+        files.make_dirs(version)
+        write_bytes(files.stage(version / "model.onnx"), Path(onnx_path).read_bytes())
+        write_bytes(files.stage(repo / name / "config.pbtxt"), config.encode("utf-8"))
+        if own:
+            files.commit()
     return repo / name
 
 

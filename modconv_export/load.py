@@ -7,10 +7,11 @@ Three kinds of file are accepted:
   obvious key such as ``"state_dict"`` or ``"params_ema"``), loaded strictly;
 * a pickled ``nn.Module`` (``torch.save(model)``), only with ``trust_pickle=True``: unpickling runs code.
 
-Every file is first read with ``torch.load(weights_only=True)``, which never runs code. The kind is
-decided from what that returns or from the way it refuses; only a refusal that names a Python global
-(or a pickle only the full unpickler reads) is a candidate for the full unpickler, and only on trust.
-Each failure is a :class:`~modconv_export.errors.LoadError` with a one-line reason.
+Every file is read with ``torch.load(weights_only=True)`` only, which never runs code: a pickled
+module is read by the same unpickler under the allowlist of :mod:`modconv_export.allowlist`, and only
+on trust. The file is opened once (a FIFO or device is refused before anything blocks on it) and the
+listing of its globals and the load read the same open file. Each failure is a
+:class:`~modconv_export.errors.LoadError` with a one-line reason.
 """
 
 from __future__ import annotations
@@ -21,18 +22,21 @@ import inspect
 import os
 import pickle
 import re
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import IO, Any, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 
 from .checkpoint import checkpoint_from_dict, is_toolkit_checkpoint
+from .allowlist import OUTSIDE, Allowlist, Decision, decide, resolve_allowed, restore_classes
 from .errors import LoadError, ModconvExportError
 from .families import Family, InputSpec, get_family, recognize
-from .pickle_scan import dangerous_globals, is_legacy_torch_file, pickle_globals
+from .memory import is_allocation_failure
+from .pickle_scan import is_legacy_torch_file, unsafe_globals
 
 __all__ = ["LoadedModel", "forward_parameters", "load_model"]
 
@@ -61,29 +65,37 @@ class LoadedModel:
         return f"{what} ({cls}{fam}, {_count_parameters(self.module):,} parameters)"
 
 
-def load_model(path: str | os.PathLike, *, trust_pickle: bool = False, import_paths: Sequence[str | os.PathLike] = ()) -> LoadedModel:
+def load_model(
+    path: str | os.PathLike,
+    *,
+    trust_pickle: bool = False,
+    import_paths: Sequence[str | os.PathLike] = (),
+    allow_globals: Sequence[str] = (),
+) -> LoadedModel:
     """Load a toolkit checkpoint, a family state_dict or (with ``trust_pickle``) a pickled module.
 
-    ``import_paths`` (and the current directory) are put on ``sys.path`` while a trusted pickle is
-    read, so the classes it names can be imported; ``sys.path`` is restored afterwards. Raises
-    :class:`LoadError` for a missing, unreadable, corrupt, unsafe or unrecognised file, a strict-load
-    mismatch, or weights with NaN/Inf.
+    A pickled module may use only what :mod:`modconv_export.allowlist` allows: torch.nn classes, pure
+    math functions, classes defined in files under ``import_paths`` or the current directory, and the
+    ``MODULE.NAME`` globals in ``allow_globals``; anything else is refused before any object is built.
+    ``sys.path`` is restored afterwards. Raises :class:`LoadError` for a missing, unreadable, corrupt,
+    unsafe or unrecognised file, a strict-load mismatch, complex weights, or weights with NaN/Inf.
     """
     path = Path(path).expanduser()
-    fmt = _sniff(path)
-    obj, refusal = _load_weights_only(path, fmt)
-    if refusal is None:
-        loaded = _from_data(obj, path)
-    elif not trust_pickle:
-        raise LoadError(
-            f"{path}: {refusal}: it holds pickled Python objects and loading it would run code; "
-            "if you trust its source, re-run with --trust-pickle (Python: trust_pickle=True)"
-        )
-    else:
-        loaded = _from_trusted_pickle(path, fmt, import_paths)
+    with _open_regular(path) as f:
+        fmt = _sniff(f, path)
+        obj, refusal = _load_weights_only(f, path, fmt)
+        if refusal is None:
+            loaded = _from_data(obj, path)
+        elif not trust_pickle:
+            raise LoadError(
+                f"{path}: {refusal}: it holds pickled Python objects and loading it would run code; "
+                "if you trust its source, re-run with --trust-pickle (Python: trust_pickle=True)"
+            )
+        else:
+            loaded = _from_trusted_pickle(f, path, fmt, import_paths, allow_globals)
     loaded.module.eval()
     loaded.path = path
-    _check_finite(loaded.module, path)
+    _check_weights(loaded.module, path)
     return loaded
 
 
@@ -106,24 +118,45 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
 
 
-def _sniff(path: Path) -> str:
-    """``"zip"`` or ``"pickle"``; a clear error for everything torch.load cannot possibly read."""
-    if not path.exists():
-        raise LoadError(f"{path}: no such file")
-    if path.is_dir():
-        raise LoadError(f"{path}: is a directory, not a model file")
+@contextlib.contextmanager
+def _open_regular(path: Path) -> Iterator[IO[bytes]]:
+    """Open ``path`` for reading; anything but a regular file (a FIFO, a device, a socket) is refused at once."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(4096)
+        # O_NONBLOCK: opening a FIFO for reading must not wait for a writer; it is refused right after.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise LoadError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise LoadError(f"{path}: is a directory, not a model file") from None
+    except OSError as exc:
+        raise LoadError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISDIR(mode):
+        os.close(fd)
+        raise LoadError(f"{path}: is a directory, not a model file")
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+        raise LoadError(f"{path}: is {kind}, not a model file")
+    os.set_blocking(fd, True)
+    with os.fdopen(fd, "rb") as f:
+        yield f
+
+
+def _sniff(f: IO[bytes], path: Path) -> str:
+    """``"zip"`` or ``"pickle"``; a clear error for everything torch.load cannot possibly read."""
+    try:
+        head = f.read(4096)
+        f.seek(0)
     except OSError as exc:
         raise LoadError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
     if not head:
         raise LoadError(f"{path}: is empty (0 bytes)")
     if head.startswith(_ZIP_MAGIC):
-        _check_zip(path)
+        _check_zip(f, path)
         return "zip"
     if head[0] == _PICKLE_PROTO:
-        if not is_legacy_torch_file(path):  # torch.load cannot read it, and a full unpickle would run it first
+        if not is_legacy_torch_file(f):  # torch.load cannot read it, and a full unpickle would run it first
             raise LoadError(f"{path}: is a plain pickle (pickle.dump) or a damaged file, not a model saved with torch.save")
         return "pickle"
     if b"\x00" not in head:
@@ -136,15 +169,17 @@ def _sniff(path: Path) -> str:
     raise LoadError(f"{path}: is not a PyTorch file (unknown binary format)")
 
 
-def _check_zip(path: Path) -> None:
+def _check_zip(f: IO[bytes], path: Path) -> None:
     import zipfile
 
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(f) as zf:
             names = zf.namelist()
             bad = zf.testzip()  # CRC of every member: catches corruption before any unpickling
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
         raise LoadError(f"{path}: is truncated or corrupt (zip archive unreadable: {exc})") from exc
+    finally:
+        f.seek(0)
     if bad is not None:
         raise LoadError(f"{path}: is corrupt (checksum mismatch in {bad})")
     if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
@@ -153,24 +188,40 @@ def _check_zip(path: Path) -> None:
         raise LoadError(f"{path}: is a zip archive but not a torch.save file (no data.pkl)")
 
 
-def _load_weights_only(path: Path, fmt: str) -> tuple[Any, str | None]:
-    """``(object, None)`` when the safe loader reads the file; ``(None, why)`` when it needs code."""
+def _load_weights_only(f: IO[bytes], path: Path, fmt: str) -> tuple[Any, str | None]:
+    """``(object, None)`` when the safe loader reads the file; ``(None, why)`` when it needs more."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True), None
+        return torch.load(f, map_location="cpu", weights_only=True), None
     except pickle.UnpicklingError as exc:
         message = str(exc)
-    except (EOFError, RuntimeError, UnicodeDecodeError, ValueError, KeyError, IndexError, TypeError) as exc:
+    except Exception as exc:  # torch's readers fail in many ways on damaged bytes (even AssertionError)
+        if is_allocation_failure(exc):
+            raise
         raise LoadError(f"{path}: is truncated or corrupt ({_one_line(exc)})") from exc
-    try:
-        found = pickle_globals(path, fmt)
-    except ValueError as exc:
-        raise LoadError(f"{path}: is truncated or corrupt (pickle data unreadable: {exc})") from None
+    finally:
+        f.seek(0)
+    found = _globals_of(f, path, fmt)
     named = re.search(r"GLOBAL ([\w.]+)", message)
-    needed = named.group(1) if named else next((g for g in found if not g.startswith(("torch.", "collections."))), None)
+    needed = named.group(1) if named else (found[0] if found else None)
     if needed is not None:
         return None, f"needs the Python global {needed}"
     reason = next((ln.strip() for ln in message.splitlines() if "Unsupported" in ln), "unsupported pickle data")
     return None, f"the safe loader cannot read it ({reason})"
+
+
+def _unpickler_reason(exc: BaseException) -> str:
+    """The unpickler's own reason out of torch's multi-paragraph "Weights only load failed" text."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+    return " ".join(text.split())[:300] or type(exc).__name__
+
+
+def _globals_of(f: IO[bytes], path: Path, fmt: str) -> list[str]:
+    try:
+        return unsafe_globals(f, fmt)
+    except ValueError as exc:
+        raise LoadError(f"{path}: is truncated or corrupt (pickle data unreadable: {exc})") from None
 
 
 @contextlib.contextmanager
@@ -186,29 +237,40 @@ def _on_sys_path(paths: Sequence[Path]) -> Iterator[None]:
                 sys.path.remove(p)
 
 
-def _from_trusted_pickle(path: Path, fmt: str, import_paths: Sequence[str | os.PathLike]) -> LoadedModel:
-    dirs = [Path(p).expanduser().resolve() for p in import_paths]
+def _refusal(path: Path, refused: Sequence[Decision]) -> LoadError:
+    listed = [d.name + ("" if d.refused == OUTSIDE else f" ({d.refused})") for d in refused[:5]]
+    more = f" (+{len(refused) - 5} more)" if len(refused) > 5 else ""
+    return LoadError(
+        f"{path}: refused even with --trust-pickle: it needs globals outside the allowlist: {', '.join(listed)}{more} "
+        "(allowed: torch.nn classes, pure math functions, classes defined in --import-path directories or the current "
+        "directory; --allow-global MODULE.NAME adds one you trust)"
+    )
+
+
+def _from_trusted_pickle(f: IO[bytes], path: Path, fmt: str, import_paths: Sequence[str | os.PathLike], allow_globals: Sequence[str]) -> LoadedModel:
+    dirs = [Path(os.path.realpath(os.path.expanduser(p))) for p in import_paths]
     for given, d in zip(import_paths, dirs):
         if not d.is_dir():
             raise LoadError(f"--import-path {given}: not a directory")
-    try:
-        bad = dangerous_globals(pickle_globals(path, fmt))
-    except ValueError as exc:
-        raise LoadError(f"{path}: is truncated or corrupt (pickle data unreadable: {exc})") from None
-    if bad:
-        raise LoadError(f"{path}: refusing to unpickle even with --trust-pickle: it calls {', '.join(bad[:3])}, which no model needs")
-    with _on_sys_path([Path.cwd().resolve(), *dirs]):
+    dirs.append(Path.cwd().resolve())
+    allowed = resolve_allowed(allow_globals)
+    with _on_sys_path(dirs):
+        allowlist = Allowlist([decide(name, dirs, allowed) for name in _globals_of(f, path, fmt)])
+        if allowlist.refused:  # before any object is built
+            raise _refusal(path, allowlist.refused)
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except ModuleNotFoundError as exc:
-            raise LoadError(
-                f"{path}: the pickled model's classes live in module {exc.name!r}, which cannot be imported; "
-                "pass --import-path DIR with the directory that contains it"
-            ) from exc
-        except AttributeError as exc:
-            raise LoadError(f"{path}: a class the pickle names is missing from its module ({_one_line(exc)})") from exc
+            with torch.serialization.safe_globals(allowlist.safe_globals()):
+                obj = torch.load(f, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:  # the unpickler's own refusal (a global the listing missed, a guarded call)
+            if fmt == "pickle" and "persistent_load" in str(exc):  # the legacy format records module classes so
+                raise LoadError(f"{path}: is a pickled module in torch's legacy format (_use_new_zipfile_serialization=False), "
+                                "which the safe unpickler cannot read; re-save it with torch.save's default format") from exc  # fmt: skip
+            raise LoadError(f"{path}: refused even with --trust-pickle: {_unpickler_reason(exc)}") from exc
         except Exception as exc:
+            if is_allocation_failure(exc):
+                raise
             raise LoadError(f"{path}: unpickling failed ({_one_line(exc)})") from exc
+    obj = restore_classes(obj)
     module = _single_module(obj)
     if module is None:
         return _from_data(obj, path)
@@ -286,6 +348,7 @@ def _from_data(obj: Any, path: Path) -> LoadedModel:
 
 
 def _build(family: Family, state: Mapping[str, torch.Tensor], config: Mapping[str, Any] | None, path: Path) -> tuple[nn.Module, dict]:
+    _check_real(list(state.items()), path)
     converted = family.convert_state_dict(state) if family.convert_state_dict else state
     try:
         config = dict(config) if config is not None else family.infer_config(converted)
@@ -327,10 +390,19 @@ def _count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _check_finite(module: nn.Module, path: Path) -> None:
+def _check_real(tensors: Sequence[tuple[str, torch.Tensor]], path: Path) -> None:
+    """Complex weights would lose their imaginary part when copied into a real model: refuse them."""
+    bad = [f"{name} ({str(t.dtype).replace('torch.', '')})" for name, t in tensors if isinstance(t, torch.Tensor) and t.is_complex()]
+    if bad:
+        raise LoadError(f"{path}: holds complex (non-real) tensors, which no exported graph can take: {_listing(bad)}")
+
+
+def _check_weights(module: nn.Module, path: Path) -> None:
+    tensors = [*module.named_parameters(), *module.named_buffers()]
+    _check_real(tensors, path)
     bad = []
-    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
-        if not (tensor.is_floating_point() or tensor.is_complex()):
+    for name, tensor in tensors:
+        if not tensor.is_floating_point():
             continue
         finite = torch.isfinite(tensor)
         if bool(finite.all()):

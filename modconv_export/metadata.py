@@ -32,7 +32,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import ClearMetadataAndDocStringPass
 
 from .errors import ExportError
-from .files import atomic_output
+from .files import atomic_output, write_bytes
 
 if TYPE_CHECKING:
     from .families import Family
@@ -192,8 +192,9 @@ def record_parity(path: str | os.PathLike, report: ParityReport | None, *, graph
     props = {p.key: p.value for p in proto.metadata_props}
     props.update(parity_properties(report, graph_digest))
     onnx.helper.set_model_props(proto, props)
+    data = proto.SerializeToString()
     with atomic_output(path) as tmp:
-        onnx.save_model(proto, str(tmp))
+        write_bytes(tmp, data)
 
 
 def export_properties(*, version: str, exporter: str, precision: str, dynamic_axes: Mapping[str, Mapping[int, str]]) -> dict[str, str]:

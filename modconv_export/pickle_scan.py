@@ -1,101 +1,120 @@
-"""List the Python globals a pickle would import, without unpickling it (``pickletools`` only reads opcodes).
+"""The Python globals a ``torch.save`` file names, read without unpickling it.
 
-The loader uses this to name what a refused file needs, and as a tripwire before a *trusted* full
-unpickle: a file whose pickle calls ``os.system``, ``subprocess`` or ``eval`` is never a model, so it
-is refused even with ``--trust-pickle``. This is not a sandbox: a crafted pickle can reach code in
-ways no list catches, which is why the full unpickler only runs on the user's explicit trust.
+This only *names* things, for the one-line refusal and so that a refused file is refused before any
+object is built; what a file may load is enforced by torch's own ``weights_only`` unpickler (see
+:mod:`modconv_export.allowlist`). For the zip format (torch.save's default) torch's
+``get_unsafe_globals_in_checkpoint`` does the listing. torch offers nothing for the legacy format
+(``_use_new_zipfile_serialization=False``: a stream of pickles) nor for pickle opcodes its parser does
+not know (protocol 4's ``STACK_GLOBAL``, which the safe unpickler cannot read anyway); for those the
+opcodes are walked with :mod:`pickletools`, which never executes anything.
 """
 
 from __future__ import annotations
 
 import io
+import pickle
 import pickletools
-import re
 import zipfile
-from pathlib import Path
 from typing import IO
 
-__all__ = ["dangerous_globals", "is_legacy_torch_file", "pickle_globals"]
+import torch
 
+__all__ = ["COMPUTED", "is_legacy_torch_file", "unsafe_globals"]
+
+#: Name given to a ``STACK_GLOBAL`` whose module or name is computed while unpickling.
+COMPUTED = "<a global whose name is computed while unpickling>"
 #: pickle of ``torch.save``'s legacy format starts with this magic number.
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-_DANGEROUS_MODULES = {
-    "os", "posix", "nt", "subprocess", "sys", "shutil", "socket", "importlib", "runpy", "pty",
-    "ctypes", "code", "codeop", "webbrowser", "multiprocessing", "signal", "pickle", "_pickle", "marshal",
-}  # fmt: skip
-_DANGEROUS_BUILTINS = {"eval", "exec", "compile", "__import__", "open", "breakpoint", "input", "globals", "locals"}
+#: legacy format: magic number, protocol version, system info, the object, storage keys.
+_LEGACY_PICKLES = 5
+
+
+def _torch_name(module: str, name: str) -> str:
+    """Python 2 names mapped as torch's unpickler maps them (``__builtin__`` -> ``builtins``)."""
+    from torch._utils import IMPORT_MAPPING, NAME_MAPPING
+
+    if (module, name) in NAME_MAPPING:
+        module, name = NAME_MAPPING[(module, name)]
+    elif module in IMPORT_MAPPING:
+        module = IMPORT_MAPPING[module]
+    return f"{module}.{name}"
 
 
 def _scan(stream: IO[bytes]) -> tuple[list[str], object]:
-    """Globals named by one pickle in ``stream`` and the value it pushes first (for the magic number)."""
+    """Globals named by one pickle in ``stream`` and the first value it pushes (the legacy magic)."""
     found: list[str] = []
-    strings: list[str] = []
+    pushed: list[object] = []  # recent constants, enough to name a STACK_GLOBAL's two operands
     memo: dict[int, object] = {}
-    top: object = None
     first: object = None
     for op, arg, _ in pickletools.genops(stream):
         name = op.name
-        if first is None and arg is not None and name != "PROTO":
+        if first is None and arg is not None and name not in ("PROTO", "FRAME"):
             first = arg
         if name in ("GLOBAL", "INST"):
-            found.append(str(arg).replace(" ", "."))
-            top = None
+            module, _, attr = str(arg).partition(" ")
+            found.append(_torch_name(module, attr))
         elif name == "STACK_GLOBAL":
-            found.append(".".join(strings[-2:]) if len(strings) >= 2 else "<unknown>")
-            top = None
-        elif "UNICODE" in name or "STRING" in name:
-            top = arg if isinstance(arg, str) else arg.decode("latin-1") if isinstance(arg, bytes) else None
-            if isinstance(top, str):
-                strings.append(top)
+            module, attr = (pushed[-2:] if len(pushed) >= 2 else [None, None])
+            found.append(_torch_name(module, attr) if isinstance(module, str) and isinstance(attr, str) else COMPUTED)
+        if "UNICODE" in name or "STRING" in name:
+            pushed.append(arg if isinstance(arg, str) else arg.decode("latin-1") if isinstance(arg, bytes) else arg)
         elif name == "MEMOIZE":
-            memo[len(memo)] = top
+            memo[len(memo)] = pushed[-1] if pushed else None
         elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-            memo[int(arg)] = top
+            memo[int(arg)] = pushed[-1] if pushed else None
         elif name in ("GET", "BINGET", "LONG_BINGET"):
-            top = memo.get(int(arg))
-            if isinstance(top, str):
-                strings.append(top)
-        else:
-            top = None
+            pushed.append(memo.get(int(arg)))
+        elif name not in ("FRAME", "PROTO"):
+            pushed.append(None)  # anything else: the next STACK_GLOBAL's operands are not plain strings
     return found, first
 
 
-def pickle_globals(path: str | Path, fmt: str) -> list[str]:
-    """Globals (``module.name``) that loading ``path`` would import; ``ValueError`` if the pickle is unreadable.
+def _default_safe() -> set[str]:
+    """The globals ``torch.load(weights_only=True)`` allows with no allowlist of ours."""
+    from torch import _weights_only_unpickler
 
-    ``fmt`` is ``"zip"`` (``torch.save``'s default: ``<archive>/data.pkl``) or ``"pickle"`` (the legacy
-    format, a header of small pickles then the object, or a plain ``pickle.dump``).
+    return set(_weights_only_unpickler._get_allowed_globals())
+
+
+def _data_pkl(zf: zipfile.ZipFile) -> bytes:
+    """The object pickle torch reads: ``<first record's folder>/data.pkl``."""
+    names = zf.namelist()
+    return zf.read(f"{names[0].split('/')[0]}/data.pkl")
+
+
+def unsafe_globals(f: IO[bytes], fmt: str) -> list[str]:
+    """Globals in the file at ``f`` (``fmt``: ``"zip"`` or ``"pickle"``) that torch's safe loader does not allow by itself.
+
+    ``f`` is rewound afterwards. Raises ``ValueError`` for pickle data that cannot be parsed.
     """
+    start = f.tell()
     try:
         if fmt == "zip":
-            with zipfile.ZipFile(path) as zf:
-                member = next(n for n in zf.namelist() if re.fullmatch(r"[^/]+/data\.pkl", n))
-                return _scan(io.BytesIO(zf.read(member)))[0]
-        with open(path, "rb") as f:
+            try:
+                return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(f))
+            except pickle.UnpicklingError:  # an opcode torch's parser (and its unpickler) does not read
+                f.seek(start)
+                with zipfile.ZipFile(f) as zf:
+                    found = _scan(io.BytesIO(_data_pkl(zf)))[0]
+        else:
             found, first = _scan(f)
-            if first == _LEGACY_MAGIC:  # then: protocol version, sys info, the object, storage keys
-                for _ in range(4):
+            if first == _LEGACY_MAGIC:
+                for _ in range(_LEGACY_PICKLES - 1):
                     found += _scan(f)[0]
-            return found
-    except (ValueError, EOFError, StopIteration, zipfile.BadZipFile, OSError, IndexError, KeyError) as exc:
+        safe = _default_safe()
+        return sorted({g for g in found if g not in safe})
+    except (ValueError, EOFError, StopIteration, zipfile.BadZipFile, OSError, IndexError, KeyError, RuntimeError) as exc:
         raise ValueError(f"{type(exc).__name__}: {exc}") from None
+    finally:
+        f.seek(start)
 
 
-def is_legacy_torch_file(path: str | Path) -> bool:
-    """Whether a pickle file starts with ``torch.save``'s legacy magic number (else it is a plain pickle)."""
+def is_legacy_torch_file(f: IO[bytes]) -> bool:
+    """Whether a pickle stream starts with ``torch.save``'s legacy magic number (else it is a plain pickle)."""
+    start = f.tell()
     try:
-        with open(path, "rb") as f:
-            return _scan(f)[1] == _LEGACY_MAGIC
+        return _scan(f)[1] == _LEGACY_MAGIC
     except (ValueError, EOFError, OSError, IndexError, KeyError):
         return False
-
-
-def dangerous_globals(names: list[str]) -> list[str]:
-    """The globals in ``names`` that run commands, evaluate code or touch files: never part of a model."""
-    bad = []
-    for full in names:
-        module, _, attr = full.rpartition(".")
-        root = module.split(".")[0]
-        if root in _DANGEROUS_MODULES or (module in ("builtins", "__builtin__") and attr in _DANGEROUS_BUILTINS):
-            bad.append(full)
-    return bad
+    finally:
+        f.seek(start)

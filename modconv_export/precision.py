@@ -5,10 +5,14 @@
 * float inputs of rank >= 3 (images, feature maps) are cast to float16 on entry; vector inputs
   (latents, age codes) stay float32; float outputs are returned as float32, so callers feed and read
   the same arrays as for the fp32 file;
-* *vector islands* -- modules that only ever see rank <= 2 inputs: the mapping MLP, every style MLP
-  -- run in float32. So does the demodulation ``rsqrt(s^2 @ sum W^2 + 1e-5)``: summed over hundreds of
-  channels ``s^2`` can leave the fp16 range and ``1e-5`` sits below fp16's normal range, which is
-  where NaN and Inf would come from. This is vector work, negligible next to the convolutions;
+* *declared islands* -- every export form names what stays float32 (``float32_modules``: its style or
+  modulation MLP; ``float32_buffers``: the ``sum W^2`` of its demodulation) and computes its
+  demodulation in float32 (:func:`~modconv_export.export_forms.demodulation`): summed over hundreds of
+  channels ``s^2`` leaves the fp16 range and an ``eps`` of 1e-5 or 1e-8 sits below it, which is where
+  NaN and Inf would come from. A new export form declares the same two attributes; nothing here
+  knows the classes;
+* *vector islands* -- other modules that only ever see rank <= 2 inputs (a mapping MLP) run in float32
+  too. This is vector work, negligible next to the convolutions;
 * *normalisation islands* -- parameter-free modules on feature maps whose output does not change
   when the input is scaled (PixelNorm, InstanceNorm without affine): computing the mean of squares
   in fp16 overflows once activations exceed 256, so their statistics run in float32 too.
@@ -23,23 +27,23 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .export_forms import InputModulatedConv2d
-
 __all__ = ["PRECISIONS", "Float32Island", "to_half"]
 
 PRECISIONS = ("fp32", "fp16")
 
 
 class Float32Island(nn.Module):
-    """Runs ``module`` in float32 and returns its output in the dtype of its first float input."""
+    """Runs ``module`` in float32; returns its output in the dtype of its first float input, or in float32
+    (``keep_float32``: a declared island, whose owner casts what it needs itself)."""
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, keep_float32: bool = False) -> None:
         super().__init__()
         self.module = module.float()
+        self.keep_float32 = keep_float32
 
     def forward(self, *args: Any) -> Any:
         floats = [a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()]
-        out_dtype = floats[0].dtype if floats else torch.float32
+        out_dtype = torch.float32 if self.keep_float32 or not floats else floats[0].dtype
         out = self.module(*[a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args])
         if isinstance(out, torch.Tensor) and out.is_floating_point() and out.dtype != out_dtype:
             out = out.to(out_dtype)
@@ -108,16 +112,27 @@ def _islands(model: nn.Module, args: tuple) -> list[str]:
     return chosen
 
 
+def declared_islands(model: nn.Module) -> tuple[list[str], list[tuple[nn.Module, str]]]:
+    """Submodules and buffers that export forms declare float32 (``float32_modules``/``float32_buffers``)."""
+    modules, buffers = [], []
+    for name, module in model.named_modules():
+        for child in getattr(module, "float32_modules", ()):
+            if getattr(module, child, None) is not None:
+                modules.append(f"{name}.{child}" if name else child)
+        buffers += [(module, b) for b in getattr(module, "float32_buffers", ()) if getattr(module, b, None) is not None]
+    return modules, buffers
+
+
 def to_half(exportable: nn.Module, args: tuple) -> nn.Module:
     """A float16 copy of ``exportable`` (see the module docstring); its I/O stays float32."""
     model = copy.deepcopy(exportable)
-    islands = _islands(model, args)
+    declared, buffers = declared_islands(model)
+    found = [n for n in _islands(model, args) if not any(n == d or n.startswith(d + ".") for d in declared)]
     model.half()
-    for name in islands:
+    for name in sorted({*declared, *found}, key=lambda n: -n.count(".")):  # the deepest first: paths stay valid
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        parent._modules[child] = Float32Island(parent._modules[child])
-    for module in model.modules():
-        if isinstance(module, InputModulatedConv2d):
-            module.weight_sq_sum_t = module.weight_sq_sum_t.float()
+        parent._modules[child] = Float32Island(parent._modules[child], keep_float32=name in declared)
+    for module, buffer in buffers:
+        setattr(module, buffer, getattr(module, buffer).float())
     return _HalfBoundary(model).eval()

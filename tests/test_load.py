@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import sys
 import zipfile
@@ -14,6 +13,7 @@ import torch.nn as nn
 
 from modconv_export import LoadError, ModconvExportError, load_checkpoint, load_model, save_checkpoint
 from modconv_export.families import Family, InputSpec, get_family, register_family
+from pickle_payloads import Touch
 from modconv_export.families import registry as family_registry
 
 FIXTURES = Path(__file__).parent / "fixtures" / "foreign_layers"
@@ -122,7 +122,9 @@ def test_pickled_module_needs_trust_and_loads_with_it(tmp_path, foreign_modules)
     torch.save(model, tmp_path / "g.pt")
     with pytest.raises(LoadError, match=r"needs the Python global thirdparty_gan\.ToyGenerator.*--trust-pickle"):
         load_model(tmp_path / "g.pt")
-    loaded = load_model(tmp_path / "g.pt", trust_pickle=True)
+    with pytest.raises(LoadError, match=r"refused even with --trust-pickle: .*thirdparty_gan\.ToyGenerator"):
+        load_model(tmp_path / "g.pt", trust_pickle=True)  # importable, but from no directory the user named
+    loaded = load_model(tmp_path / "g.pt", trust_pickle=True, import_paths=[FIXTURES])
     assert loaded.kind == "pickle" and loaded.family is None and loaded.inputs is None
     _assert_same_weights(loaded.module, model.state_dict())
     x = (torch.randn(2, 3, 8, 8), torch.randn(2, 16))
@@ -144,7 +146,7 @@ def test_trusted_pickle_imports_from_import_path_or_cwd_and_restores_sys_path(tm
     monkeypatch.delitem(sys.modules, "thirdparty_gan")  # a fresh process: the class is not imported yet
     sys.path.remove(str(FIXTURES))
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(LoadError, match=r"module 'thirdparty_gan', which cannot be imported; pass --import-path"):
+    with pytest.raises(LoadError, match=r"thirdparty_gan\.ToyGenerator \(module 'thirdparty_gan' is in no --import-path directory nor the current directory\)"):
         load_model(tmp_path / "g.pt", trust_pickle=True)
     before = list(sys.path)
     assert load_model(tmp_path / "g.pt", trust_pickle=True, import_paths=[FIXTURES]).kind == "pickle"
@@ -229,16 +231,6 @@ def test_legacy_format_state_dict_loads(bad_files, decoder_state):
 # -- malicious pickles -------------------------------------------------------------------------------
 
 
-class _Touch:
-    """Unpickling this runs ``os.system('touch MARKER')``."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 class _PathTouch:
     """A payload no denylist names (``pathlib.Path.touch``): only the weights_only loader stops it."""
 
@@ -252,13 +244,13 @@ class _PathTouch:
 @pytest.mark.parametrize("legacy", [False, True])
 def test_malicious_pickle_never_runs(tmp_path, legacy):
     marker = tmp_path / "PWNED"
-    payload = {"weight": torch.zeros(2), "hook": _Touch(marker)}
+    payload = {"weight": torch.zeros(2), "hook": Touch(marker)}
     torch.save(payload, tmp_path / "evil.pt", _use_new_zipfile_serialization=not legacy)
     with pytest.raises(LoadError, match=r"posix\.system|nt\.system") as info:
         load_model(tmp_path / "evil.pt")
     assert "--trust-pickle" in str(info.value)
     # even a user who trusts the file is protected from a pickle that runs shell commands
-    with pytest.raises(LoadError, match="refusing to unpickle even with --trust-pickle"):
+    with pytest.raises(LoadError, match=r"refused even with --trust-pickle: it needs globals outside the allowlist: (posix|nt)\.system"):
         load_model(tmp_path / "evil.pt", trust_pickle=True)
     torch.save({"model": _PathTouch(marker)}, tmp_path / "sneaky.pt")
     with pytest.raises(LoadError, match=r"needs the Python global .*--trust-pickle"):

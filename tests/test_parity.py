@@ -425,7 +425,8 @@ def test_tf32_switch_is_local_and_restored():
 
 
 class _Doubling(torch.autograd.Function):
-    """A Python autograd Function: eager runs it, a TorchScript trace records it as prim::PythonOp."""
+    """A Python autograd Function: a plain TorchScript trace records it as prim::PythonOp; the graph
+    capture traces through its forward."""
 
     @staticmethod
     def forward(ctx, x):
@@ -436,9 +437,26 @@ class _Doubling(torch.autograd.Function):
         return grad * 2
 
 
+class _RawMemory(torch.autograd.Function):
+    """Reads raw memory as a compiled extension does: no trace of any kind can follow it."""
+
+    @staticmethod
+    def forward(ctx, x):
+        assert x.data_ptr() != 0
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * 2
+
+
 class _CallsFunction(nn.Module):
+    def __init__(self, function=_Doubling) -> None:
+        super().__init__()
+        self.function = function
+
     def forward(self, x):
-        return _Doubling.apply(x) + 1
+        return self.function.apply(x) + 1
 
 
 def test_torchscript_traced_in_memory(model, args, files):
@@ -449,9 +467,11 @@ def test_torchscript_traced_in_memory(model, args, files):
     assert report.files["torchscript"] == "(in-memory trace)"
     with pytest.raises(ModconvExportError, match="not both"):
         check_parity(model, args, torchscript_path=files["torchscript"], trace_torchscript=True)
-    untraceable = check_parity(_CallsFunction(), torch.randn(1, 4), providers=("cpu",), trace_torchscript=True)
+    traced_through = check_parity(_CallsFunction(), torch.randn(1, 4), providers=("cpu",), trace_torchscript=True)
+    assert all(r.status == "pass" for r in traced_through.rows if r.backend == "torchscript-cpu")
+    untraceable = check_parity(_CallsFunction(_RawMemory), torch.randn(1, 4), providers=("cpu",), trace_torchscript=True)
     row = next(r for r in untraceable.rows if r.backend == "torchscript-cpu")
-    assert row.status == "not run" and "in-memory TorchScript trace failed" in row.reason and "PythonOp" in row.reason
+    assert row.status == "not run" and "in-memory TorchScript trace failed" in row.reason and "_RawMemory.forward" in row.reason
 
 
 def test_report_keeps_the_inputs_and_reference_outputs(model, args, files):

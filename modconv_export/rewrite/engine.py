@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -138,34 +139,48 @@ def copy_module(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def rewrite_model(model: nn.Module, *, strict: bool = False) -> tuple[nn.Module, RewriteReport]:
+def rewrite_model(model: nn.Module, *, strict: bool = False, example_inputs: Any = None) -> tuple[nn.Module, RewriteReport]:
     """Return an export-ready deep copy of ``model`` (eval mode) and the report of what changed.
 
-    ``strict=True`` raises :class:`RewriteError` on any near miss instead of warning.
+    The module rules run first (known layer families, folds). With ``example_inputs`` (a tensor or a
+    tuple in ``forward`` order, axis 0 the batch) the model is then captured as a graph and every
+    convolution grouped by the batch is rewritten there (:mod:`.graph`): the result is a
+    :class:`~modconv_export.rewrite.graph.GraphExportForm` that runs at any batch size, whatever code the
+    model comes from. ``strict=True`` raises :class:`RewriteError` on any near miss instead of warning.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
     report = RewriteReport()
     copied = copy_module(model).eval()
     rewritten = _rewrite_tree(copied, "", report).eval()
-    if report.near_misses:
-        lines = report.describe_near_misses()
-        if strict:
-            raise RewriteError("; ".join(lines))
-        warnings.warn("modules left unrewritten: " + "; ".join(lines), stacklevel=2)
+    if example_inputs is not None:
+        from .graph import rewrite_graph
+
+        rewritten = rewrite_graph(rewritten, _as_tuple(example_inputs), report)
+    _settle(report, strict)
     object.__setattr__(rewritten, _REPORT_ATTR, report)
     return rewritten, report
 
 
-def make_exportable(model: nn.Module, *, strict: bool = False) -> nn.Module:
-    """A deep copy of ``model`` in eval mode with every seed-style layer in its export form.
+def _settle(report: RewriteReport, strict: bool) -> None:
+    """Raise (strict) or warn about the report's near misses."""
+    if report.near_misses:
+        lines = report.describe_near_misses()
+        if strict:
+            raise RewriteError("; ".join(lines))
+        warnings.warn("modules left unrewritten: " + "; ".join(lines), stacklevel=3)
 
-    Seed-style ``ModulatedConv2d`` -> :class:`~modconv_export.export_forms.InputModulatedConv2d`,
-    ``Blur`` -> :class:`~modconv_export.export_forms.DepthwiseBlur`, ``EqualLR`` hooks folded into
-    plain weights. Matching is structural, so users' own copies of these classes are rewritten too.
-    The original model is untouched. :func:`rewrite_report` on the result lists what was rewritten.
+
+def make_exportable(model: nn.Module, example_inputs: Any = None, *, strict: bool = False) -> nn.Module:
+    """A deep copy of ``model`` in eval mode in export form; the original model is untouched.
+
+    Without ``example_inputs``: the module rules only (seed ``ModulatedConv2d`` -> input-modulated conv,
+    ``Blur`` -> depthwise conv, ``EqualLR`` hooks folded, the GFPGAN/basicsr layers). With them: also the
+    graph-level rewrite, which finds batch-grouped convolutions in any code (rosinality, NVlabs, yours)
+    and returns a module that runs at any batch size with constant convolution weights.
+    :func:`rewrite_report` on the result lists what was rewritten, with module paths.
     """
-    return rewrite_model(model, strict=strict)[0]
+    return rewrite_model(model, strict=strict, example_inputs=example_inputs)[0]
 
 
 def rewrite_report(module: nn.Module) -> RewriteReport:

@@ -22,7 +22,7 @@ from .builders import LegacyOpBuilder, TracedOpBuilder, onnxscript_opset
 from .builtin import depthwise_conv2d_translation
 from .registry import FunctionLowering, _arity, _uses_ctx
 
-__all__ = ["lowerings_installed"]
+__all__ = ["function_of_op", "lowerings_installed"]
 
 _MISSING = object()
 _OPS: dict[type, Any] = {}  # Function class -> its custom op packet (torch.library registrations are global)
@@ -55,6 +55,15 @@ def _custom_op_for(function: type, original_forward: Callable) -> Any:
     op.register_fake(run)
     _OPS[function] = getattr(torch.ops.modconv_export, name)
     return _OPS[function]
+
+
+def function_of_op(target: Any) -> type | None:
+    """The ``autograd.Function`` whose forward the custom op ``target`` (an overload) stands in for."""
+    packet = getattr(target, "overloadpacket", target)
+    for function, op in _OPS.items():
+        if op is packet:
+            return function
+    return None
 
 
 def _legacy_symbolic(lowering: FunctionLowering) -> Callable:

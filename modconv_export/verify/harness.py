@@ -288,10 +288,12 @@ def check_parity(
     make_inputs: MakeInputs | None = None,
     repeats: int = 3,
     image_samples: int = 4,
+    exportable: nn.Module | None = None,
 ) -> ParityReport:
     """Compare every backend with the original ``model`` on fresh random inputs; return the report.
 
-    ``model`` is the ORIGINAL model (reference layers); the eager backend is ``make_exportable(model)``.
+    ``model`` is the ORIGINAL model (reference layers); the eager backend is ``exportable`` when given (the
+    fp32 export form the files were made from), else ``make_exportable(model, args)``.
     ``args`` are example inputs in ``forward`` order (a tensor or a tuple); for each batch size the
     harness draws new standard-normal inputs of the same non-batch shape, or calls
     ``make_inputs(batch, seed)`` (seed derived from ``seed`` and the batch size) for realistic ones.
@@ -342,7 +344,7 @@ def check_parity(
     if len(names) != count:
         names = ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
 
-    cache: dict[str, Any] = {}
+    cache: dict[str, Any] = {} if exportable is None else {"model": exportable}
 
     def rewritten() -> nn.Module:
         if "model" not in cache:
@@ -350,7 +352,7 @@ def check_parity(
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # near misses are the rewrite report's business; numbers tell here
-                cache["model"] = make_exportable(model)
+                cache["model"] = make_exportable(model, args)
         return cache["model"]
 
     references = {CPU_REFERENCE: "original model, eager fp32 on CPU"}
@@ -363,12 +365,11 @@ def check_parity(
 
         def ts_source() -> torch.jit.ScriptModule:
             if "trace" not in cache:
-                from ..errors import ExportError
                 from ..export import trace_torchscript as trace
 
                 try:
                     cache["trace"] = trace(rewritten(), args, rewrite=False, check=False)
-                except ExportError as exc:
+                except ModconvExportError as exc:
                     cache["trace"] = RunnerUnavailable(f"in-memory TorchScript trace failed: {exc}")
             if isinstance(cache["trace"], Exception):
                 raise cache["trace"]

@@ -7,6 +7,7 @@ optional extra (``pip install 'modconv-export[image]'``), imported only when a p
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ModconvExportError
-from ..files import atomic_output
+from ..files import atomic_output, write_bytes
 from .report import ImageSample, ParityReport
 
 __all__ = ["MissingExtraError", "report_image_size", "write_report_image"]
@@ -134,6 +135,8 @@ def write_report_image(report_or_data: ParityReport | ImageSample | Sequence[Ima
                 canvas.paste(Image.fromarray(tile).resize((w * k, h * k), Image.NEAREST), (x, y + LINE))
             y += LINE + h * k + PAD
         y += PAD
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
     with atomic_output(path) as tmp:
-        canvas.save(tmp, format="PNG")
+        write_bytes(tmp, buffer.getvalue())
     return Path(path)

@@ -53,6 +53,16 @@ def flatten_outputs(outputs: Any) -> list[torch.Tensor]:
     raise TypeError(f"model outputs must be a tensor or a tuple/list of tensors, got {type(outputs).__name__}")
 
 
+def model_source(path: str | os.PathLike) -> str | bytes:
+    """What ONNX Runtime can open: the path, or the file's bytes when the name is not valid UTF-8."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return Path(path).read_bytes()
+
+
 def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
     tensor = tensor.detach().to("cpu")
     return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()  # numpy has no bfloat16
@@ -236,7 +246,8 @@ class TorchScriptRunner(_TorchRunner):
             buffer.seek(0)
             module = torch.jit.load(buffer, map_location=self.device)
         else:
-            module = torch.jit.load(str(self.path), map_location=self.device)
+            with open(self.path, "rb") as f:  # a file object: any file name (native code wants UTF-8 names)
+                module = torch.jit.load(f, map_location=self.device)
         self.module = module.to(self.dtype).eval() if self.dtype != torch.float32 else module.eval()
         self.prepared = True
 
@@ -283,7 +294,7 @@ class OnnxRuntimeRunner(Runner):
         providers: list[Any] = [(wanted, provider_options)]
         if wanted != "CPUExecutionProvider":
             providers.append("CPUExecutionProvider")
-        session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
+        session = ort.InferenceSession(model_source(self.path), sess_options=options, providers=providers)
         actual = list(session.get_providers())
         if not actual or actual[0] != wanted:
             del session

@@ -1,0 +1,77 @@
+"""Memory: estimate before allocating, and recognise an allocation failure however a library reports it.
+
+``--input image=1x3x100000x100000`` asks for 112 GiB; allocating it first would end in the allocator's
+exception (or the kernel's OOM killer). :func:`check_fits` refuses it up front with the size, against
+what the machine (and the process's cgroup) can still give.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import ModconvExportError
+
+__all__ = ["OutOfMemory", "available_bytes", "check_fits", "format_bytes", "is_allocation_failure"]
+
+#: How libraries say "out of memory": Python, torch's CPU and CUDA allocators, ONNX Runtime, numpy.
+_OOM_TEXT = ("can't allocate memory", "out of memory", "bad_alloc", "failed to allocate", "unable to allocate", "cannot allocate memory")
+
+
+class OutOfMemory(ModconvExportError):
+    """The run needs more memory than this machine can give."""
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+def _cgroup_room() -> int | None:
+    """Bytes left under the cgroup v2 memory limit, if one is set."""
+    base = Path("/sys/fs/cgroup")
+    try:
+        limit = (base / "memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return max(0, int(limit) - int((base / "memory.current").read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def available_bytes() -> int | None:
+    """Memory this process can still allocate: ``MemAvailable``, capped by the cgroup limit; ``None`` if unknown."""
+    found = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    if found is None and hasattr(os, "sysconf"):
+        try:
+            found = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError):
+            found = None
+    room = _cgroup_room()
+    return room if found is None else found if room is None else min(found, room)
+
+
+def check_fits(need: int, what: str) -> None:
+    """Raise :class:`OutOfMemory` if ``need`` bytes (for ``what``) exceed the memory available."""
+    have = available_bytes()
+    if have is not None and need > have:
+        raise OutOfMemory(f"{what} need {format_bytes(need)}, but only {format_bytes(have)} of memory are available")
+
+
+def is_allocation_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) is an allocation failure."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, MemoryError) or any(s in str(exc).lower() for s in _OOM_TEXT):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False

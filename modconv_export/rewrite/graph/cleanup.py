@@ -1,0 +1,131 @@
+"""Tidy a rewritten graph: fold parameter-only values into constants, merge reshapes, drop what is unused.
+
+* **Fold.** A value computed from parameters and buffers alone (``weight * scale``, a flipped blur
+  kernel, a transposed conv weight) is evaluated once and stored as a buffer, so the exported graph reads
+  a constant -- runtimes that insist on constant conv weights accept it, and no run pays for it. Only
+  values no larger than what they are computed from are folded (a broadcast bias stays a broadcast),
+  except convolution weights, which are always folded (a kernel expanded over channels included).
+* **Reshapes.** ``reshape(reshape(x, a), b)`` is ``reshape(x, b)``: the rewrites fold and unfold the
+  batch around each convolution, and the model's own views then meet the rewrite's.
+* **Unused.** Dead nodes, and parameters no node reads any more (a rewritten conv's per-sample weight
+  chain, its original parameter), are removed so the files do not carry them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from .evaluate import attribute, evaluate
+from .facts import GraphFacts, analyze
+
+aten = torch.ops.aten
+
+__all__ = ["fold_constants", "merge_reshapes", "remove_unused"]
+
+_RESHAPES = {aten.view.default, aten.reshape.default, aten._unsafe_view.default}
+
+
+def _attribute_inputs(node: fx.Node) -> list[fx.Node]:
+    seen, stack, found = set(), [node], []
+    while stack:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        if current.op == "get_attr":
+            found.append(current)
+        fx.node.map_arg((current.args, current.kwargs), lambda n: stack.append(n))
+    return found
+
+
+_IDENTITY_OPS = {aten.to.dtype, aten._to_copy.default, aten.alias.default, aten.detach.default, aten.clone.default, aten.contiguous.default}
+
+
+def _is_identity(node: fx.Node) -> bool:
+    """A cast or copy of a parameter to what it already is (``w.to(x.dtype)`` in float32): nothing to fold."""
+    if node.target not in _IDENTITY_OPS or not isinstance(node.args[0], fx.Node) or node.args[0].op != "get_attr":
+        return False
+    before, after = node.args[0].meta.get("val"), node.meta.get("val")
+    return isinstance(before, torch.Tensor) and isinstance(after, torch.Tensor) and before.dtype == after.dtype and before.shape == after.shape
+
+
+def _is_conv_weight(node: fx.Node) -> bool:
+    """Whether ``node`` is the weight of a convolution (which runtimes want as an initializer, whatever its size)."""
+    from .grouped_conv import conv_call
+
+    return any((call := conv_call(user)) is not None and call.weight is node for user in node.users)
+
+
+def fold_constants(gm: fx.GraphModule, facts: GraphFacts | None = None, *, dry_run: bool = False) -> int:
+    """Replace each parameter-only value read by input-dependent code with a buffer; how many were folded
+    (with ``dry_run``: how many would be, changing nothing)."""
+    facts = facts or analyze(gm.graph)
+    graph = gm.graph
+    folded = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or not facts.is_constant(node):
+            continue
+        if not any(not facts.is_constant(user) or user.op == "output" for user in node.users):
+            continue
+        sources = _attribute_inputs(node)
+        if not sources or _is_identity(node):
+            continue
+        meta = node.meta.get("val")
+        value = None if isinstance(meta, torch.Tensor) else evaluate(gm, node, {})
+        if value is not None and not isinstance(value, torch.Tensor):
+            continue
+        numel = (meta if value is None else value).numel()
+        budget = sum(t.numel() for t in (attribute(gm, s.target) for s in sources) if isinstance(t, torch.Tensor))
+        if numel > budget and not _is_conv_weight(node):
+            continue
+        if dry_run:
+            folded += 1
+            continue
+        value = evaluate(gm, node, {}) if value is None else value
+        name = f"_modconv_folded_{folded}"
+        while hasattr(gm, name):
+            name += "_"
+        gm.register_buffer(name, value.detach().clone().contiguous())
+        with graph.inserting_before(node):
+            const = graph.get_attr(name)
+        const.meta.update({k: node.meta[k] for k in ("nn_module_stack", "val") if k in node.meta})
+        node.replace_all_uses_with(const)
+        folded += 1
+    if not dry_run:
+        graph.eliminate_dead_code()
+    return folded
+
+
+def merge_reshapes(graph: fx.Graph) -> int:
+    """Let every reshape of a reshape read the original tensor; how many were merged."""
+    merged = 0
+    for node in graph.nodes:
+        if node.op != "call_function" or node.target not in _RESHAPES:
+            continue
+        source = node.args[0]
+        while isinstance(source, fx.Node) and source.op == "call_function" and source.target in _RESHAPES:
+            source = source.args[0]
+        if source is not node.args[0]:
+            node.target = aten.reshape.default
+            node.args = (source, *node.args[1:])
+            merged += 1
+    graph.eliminate_dead_code()
+    return merged
+
+
+def remove_unused(gm: fx.GraphModule) -> None:
+    """Dead code, then every parameter, buffer and submodule no ``get_attr`` reads any more."""
+    gm.graph.eliminate_dead_code()
+    used = {node.target for node in gm.graph.nodes if node.op == "get_attr"}
+    for name, _ in list(gm.named_parameters(remove_duplicate=False)) + list(gm.named_buffers(remove_duplicate=False)):
+        if name in used:
+            continue
+        owner_path, _, leaf = name.rpartition(".")
+        owner = gm.get_submodule(owner_path) if owner_path else gm
+        if leaf in owner._parameters:
+            del owner._parameters[leaf]
+        elif leaf in owner._buffers:
+            del owner._buffers[leaf]
+    gm.delete_all_unused_submodules()
+    gm.recompile()

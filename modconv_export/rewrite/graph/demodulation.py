@@ -1,0 +1,162 @@
+"""Demodulation without the per-sample weight: ``sum((K * s)^2)`` -> ``s^2 @ sum(K^2)``.
+
+StyleGAN2 code computes the demodulation from the modulated weight, ``rsqrt(sum((K * s)^2) + eps)``,
+which puts a ``[B, Cout, Cin, k, k]`` tensor in the graph for every layer -- and keeps it even after the
+convolution itself has constant weights (non-fused paths compute it too). Since ``s`` is constant over
+the summed kernel window, ``sum_{i,k}(K[o,i,k] s[i])^2 = sum_i s[i]^2 * Q[i, o]`` with the constant
+``Q = sum_k K^2``: one ``[B, Cin] x [Cin, Cout]`` matmul. Exact up to float reassociation.
+
+Found by pattern (a sum over a square of a product with one per-sample factor), accepted by numbers:
+the factor must scale the product along exactly one summed axis, and the matmul form must reproduce the
+sum on the probe run. Anything else is left alone (it is correct, only slower).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from .evaluate import evaluate, relative_l2
+from .facts import GraphFacts, module_path
+from .products import product_factors
+
+aten = torch.ops.aten
+
+__all__ = ["SumOfSquares", "find_sums_of_squares", "rewrite_sum_of_squares"]
+
+
+@dataclass(frozen=True)
+class SumOfSquares:
+    """``total = sum(square(product), axes)`` where ``product`` has the single per-sample factor ``factor``."""
+
+    total: fx.Node
+    product: fx.Node
+    factor: fx.Node
+    axes: tuple[int, ...]  # summed axes of ``product``
+    path: str
+
+    def needed(self) -> set[fx.Node]:
+        return {self.total, self.factor}
+
+
+def _squared(node: fx.Node) -> fx.Node | None:
+    """``p`` when ``node`` is ``p ** 2``, ``square(p)`` or ``p * p``."""
+    if node.op != "call_function":
+        return None
+    if node.target is aten.square.default:
+        return node.args[0]
+    if node.target is aten.pow.Tensor_Scalar and node.args[1] == 2:
+        return node.args[0]
+    if node.target is aten.mul.Tensor and node.args[0] is node.args[1]:
+        return node.args[0]
+    return None
+
+
+def _rank(node: fx.Node) -> int | None:
+    value = node.meta.get("val")
+    return value.dim() if isinstance(value, torch.Tensor) else None
+
+
+def _summed_axes(square: fx.Node, rank: int) -> tuple[fx.Node, tuple[int, ...]] | None:
+    """Follow single-user ``sum`` nodes after ``square``; the last one and the product axes it sums."""
+    axes_left = list(range(rank))
+    summed: list[int] = []
+    current = square
+    while len(current.users) == 1:
+        user = next(iter(current.users))
+        if user.target is not aten.sum.dim_IntList or user.kwargs.get("dtype") is not None or user.args[0] is not current:
+            break
+        dims = user.args[1] if len(user.args) > 1 else None
+        keepdim = bool(user.args[2]) if len(user.args) > 2 else bool(user.kwargs.get("keepdim", False))
+        if not dims:
+            break
+        dims = [d % len(axes_left) for d in dims]
+        summed += [axes_left[d] for d in dims]
+        if not keepdim:
+            axes_left = [a for i, a in enumerate(axes_left) if i not in dims]
+        current = user
+    return (current, tuple(sorted(summed))) if summed else None
+
+
+def find_sums_of_squares(graph: fx.Graph, facts: GraphFacts) -> list[SumOfSquares]:
+    found = []
+    for node in graph.nodes:
+        product = _squared(node)
+        if not isinstance(product, fx.Node) or not facts.is_value_dependent(product):
+            continue
+        rank = _rank(product)
+        summed = _summed_axes(node, rank) if rank else None
+        if summed is None:
+            continue
+        factors = product_factors(product, facts)
+        if isinstance(factors, str) or len(factors) != 1 or factors[0].sign != 1:
+            continue
+        found.append(SumOfSquares(summed[0], product, factors[0].node, summed[1], module_path(summed[0])))
+    return found
+
+
+def rewrite_sum_of_squares(gm: fx.GraphModule, site: SumOfSquares, values: dict[fx.Node, Any], batch: int) -> str | None:
+    """Replace ``site.total`` by ``(s^2 @ Q)`` reshaped; the reason when it does not apply or is not exact."""
+    known = {n: v for n, v in values.items() if not isinstance(v, torch.Tensor)}  # sizes
+    factor, total = values[site.factor], values[site.total]
+    unit = evaluate(gm, site.product, {**known, site.factor: torch.ones_like(factor)})
+    if unit.dim() == 0 or unit.shape[0] != batch or total.dim() == 0 or total.shape[0] != batch:
+        return "its product has no leading batch axis"
+    if relative_l2(unit, unit[:1].expand_as(unit)) > 1e-6:
+        return "its constant part differs between samples"
+    per_sample = factor.reshape(batch, -1)
+    width = per_sample.shape[1]
+    trial = (torch.rand(factor.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64) + 0.5).to(factor.dtype)
+    scaled = evaluate(gm, site.product, {**known, site.factor: trial})
+    axis = None
+    for candidate in range(1, unit.dim()):
+        if unit.shape[candidate] != width:
+            continue
+        shape = [batch] + [1] * (unit.dim() - 1)
+        shape[candidate] = width
+        if relative_l2(scaled, unit * trial.reshape(batch, -1).reshape(shape)) <= 1e-5:
+            axis = candidate
+            break
+    if axis is None or axis not in site.axes:
+        return "its per-sample factor does not scale one summed axis"
+
+    kernel = unit[0].double() ** 2  # axes of the product without the batch
+    others = tuple(a - 1 for a in site.axes if a != axis)
+    weight_sq = kernel.sum(dim=others, keepdim=True) if others else kernel
+    weight_sq = weight_sq.movedim(axis - 1, 0).reshape(width, -1)  # [width, everything kept]
+    compute = torch.float32 if factor.dtype in (torch.float16, torch.bfloat16) else factor.dtype
+    name = f"_modconv_sumsq_{len([n for n in gm.graph.nodes if n.op == 'get_attr'])}"
+    while hasattr(gm, name):
+        name += "_"
+    gm.register_buffer(name, weight_sq.to(compute).contiguous())
+
+    graph = gm.graph
+    added: list[fx.Node] = []
+
+    def add(target, *args, **kwargs) -> fx.Node:
+        with graph.inserting_before(site.total):
+            node = graph.call_function(target, args, kwargs) if target != "get_attr" else graph.get_attr(args[0])
+        for key in ("nn_module_stack", "stack_trace"):
+            if key in site.total.meta:
+                node.meta[key] = site.total.meta[key]
+        added.append(node)
+        return node
+
+    s = add(aten.reshape.default, site.factor, [-1, width])
+    if factor.dtype != compute:
+        s = add(aten._to_copy.default, s, dtype=compute)
+    result = add(aten.mm.default, add(aten.mul.Tensor, s, s), add("get_attr", name))
+    if total.dtype != compute:
+        result = add(aten._to_copy.default, result, dtype=total.dtype)
+    result = add(aten.reshape.default, result, [-1, *total.shape[1:]])
+    error = relative_l2(evaluate(gm, result, {**known, site.factor: factor}), total)
+    if not error <= (1e-5 if total.dtype in (torch.float32, torch.float64) else 1e-2):
+        for node in reversed(added):
+            graph.erase_node(node)
+        delattr(gm, name)
+        return f"its matmul form differs on the probe (relative L2 {error:.2e})"
+    site.total.replace_all_uses_with(result)
+    return None

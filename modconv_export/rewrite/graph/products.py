@@ -1,0 +1,101 @@
+"""Read a tensor expression as a product: constant parts times per-sample factors, under layout ops.
+
+A modulated weight is, in every StyleGAN2 codebase, ``layout(K * s * d)``: a kernel ``K`` computed from
+parameters, per-sample factors ``s`` (style) and ``d`` (demodulation) broadcast along channel axes, and
+reshapes, transposes and flips that fold it into a grouped-conv weight. :func:`product_factors` walks back
+from a value through multiplications, divisions and layout ops and returns the *per-sample factors* it
+meets: the value-dependent nodes that are not themselves products. Everything else on the way (constant
+kernels, scales, shape arithmetic) is left to :func:`~.evaluate.evaluate`, so the walk needs no knowledge
+of how a codebase spells its reshapes: the numbers decide what each factor multiplies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+
+from .facts import GraphFacts
+
+aten = torch.ops.aten
+
+__all__ = ["Factor", "product_factors"]
+
+#: Ops that rearrange, select or copy elements of their first argument without mixing them: a product
+#: stays a product through them, with the factors rearranged the same way.
+LAYOUT_OPS = {
+    aten.view.default,
+    aten.reshape.default,
+    aten._unsafe_view.default,
+    aten.transpose.int,
+    aten.permute.default,
+    aten.flip.default,
+    aten.clone.default,
+    aten.contiguous.default,
+    aten.unsqueeze.default,
+    aten.squeeze.dim,
+    aten.squeeze.dims,
+    aten.squeeze.default,
+    aten.expand.default,
+    aten.t.default,
+    aten.alias.default,
+    aten.detach.default,
+    aten._to_copy.default,
+    aten.to.dtype,
+    aten.to.dtype_layout,
+    aten.lift_fresh_copy.default,
+    aten.slice.Tensor,
+    aten.select.int,
+    aten.narrow.default,
+    aten.mul.Scalar,
+    aten.div.Scalar,
+    aten.neg.default,
+}
+
+
+@dataclass(frozen=True)
+class Factor:
+    """A per-sample factor of a product: ``node`` enters it to the integer power ``sign`` (``s * s``: 2,
+    a divisor: -1)."""
+
+    node: fx.Node
+    sign: int
+
+
+#: A product tree with more steps than this is not a modulated weight (and would be slow to walk).
+_MAX_STEPS = 10_000
+
+
+def product_factors(root: fx.Node, facts: GraphFacts) -> list[Factor] | str:
+    """The value-dependent factors of ``root`` read as a product, or why it is not one.
+
+    Constant and shape-only subexpressions are not factors (they are evaluated with the rest). A node
+    reached along several paths enters with the summed power (``s * s`` is ``s`` squared); factors whose
+    powers cancel (``s / s``) are dropped.
+    """
+    powers: dict[fx.Node, int] = {}
+    stack: list[tuple[fx.Node, int]] = [(root, 1)]
+    steps = 0
+    while stack:
+        steps += 1
+        if steps > _MAX_STEPS:
+            return "its product has too many terms"
+        node, sign = stack.pop()
+        if not facts.is_value_dependent(node):
+            continue
+        target = node.target if node.op == "call_function" else None
+        if target in (aten.mul.Tensor,):
+            stack.extend((a, sign) for a in node.args[:2] if isinstance(a, fx.Node))
+        elif target in (aten.div.Tensor,):
+            numerator, denominator = node.args[:2]
+            if isinstance(numerator, fx.Node):
+                stack.append((numerator, sign))
+            if isinstance(denominator, fx.Node):
+                stack.append((denominator, -sign))
+        elif target in LAYOUT_OPS:
+            if isinstance(node.args[0], fx.Node):
+                stack.append((node.args[0], sign))
+        else:
+            powers[node] = powers.get(node, 0) + sign
+    return [Factor(node, power) for node, power in powers.items() if power != 0]
