@@ -39,19 +39,27 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from modconv_export import export_onnx, export_torchscript, make_exportable
 from modconv_export.families import gfpgan, lats
 from modconv_export.openvino_options import cpu_info
 from modconv_export.verify.metrics import compare
-from modconv_export.verify.runners import EagerRunner, OnnxRuntimeRunner, OpenVINORunner, Runner, RunnerUnavailable, TorchScriptRunner
+from modconv_export.verify.runners import (
+    EagerRunner,
+    OnnxRuntimeRunner,
+    OpenVINORunner,
+    Runner,
+    RunnerUnavailable,
+    TorchScriptRunner,
+)
 
 DEFAULT_MODELS = ["lats:256:1,4", "gfpgan:512:1"]
 DEFAULT_SIZES = {"lats": 256, "decoder": 256, "gfpgan": 512}
@@ -205,7 +213,7 @@ def bench_model(spec: Spec, args: argparse.Namespace, cuda: bool, workdir: Path)
             runners[name] = runner
         except RunnerUnavailable as exc:
             failed[name] = f"not run: {exc}"
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (any backend's error is that backend's row, not the end of the run)
             failed[name] = f"failed: could not load: {_reason(exc)}"
     try:
         for batch in spec.batches:
@@ -232,7 +240,7 @@ def bench_batch(spec: Spec, model: nn.Module, batch: int, inputs: tuple, runners
                 runner.infer(inputs)
             if cuda_torch:
                 peaks[name] = torch.cuda.max_memory_allocated() / 2**20
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (a row, as above)
             errors[name] = f"failed: inference: {_reason(exc)}"
             del live[name]
     times: dict[str, list[float]] = {name: [] for name in live}
@@ -241,7 +249,7 @@ def bench_batch(spec: Spec, model: nn.Module, batch: int, inputs: tuple, runners
             time.sleep(args.gap_ms / 1e3)  # the previous backend's spinning worker threads go to sleep first
             try:
                 times[name].append(_time_once(runner, inputs, "cuda" in name))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001  (a row, as above)
                 errors[name] = f"failed: inference: {_reason(exc)}"
                 del live[name]
     medians = {name: statistics.median(t) for name, t in times.items() if name in live and t}

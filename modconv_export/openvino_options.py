@@ -95,7 +95,7 @@ def openvino_unavailable_reason() -> str:
     return ""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _core() -> Any:
     import openvino as ov
 
@@ -218,6 +218,13 @@ def _nearest_x2_input(up: Any) -> Any:
     return up.input_value(0)
 
 
+def _i64(*values: int) -> Any:
+    """An int64 constant for the OpenVINO opset builders."""
+    import numpy as np
+
+    return np.array(values, dtype=np.int64)
+
+
 def fold_nearest_upsampling(model: Any) -> int:
     """Rewrite ``conv3x3(reflect_pad(upsample_nearest_x2(x)))`` as one 2x2 convolution at ``x``'s resolution
     with 4x the output channels (one per output phase) and a depth-to-space; returns how many it folded.
@@ -263,10 +270,10 @@ def fold_nearest_upsampling(model: Any) -> int:
                 for r in (0, 1):
                     for c in (0, 1):
                         kernel[2 * a + b, :, :, r, c] = weights[:, :, taps[a][r]][:, :, :, taps[b][c]].sum(axis=(2, 3))
-        i64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
-        padded = ops.pad(x, i64(0, 0, 1, 1), i64(0, 0, 1, 1), "edge")
+
+        padded = ops.pad(x, _i64(0, 0, 1, 1), _i64(0, 0, 1, 1), "edge")
         phases = ops.convolution(padded, ops.constant(kernel.reshape(4 * cout, cin, 2, 2).astype(weights.dtype)), [1, 1], [0, 0], [0, 0], [1, 1])
-        crops = [ops.slice(phases, i64(k * cout, k // 2, k % 2), i64((k + 1) * cout, k // 2 + h, k % 2 + w), i64(1, 1, 1), i64(1, 2, 3)) for k in range(4)]
+        crops = [ops.slice(phases, _i64(k * cout, k // 2, k % 2), _i64((k + 1) * cout, k // 2 + h, k % 2 + w), _i64(1, 1, 1), _i64(1, 2, 3)) for k in range(4)]
         conv.output(0).replace(ops.depth_to_space(ops.concat(crops, 1), "blocks_first", 2).output(0))
         folded += 1
     return folded
@@ -300,7 +307,10 @@ class OpenVINOModel:
         self.input_names = [p.get_any_name() for p in model.inputs]
         self.precision = precision
         parts = split_style_path(model) if precision == "bf16" and f32_islands else None
-        settings = lambda p: {**compile_config(p), **(config or {})}  # noqa: E731
+
+        def settings(p: str) -> dict[str, Any]:
+            return {**compile_config(p), **(config or {})}
+
         self.f32_islands = parts is not None
         if parts is None:
             self.compiled = [_core().compile_model(model, "CPU", settings(precision))]
@@ -362,8 +372,10 @@ def ort_openvino_session(path: str | os.PathLike, precision: str = "fp32", *, lo
     properties passed through ``load_config`` (the provider's ``precision`` option is not honoured)."""
     import onnxruntime as ort
 
+    from .verify.runners import model_source
+
     device = ort_openvino_device()
     cpu = {k: str(v) for k, v in compile_config(precision).items()}
     options = session_options()
     options.add_provider_for_devices([device], {"load_config": json.dumps({"CPU": {**cpu, **(load_config or {})}})})
-    return ort.InferenceSession(str(path), sess_options=options)
+    return ort.InferenceSession(model_source(path), sess_options=options)

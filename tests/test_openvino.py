@@ -12,9 +12,9 @@ import sys
 
 import pytest
 import torch
-import torch.nn as nn
-
 from conftest import TinyDecoder, randomize, tiny_inputs
+from torch import nn
+
 from modconv_export import export_onnx
 from modconv_export import openvino_options as ovo
 from modconv_export.verify import check_parity, resolve_tolerance
@@ -155,7 +155,7 @@ def test_without_openvino_the_rows_say_how_to_install_it(tiny, monkeypatch):
 @pytest.mark.skipif(not _has_ep(), reason="onnxruntime-ep-openvino not installed")
 @needs_bf16
 def test_onnxruntime_with_the_openvino_execution_provider(tiny):
-    model, args, path, _ = tiny
+    model, _, path, _ = tiny
     batch = tiny_inputs(3, 7)
     with torch.no_grad():
         expected = model(*batch)
@@ -164,7 +164,7 @@ def test_onnxruntime_with_the_openvino_execution_provider(tiny):
         with OpenVINORunner(path, precision, runtime="onnxruntime") as runner:
             assert runner.providers[0].startswith("OpenVINOExecutionProvider") and runner.name.startswith("ort-openvino-cpu")
             errors[precision] = compare(runner.infer(batch)[0], expected).rel_l2
-    assert errors["fp32"] < 1e-5 < 1e-4 < errors["bf16"] <= BF16_REL_L2, errors  # load_config's precision is honoured
+    assert errors["fp32"] < 1e-5 and 1e-4 < errors["bf16"] <= BF16_REL_L2, errors  # load_config's precision is honoured
 
 
 def test_ep_runner_without_the_plugin_is_not_run(tiny, monkeypatch):
