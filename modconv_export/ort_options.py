@@ -52,12 +52,18 @@ def session_options(*, optimization: str = "all", threads: int | None = None, qu
     return options
 
 
-def cuda_provider_options(*, conv_algo_search: str = "EXHAUSTIVE", cuda_graph: bool = False, device_id: int = 0) -> dict[str, Any]:
+def cuda_provider_options(*, conv_algo_search: str = "EXHAUSTIVE", cuda_graph: bool = False, prefer_nhwc: bool = False, device_id: int = 0) -> dict[str, Any]:
+    """The CUDA provider's options; flags as ``"1"``/``"0"``, the spelling every ORT version parses.
+
+    ``prefer_nhwc`` runs convolutions in the channels-last layout (Tensor Core kernels need no transposes
+    around each Conv); ``cuda_graph`` replays the whole run as one CUDA graph (fixed shapes and I/O addresses).
+    """
     return {
-        "device_id": device_id,
+        "device_id": str(device_id),
         "cudnn_conv_algo_search": conv_algo_search,
-        "do_copy_in_default_stream": True,
-        "enable_cuda_graph": bool(cuda_graph),
+        "do_copy_in_default_stream": "1",
+        "enable_cuda_graph": "1" if cuda_graph else "0",
+        "prefer_nhwc": "1" if prefer_nhwc else "0",
     }
 
 
