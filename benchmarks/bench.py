@@ -1,56 +1,83 @@
-"""Speed of the exported generators against eager PyTorch, per backend and batch size.
+"""Speed of the exported generators against eager PyTorch at the sizes users run, per backend and batch size.
 
-    python benchmarks/bench.py [--quick] [--models decoder,lats] [--batches 1,4] [--runs 20] [--json PATH]
+    python benchmarks/bench.py --json bench.json --markdown   # the README table: lats:256:1,4 gfpgan:512:1
+    python benchmarks/bench.py --models lats --size 256 --batches 1,4
+    python benchmarks/bench.py --quick                         # CI smoke: small LATS at 32 px, seconds
 
-Backends: eager seed layers (the baseline), eager rewritten, TorchScript, ONNX Runtime CPU (and its
-graph-optimisation levels), and where a GPU is usable: torch eager fp32 (TF32 off) / torch.compile
-fp32 and fp16, ONNX Runtime CUDA fp32 and fp16 with I/O binding. A backend that cannot run here is a
-row that says "not run" and why. Each row: warm-up, then the median of ``--runs`` timed runs
-(synchronised clocks on CUDA), peak memory, relative L2 error against the eager seed model, and the
-speed-up over the eager seed model at the same batch size.
+Every backend is a runner of :mod:`modconv_export.verify.runners` -- the code that proves parity is the
+code that is timed: eager seed layers (the baseline), eager rewritten, TorchScript, ``torch.compile``
+(CPU), torch bf16 autocast (rewritten model), ONNX Runtime CPU fp32 (and the fp16 file), OpenVINO f32
+and bf16 (with the toolkit's style-path policy, without it, and compiled for the one input shape),
+ONNX Runtime on the OpenVINO execution provider (f32, bf16); on a GPU also eager / TorchScript /
+``torch.compile`` fp32 (TF32 off) and fp16, ONNX Runtime CUDA fp32 and fp16. A backend that cannot run
+here is a row that says "not run" and why.
 
-Models (weights are seeded random; speed does not depend on them):
-* ``decoder`` -- the LATS styled decoder: 256 channels at 64x64 up to 64 channels at 256x256 on a GPU;
-  on the CPU the same channels at 8x8 features (a 32x32 input image), as the issue's CPU numbers;
-* ``lats`` -- the whole LATS generator (identity encoder, age encoder, mapping, decoder), 256x256 on
-  a GPU and 32x32 on the CPU;
-* ``--quick`` -- the small LATS preset (ngf 8, 32x32), batches 1 and 4: a smoke test under a minute.
+Timing: all backends of a model are prepared first; per batch size each is warmed up, then they run
+round-robin (interleaved, so a burst of load from elsewhere hits every backend alike) ``--runs``
+times with a short idle gap before each run (ONNX Runtime's and OpenVINO's worker threads spin for a
+while after a run and would steal cores from the next backend); each row is the median (and the
+minimum, in the JSON). Speed-up is against the eager seed model of the same run and batch (on its
+device); relative L2 and PSNR against the eager seed model in fp32 on the CPU. The JSON holds the CPU
+model, its ISA flags (AMX, AVX-512), the load average before and after, and library versions, so
+numbers from different machines are never mixed up.
+
+Models (weights seeded random; speed does not depend on them), ``NAME[:SIZE[:BATCHES]]``:
+* ``lats`` -- the whole LATS generator (identity encoder, mapping, styled decoder), SIZE x SIZE input;
+* ``decoder`` -- the LATS styled decoder alone, on SIZE/4 identity features;
+* ``gfpgan`` -- GFPGAN v1.4 clean (U-Net + SFT StyleGAN2 decoder), SIZE = its output size (512);
+* ``--quick`` -- the small LATS preset (ngf 8) at 32x32, batches 1 and 4, without ``torch.compile``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
-import resource
+import os
 import statistics
 import sys
 import tempfile
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
 
-import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 
 from modconv_export import export_onnx, export_torchscript, make_exportable
-from modconv_export.families import lats
-from modconv_export.ort_options import create_session
+from modconv_export.families import gfpgan, lats
+from modconv_export.verify.environment import versions as environment
+from modconv_export.verify.metrics import compare
+from modconv_export.verify.openvino_runner import OpenVINORunner
+from modconv_export.verify.runners import EagerRunner, OnnxRuntimeRunner, Runner, RunnerUnavailable, TorchScriptRunner
+
+DEFAULT_MODELS = ["lats:256:1,4", "gfpgan:512:1"]
+DEFAULT_SIZES = {"lats": 256, "decoder": 256, "gfpgan": 512}
 
 
 @dataclass
 class Row:
     model: str
+    size: int
     backend: str
     batch: int
-    status: str  # "ok" or "not run: <reason>"
+    status: str  # "ok", "not run: <reason>" or "failed: <reason>"
     median_ms: float | None = None
-    peak_mb: float | None = None
-    rel_l2: float | None = None
+    min_ms: float | None = None  # the least disturbed run: on a loaded machine closer to a quiet one's median
     speedup: float | None = None
+    rel_l2: float | None = None
+    psnr: float | None = None
+    peak_mb: float | None = None  # CUDA torch rows only (a process-wide CPU figure says nothing per row)
+    runs: int = 0
     extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Spec:
+    name: str
+    size: int
+    batches: list[int]
 
 
 class DecoderOnly(nn.Module):
@@ -64,227 +91,257 @@ class DecoderOnly(nn.Module):
         return self.decoder(features, target_age)
 
 
-def build(name: str, cuda: bool, quick: bool) -> tuple[nn.Module, Callable[[int, int], tuple]]:
-    config = dict(lats.SMALL if quick else lats.FULL)
-    size = 256 if cuda and not quick else 32
+def build(spec: Spec, quick: bool) -> tuple[nn.Module, Callable[[int, int], tuple]]:
+    """The model (reference layers, seeded random weights) and ``inputs(batch, seed)``."""
     torch.manual_seed(0)
+    if spec.name == "gfpgan":
+        config = gfpgan.GFPGAN_FAMILY.preset("small" if quick else "full")
+        config["out_size"] = spec.size
+        model = gfpgan.build(config).eval()
+
+        def gfpgan_inputs(batch: int, seed: int) -> tuple:
+            gen = torch.Generator().manual_seed(seed)
+            return (torch.rand(batch, 3, spec.size, spec.size, generator=gen) * 2 - 1,)
+
+        return model, gfpgan_inputs
+    config = dict(lats.SMALL if quick else lats.FULL)
     generator = lats.build(config).eval()
     cfg = lats.LATSConfig.from_mapping(config)
+    if spec.name == "decoder":
+        feat = spec.size // 2**cfg.n_downsampling
 
-    if name == "decoder":
-        model: nn.Module = DecoderOnly(generator).eval()
-        feat = size // 2**cfg.n_downsampling
-
-        def inputs(batch: int, seed: int) -> tuple:
+        def decoder_inputs(batch: int, seed: int) -> tuple:
             gen = torch.Generator().manual_seed(seed)
             return torch.randn(batch, cfg.bottleneck_channels, feat, feat, generator=gen), lats.age_code(seed % 6, batch=batch, num_classes=cfg.num_classes, seed=seed)
-    else:
-        model = generator
 
-        def inputs(batch: int, seed: int) -> tuple:
-            gen = torch.Generator().manual_seed(seed)
-            return torch.rand(batch, 3, size, size, generator=gen) * 2 - 1, lats.age_code(seed % 6, batch=batch, num_classes=cfg.num_classes, seed=seed)
+        return DecoderOnly(generator).eval(), decoder_inputs
 
-    return model, inputs
+    def lats_inputs(batch: int, seed: int) -> tuple:
+        gen = torch.Generator().manual_seed(seed)
+        return torch.rand(batch, 3, spec.size, spec.size, generator=gen) * 2 - 1, lats.age_code(seed % 6, batch=batch, num_classes=cfg.num_classes, seed=seed)
 
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return generator, lats_inputs
 
 
-def time_fn(fn: Callable[[], Any], runs: int, warmup: int, cuda: bool) -> tuple[float, Any]:
-    out = None
-    for _ in range(warmup):
-        out = fn()
-    times = []
-    for _ in range(runs):
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = fn()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3, out
-
-
-def rel_l2(actual: Any, expected: np.ndarray) -> float:
-    actual = np.asarray(actual.detach().float().cpu() if isinstance(actual, torch.Tensor) else actual, dtype=np.float64)
-    return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
-
-
-def torch_backends(model: nn.Module, exportable: nn.Module, ts_path: Path, cuda: bool) -> dict[str, Callable[[tuple], Callable[[], Any]] | str]:
-    """name -> factory(inputs) returning a zero-argument callable, or a "not run" reason."""
-    backends: dict[str, Any] = {}
-
-    def eager(m: nn.Module, device: str, dtype: torch.dtype = torch.float32):
-        m = m.to(device=device, dtype=dtype)
-
-        def factory(args: tuple):
-            placed = tuple(a.to(device=device, dtype=dtype) for a in args)
-            return lambda: m(*placed)
-
-        return factory
-
-    backends["eager-seed-cpu"] = eager(model, "cpu")
-    backends["eager-rewritten-cpu"] = eager(exportable, "cpu")
-    backends["torchscript-cpu"] = eager(torch.jit.load(str(ts_path)), "cpu")
-    if cuda:
-        import copy
-
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-        backends["eager-seed-cuda-fp32"] = eager(copy.deepcopy(model), "cuda")
-        backends["eager-rewritten-cuda-fp32"] = eager(copy.deepcopy(exportable), "cuda")
-        backends["torchscript-cuda-fp32"] = eager(torch.jit.load(str(ts_path)), "cuda")
-        backends["compile-cuda-fp32"] = eager(torch.compile(copy.deepcopy(exportable)), "cuda")
-        backends["compile-cuda-fp16"] = eager(torch.compile(copy.deepcopy(exportable)), "cuda", torch.float16)
-    else:
-        for name in ("eager-seed-cuda-fp32", "torchscript-cuda-fp32", "compile-cuda-fp32", "compile-cuda-fp16"):
-            backends[name] = "not run: no CUDA device on this machine"
-    return backends
-
-
-def ort_backends(onnx_fp32: Path, onnx_fp16: Path | None, cuda: bool) -> dict[str, Any]:
-    backends: dict[str, Any] = {}
-
-    def ort_cpu(path: Path, optimization: str):
-        session = create_session(path, "cpu", optimization=optimization)
-        names = [i.name for i in session.get_inputs()]
-
-        def factory(args: tuple):
-            feed = {n: a.numpy() for n, a in zip(names, args)}
-            return lambda: session.run(None, feed)[0]
-
-        return factory
-
-    for level in ("all", "basic", "disable"):
-        backends[f"ort-cpu-opt-{level}"] = ort_cpu(onnx_fp32, level)
-    if onnx_fp16 is not None:
-        backends["ort-cpu-fp16"] = ort_cpu(onnx_fp16, "all")
-
-    def ort_cuda(path: Path, **cuda_options: Any):
-        import onnxruntime as ort
-
-        try:
-            session = create_session(path, "cuda", **cuda_options)
-        except RuntimeError as exc:
-            return f"not run: {exc}"
-        names = [i.name for i in session.get_inputs()]
-        out_name = session.get_outputs()[0].name
-
-        def factory(args: tuple):
-            binding = session.io_binding()
-            for n, a in zip(names, args):
-                binding.bind_ortvalue_input(n, ort.OrtValue.ortvalue_from_numpy(a.numpy(), "cuda", 0))
-            binding.bind_output(out_name, "cuda")
-
-            def run():
-                session.run_with_iobinding(binding)
-                return binding.get_outputs()[0].numpy()
-
-            return run
-
-        return factory
-
-    if cuda:
-        backends["ort-cuda-fp32"] = ort_cuda(onnx_fp32)
-        backends["ort-cuda-fp32-heuristic"] = ort_cuda(onnx_fp32, conv_algo_search="HEURISTIC")
-        if onnx_fp16 is not None:
-            backends["ort-cuda-fp16"] = ort_cuda(onnx_fp16)
-    else:
-        for name in ("ort-cuda-fp32", "ort-cuda-fp16"):
-            backends[name] = "not run: no CUDA device on this machine"
-    return backends
-
-
-def bench_model(name: str, args: argparse.Namespace, cuda: bool, workdir: Path) -> list[Row]:
-    model, make_inputs = build(name, cuda, args.quick)
-    example = make_inputs(2, 0)
+def backends(model: nn.Module, files: dict[str, Path | None], cuda: bool, args: argparse.Namespace) -> list[tuple[str, Callable[[], Runner] | str]]:
+    """``(name, runner factory or "not run: reason")`` in table order; every factory builds a verify runner."""
     exportable = make_exportable(model)
-    started = time.perf_counter()
-    onnx_fp32 = export_onnx(model, example, workdir / f"{name}.onnx", exporter=args.exporter)
-    export_s = time.perf_counter() - started
-    onnx_fp16 = export_onnx(model, example, workdir / f"{name}_fp16.onnx", exporter=args.exporter, precision="fp16") if args.fp16 else None
-    ts_path = export_torchscript(model, example, workdir / f"{name}.pt")
-    print(f"[{name}] exported ({args.exporter}) in {export_s:.1f} s", file=sys.stderr)
+    onnx, onnx_fp16, script = files["onnx"], files["onnx_fp16"], files["torchscript"]
+    compile_reason = "not run: skipped with --quick (compile time)" if args.quick else ""
+    table: list[tuple[str, Callable[[], Runner] | str]] = [
+        ("eager-seed-cpu", lambda: EagerRunner(model, name="eager-seed-cpu")),
+        ("eager-rewritten-cpu", lambda: EagerRunner(exportable, name="eager-rewritten-cpu")),
+        ("torchscript-cpu", lambda: TorchScriptRunner(script)),
+        ("compile-cpu", compile_reason or (lambda: EagerRunner(torch.compile(exportable), name="compile-cpu"))),
+        ("autocast-bf16-cpu", lambda: EagerRunner(exportable, autocast=torch.bfloat16, name="autocast-bf16-cpu")),
+        ("ort-cpu", lambda: OnnxRuntimeRunner(onnx, "cpu")),
+        ("ort-cpu-fp16-file", (lambda: OnnxRuntimeRunner(onnx_fp16, "cpu", name="ort-cpu-fp16-file")) if onnx_fp16 else "not run: --no-fp16"),
+        ("openvino-cpu", lambda: OpenVINORunner(onnx, "fp32")),
+        ("openvino-cpu-bf16", lambda: OpenVINORunner(onnx, "bf16")),
+        ("openvino-cpu-bf16-plain", lambda: OpenVINORunner(onnx, "bf16", f32_islands=False, name="openvino-cpu-bf16-plain")),
+        ("openvino-cpu-bf16-static", lambda: OpenVINORunner(onnx, "bf16", static_shapes=True, name="openvino-cpu-bf16-static")),
+        ("ort-openvino-cpu", lambda: OpenVINORunner(onnx, "fp32", runtime="onnxruntime")),
+        ("ort-openvino-cpu-bf16", lambda: OpenVINORunner(onnx, "bf16", runtime="onnxruntime")),
+    ]
+    if not cuda:
+        reason = "not run: no CUDA device on this machine" if not torch.cuda.is_available() else "not run: --cpu"
+        names = ("eager-seed-cuda-fp32", "eager-rewritten-cuda-fp32", "torchscript-cuda-fp32", "compile-cuda-fp32", "compile-cuda-fp16", "ort-cuda-fp32", "ort-cuda-fp16")
+        return table + [(n, reason) for n in names]
+    half = torch.float16
+    table += [
+        ("eager-seed-cuda-fp32", lambda: EagerRunner(model, "cuda", tf32=False, name="eager-seed-cuda-fp32")),
+        ("eager-rewritten-cuda-fp32", lambda: EagerRunner(exportable, "cuda", tf32=False, name="eager-rewritten-cuda-fp32")),
+        ("torchscript-cuda-fp32", lambda: TorchScriptRunner(script, "cuda", tf32=False, name="torchscript-cuda-fp32")),
+        ("compile-cuda-fp32", lambda: EagerRunner(torch.compile(_copy(exportable).cuda()), "cuda", tf32=False, name="compile-cuda-fp32")),
+        ("compile-cuda-fp16", lambda: EagerRunner(torch.compile(_copy(exportable).cuda().half()), "cuda", dtype=half, name="compile-cuda-fp16")),
+        ("ort-cuda-fp32", lambda: OnnxRuntimeRunner(onnx, "cuda", name="ort-cuda-fp32")),
+        ("ort-cuda-fp16", (lambda: OnnxRuntimeRunner(onnx_fp16, "cuda", name="ort-cuda-fp16")) if onnx_fp16 else "not run: --no-fp16"),
+    ]
+    return table
 
-    backends = {**torch_backends(model, exportable, ts_path, cuda), **ort_backends(onnx_fp32, onnx_fp16, cuda)}
+
+def _copy(module: nn.Module) -> nn.Module:
+    from modconv_export.rewrite import copy_module
+
+    return copy_module(module)
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())[:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _time_once(runner: Runner, inputs: tuple, cuda: bool) -> float:
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    runner.infer(inputs)  # returns host arrays: the clock includes the copy back, on CUDA too
+    return (time.perf_counter() - start) * 1e3
+
+
+def bench_model(spec: Spec, args: argparse.Namespace, cuda: bool, workdir: Path) -> list[Row]:
+    model, make_inputs = build(spec, args.quick)
+    example = make_inputs(2, 0)
+    tag = f"{spec.name}{spec.size}"
+    started = time.perf_counter()
+    files: dict[str, Path | None] = {"onnx": export_onnx(model, example, workdir / f"{tag}.onnx", exporter=args.exporter)}
+    export_s = time.perf_counter() - started
+    files["onnx_fp16"] = export_onnx(model, example, workdir / f"{tag}_fp16.onnx", exporter=args.exporter, precision="fp16") if args.fp16 else None
+    files["torchscript"] = export_torchscript(model, example, workdir / f"{tag}.pt")
+    print(f"[{tag}] exported ({args.exporter}) in {export_s:.1f} s", file=sys.stderr)
+
     rows: list[Row] = []
-    for batch in args.batches:
-        inputs = make_inputs(batch, 100 + batch)
-        with torch.no_grad():
-            reference = model(*inputs).numpy().astype(np.float64)
-        baseline_ms = None
-        for backend, factory in backends.items():
-            if isinstance(factory, str):
-                rows.append(Row(name, backend, batch, factory))
-                continue
-            uses_cuda = "cuda" in backend
-            if uses_cuda:
+    runners: dict[str, Runner] = {}
+    failed: dict[str, str] = {}
+    wanted = [(n, f) for n, f in backends(model, files, cuda, args) if not args.backends or n in args.backends]
+    for name, factory in wanted:
+        if isinstance(factory, str):
+            failed[name] = factory
+            continue
+        try:
+            runner = factory()
+            runner.prepare()
+            runners[name] = runner
+        except RunnerUnavailable as exc:
+            failed[name] = f"not run: {exc}"
+        except Exception as exc:  # noqa: BLE001  (any backend's error is that backend's row, not the end of the run)
+            failed[name] = f"failed: could not load: {_reason(exc)}"
+    try:
+        for batch in spec.batches:
+            rows += bench_batch(spec, model, batch, make_inputs(batch, 100 + batch), runners, failed, [n for n, _ in wanted], args)
+    finally:
+        for runner in runners.values():
+            runner.release()
+    rows.append(Row(spec.name, spec.size, f"export-{args.exporter}", 0, "ok", export_s * 1e3))
+    return rows
+
+
+def bench_batch(spec: Spec, model: nn.Module, batch: int, inputs: tuple, runners: dict[str, Runner], failed: dict[str, str], order: list[str], args: argparse.Namespace) -> list[Row]:
+    """Warm every runner up, then time them round-robin; one row per backend in ``order``."""
+    with EagerRunner(model, name="reference") as reference:
+        expected = reference.infer(inputs)[0]
+    live, outputs, peaks, errors = dict(runners), {}, {}, {}
+    for name, runner in list(live.items()):
+        cuda_torch = name.endswith(("cuda-fp32", "cuda-fp16")) and not name.startswith("ort")
+        try:
+            if cuda_torch:
                 torch.cuda.reset_peak_memory_stats()
-            with torch.no_grad():
-                ms, out = time_fn(factory(inputs), args.runs, args.warmup, uses_cuda)
-            peak = torch.cuda.max_memory_allocated() / 2**20 if uses_cuda and backend.startswith(("eager", "torchscript", "compile")) else _peak_rss_mb()
-            if backend == "eager-seed-cpu":
-                baseline_ms = ms
-            row = Row(name, backend, batch, "ok", ms, peak, rel_l2(out, reference))
-            row.speedup = baseline_ms / ms if baseline_ms else None
-            rows.append(row)
-            print(f"[{name}] b={batch} {backend}: {ms:.2f} ms", file=sys.stderr)
-    rows.append(Row(name, f"export-{args.exporter}", 0, "ok", export_s * 1e3))
+            outputs[name] = runner.infer(inputs)[0]
+            for _ in range(args.warmup - 1):
+                runner.infer(inputs)
+            if cuda_torch:
+                peaks[name] = torch.cuda.max_memory_allocated() / 2**20
+        except Exception as exc:  # noqa: BLE001  (a row, as above)
+            errors[name] = f"failed: inference: {_reason(exc)}"
+            del live[name]
+    times: dict[str, list[float]] = {name: [] for name in live}
+    for _ in range(args.runs):
+        for name, runner in list(live.items()):
+            time.sleep(args.gap_ms / 1e3)  # the previous backend's spinning worker threads go to sleep first
+            try:
+                times[name].append(_time_once(runner, inputs, "cuda" in name))
+            except Exception as exc:  # noqa: BLE001  (a row, as above)
+                errors[name] = f"failed: inference: {_reason(exc)}"
+                del live[name]
+    medians = {name: statistics.median(t) for name, t in times.items() if name in live and t}
+    rows = []
+    for name in order:
+        status = failed.get(name) or errors.get(name)
+        if status:
+            rows.append(Row(spec.name, spec.size, name, batch, status))
+            continue
+        ms = medians[name]
+        baseline = medians.get("eager-seed-cuda-fp32" if "cuda" in name else "eager-seed-cpu")
+        m = compare(outputs[name], expected)
+        rows.append(Row(spec.name, spec.size, name, batch, "ok", ms, min(times[name]), baseline / ms if baseline else None, m.rel_l2, m.psnr, peaks.get(name), len(times[name])))
+        print(f"[{spec.name}{spec.size}] b={batch} {name}: {ms:.1f} ms", file=sys.stderr)
     return rows
 
 
 def format_table(rows: list[Row]) -> str:
-    lines = [f"{'model':8} {'backend':28} {'batch':>5} {'median ms':>10} {'speed-up':>8} {'rel L2':>9} {'peak MB':>8}"]
+    lines = [f"{'model':8} {'size':>4} {'backend':26} {'batch':>5} {'median ms':>10} {'speed-up':>8} {'rel L2':>8} {'PSNR':>7}"]
     for r in rows:
         if r.status != "ok":
-            lines.append(f"{r.model:8} {r.backend:28} {r.batch:>5} {r.status}")
+            lines.append(f"{r.model:8} {r.size:>4} {r.backend:26} {r.batch:>5} {r.status}")
             continue
         speed = f"{r.speedup:.2f}x" if r.speedup else "-"
         err = f"{r.rel_l2:.1e}" if r.rel_l2 is not None else "-"
-        peak = f"{r.peak_mb:.0f}" if r.peak_mb is not None else "-"
-        lines.append(f"{r.model:8} {r.backend:28} {r.batch:>5} {r.median_ms:>10.2f} {speed:>8} {err:>9} {peak:>8}")
+        psnr = "-" if r.psnr is None else ("inf" if r.psnr == float("inf") else f"{r.psnr:.1f}")
+        lines.append(f"{r.model:8} {r.size:>4} {r.backend:26} {r.batch:>5} {r.median_ms:>10.1f} {speed:>8} {err:>8} {psnr:>7}")
     return "\n".join(lines)
 
 
-def environment() -> dict[str, Any]:
-    import onnx
-    import onnxruntime as ort
+def format_markdown(rows: list[Row]) -> str:
+    """The README's table: one line per model/batch/backend that ran, speed-up in bold for the fastest."""
+    lines = ["| model | batch | backend | ms | × eager seed | rel L2 vs fp32 eager | PSNR |", "|---|---|---|---|---|---|---|"]
+    ran = [r for r in rows if r.status == "ok" and r.batch > 0]
+    for r in ran:
+        group = [o for o in ran if (o.model, o.size, o.batch) == (r.model, r.size, r.batch) and o.speedup]
+        best = max((o.speedup for o in group), default=None)
+        speed = f"{r.speedup:.2f}" if r.speedup else "–"
+        speed = f"**{speed}**" if r.speedup and r.speedup == best else speed
+        err = "–" if r.backend == "eager-seed-cpu" else f"{r.rel_l2:.1e}"
+        psnr = "–" if r.psnr is None or r.psnr == float("inf") else f"{r.psnr:.1f} dB"
+        lines.append(f"| {r.model} {r.size} px | {r.batch} | {r.backend} | {r.median_ms:.1f} | {speed} | {err} | {psnr} |")
+    return "\n".join(lines)
 
-    info = {"python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__, "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
+
+def parse_models(items: list[str], size: int | None, batches: list[int]) -> list[Spec]:
+    """``["lats:256:1,4", "gfpgan"]`` (or the older ``"decoder,lats"``) -> specs; ``--size``/``--batches`` fill gaps."""
+    specs = []
+    for item in items:
+        names = item.split(",") if ":" not in item else [item]
+        for text in names:
+            name, _, rest = text.partition(":")
+            size_text, _, batch_text = rest.partition(":")
+            if name not in DEFAULT_SIZES:
+                raise ValueError(f"unknown model {name!r}; choose from {', '.join(DEFAULT_SIZES)}")
+            specs.append(Spec(name, int(size_text) if size_text else (size or DEFAULT_SIZES[name]), [int(b) for b in batch_text.split(",")] if batch_text else batches))
+    return specs
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small model, batches 1 and 4: a smoke test under a minute")
-    parser.add_argument("--models", default="decoder,lats")
-    parser.add_argument("--batches", default=None, help="comma-separated; default 1,8,32 on GPU, 1,4 on CPU")
+    parser.add_argument("--quick", action="store_true", help="small LATS at 32 px, batches 1 and 4, no torch.compile: a smoke test")
+    parser.add_argument("--models", nargs="+", default=None, metavar="NAME[:SIZE[:BATCHES]]", help=f"default: {' '.join(DEFAULT_MODELS)}")
+    parser.add_argument("--size", type=int, default=None, help="input size for models given without one (default: lats/decoder 256, gfpgan 512)")
+    parser.add_argument("--batches", default=None, help="comma-separated, for models given without; default 1,8,32 on GPU, 1,4 on CPU")
+    parser.add_argument("--backends", default=None, help="comma-separated subset of backend names (default: all)")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--gap-ms", type=float, default=20.0, help="idle time before each timed run, so one backend's spinning threads do not slow the next (default: 20)")
     parser.add_argument("--exporter", choices=("dynamo", "torchscript"), default=None, help="default: dynamo; torchscript with --quick")
-    parser.add_argument("--no-fp16", dest="fp16", action="store_false")
+    parser.add_argument("--no-fp16", dest="fp16", action="store_false", help="skip the fp16 ONNX file")
     parser.add_argument("--cpu", action="store_true", help="ignore a GPU even if one is present")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--markdown", action="store_true", help="also print the README's markdown table")
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available() and not args.cpu
     args.exporter = args.exporter or ("torchscript" if args.quick else "dynamo")
     if args.runs < 20:
         parser.error("--runs must be at least 20 (a median of fewer runs is noise on a shared machine)")
-    default_batches = "1,4" if (args.quick or not cuda) else "1,8,32"
-    args.batches = [int(b) for b in (args.batches or default_batches).split(",")]
-    models = ["lats"] if args.quick else args.models.split(",")
+    if args.warmup < 1:
+        parser.error("--warmup must be at least 1 (the first run also gives the output that is measured)")
+    batches = [int(b) for b in (args.batches or ("1,4" if (args.quick or not cuda) else "1,8,32")).split(",")]
+    args.backends = set(args.backends.split(",")) if args.backends else None
+    try:
+        specs = [Spec("lats", 32, batches)] if args.quick else parse_models(args.models or DEFAULT_MODELS, args.size, batches)
+    except ValueError as exc:
+        parser.error(str(exc))
+    env = environment()
+    env["load_average_before"] = list(os.getloadavg())
     rows: list[Row] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in models:
-            rows.extend(bench_model(name, args, cuda, Path(tmp)))
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for spec in specs:
+            rows.extend(bench_model(spec, args, cuda, Path(tmp)))
+    env["load_average_after"] = list(os.getloadavg())
     print(format_table(rows))
+    print(f"cpu: {env['cpu']['model']} ({', '.join(env['cpu']['isa'])}), {env['cpu']['cores_available']} cores; load average before {env['load_average_before'][0]:.2f}, after {env['load_average_after'][0]:.2f}")
+    if args.markdown:
+        print(format_markdown(rows))
     if args.json:
-        args.json.write_text(json.dumps({"environment": environment(), "rows": [asdict(r) for r in rows]}, indent=2))
+        args.json.write_text(json.dumps({"environment": env, "command": sys.argv, "rows": [asdict(r) for r in rows]}, indent=2, allow_nan=True))
     return 0
 
 

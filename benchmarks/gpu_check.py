@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -43,8 +42,9 @@ import torch.nn as nn
 
 from modconv_export import export_onnx, export_torchscript, make_exportable
 from modconv_export.families.registry import get_family
-from modconv_export.ort_options import create_session
+from modconv_export.verify.environment import versions
 from modconv_export.verify.metrics import compare
+from modconv_export.verify.ort_options import create_session
 from modconv_export.verify.tolerances import resolve_tolerance
 
 #: model name -> (family, preset): LATS at 256 px, GFPGAN v1 clean at 512 px; ``--small`` uses "small".
@@ -79,9 +79,7 @@ def _short(exc: BaseException) -> str:
 
 
 def environment() -> dict[str, Any]:
-    import onnx
-
-    info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__, "cpu": platform.processor() or platform.machine()}
+    info: dict[str, Any] = versions()
     try:
         import onnxruntime as ort
 
@@ -369,14 +367,12 @@ def ort_placement(path: Path | str) -> dict[str, Any]:
     nodes left on the CPU and Memcpy nodes are where a CUDA run stalls."""
     if not isinstance(path, Path):
         return {"status": path}
-    import onnxruntime as ort
-
-    from modconv_export.ort_options import cuda_provider_options, session_options
+    from modconv_export.verify.ort_options import session_options
 
     options = session_options()
     options.enable_profiling = True
     options.profile_file_prefix = str(path.with_suffix(""))
-    session = ort.InferenceSession(str(path), sess_options=options, providers=[("CUDAExecutionProvider", cuda_provider_options()), "CPUExecutionProvider"] if DEVICE == "cuda" else ["CPUExecutionProvider"])
+    session = create_session(path, DEVICE, options=options)
     feed = {}
     for meta in session.get_inputs():
         shape = [d if isinstance(d, int) else 1 for d in meta.shape]

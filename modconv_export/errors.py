@@ -59,7 +59,7 @@ class MissingExtraError(ModconvExportError, ImportError):
     """An optional dependency (an extra) is not installed."""
 
 
-class RunnerUnavailable(ModconvExportError):
+class RunnerUnavailable(ModconvExportError, RuntimeError):
     """The backend cannot run on this machine; the message is the reason shown in the report."""
 
 

@@ -29,6 +29,7 @@ from modconv_export import export_onnx, rewrite_model, save_checkpoint
 from modconv_export.cli import UsageError, main, parse_input
 from modconv_export.export.metadata import read_properties
 from modconv_export.families import get_family
+from modconv_export.verify.openvino_options import bf16_unavailable_reason
 
 FIXTURES = Path(__file__).parent / "fixtures" / "foreign_layers"
 SCRIPT = Path(sys.executable).parent / "modconv-export"
@@ -224,6 +225,20 @@ def test_fp16_export_is_verified_at_the_fp16_tolerance(work, decoder):
         assert rel_l2(ort_run(out / "g.onnx", {"latent": latent})[0], decoder(latent)) < 1e-2
 
 
+@pytest.mark.skipif(bool(bf16_unavailable_reason()), reason="no OpenVINO with native bf16 here")
+def test_openvino_providers_verify_f32_and_bf16(work, decoder):
+    out = work / "openvino"
+    out.mkdir()
+    proc = run_cli(work / "decoder.pt", out / "g.onnx", "--exporter", "torchscript", "--providers", "cpu,openvino,openvino-bf16", "--report", out / "g.json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads((out / "g.json").read_text())["parity"]["rows"]
+    f32 = [r for r in rows if r["backend"] == "openvino-cpu"]
+    bf16 = [r for r in rows if r["backend"] == "openvino-cpu-bf16"]
+    assert len(f32) == 2 and all(r["status"] == "pass" and r["rel_l2"] < 1e-5 for r in f32)
+    assert len(bf16) == 2 and all(r["status"] == "pass" and r["precision"] == "bf16" and 1e-4 < r["rel_l2"] <= r["rel_l2_limit"] for r in bf16)
+    assert "openvino-cpu-bf16" in proc.stdout and "PSNR" in proc.stdout
+
+
 def test_parity_failure_keeps_the_file_and_exits_1(work, decoder, good_onnx):
     """An exact export judged against an impossible limit: the rows fail, the file is kept and says so."""
     out = work / "parity"
@@ -401,7 +416,7 @@ CASES = {
     "unknown option": (["decoder.pt", "--bogus"], r"unrecognized arguments: --bogus"),
     "missing out": (["decoder.pt", "OUT="], r"the following arguments are required: OUT\.onnx"),
     "bad exporter": (["decoder.pt", "--exporter", "tf"], r"invalid choice: 'tf'"),
-    "bad providers": (["decoder.pt", "--providers", "tpu"], r"--providers takes cpu, cuda, CPUExecutionProvider or CUDAExecutionProvider"),
+    "bad providers": (["decoder.pt", "--providers", "tpu"], r"--providers takes cpu, cuda, CPUExecutionProvider, CUDAExecutionProvider, openvino or openvino-bf16, comma-separated, got 'tpu'"),
     "other ORT provider": (["decoder.pt", "--providers", "TensorrtExecutionProvider"], r"--providers takes cpu, cuda"),
     "bad batch sizes": (["decoder.pt", "--batch-sizes", "1,0"], r"--batch-sizes takes positive integers, comma-separated \(e\.g\. 1,3,8\), got '1,0'"),
     "batch sizes not numbers": (["decoder.pt", "--batch-sizes", "1;3"], r"--batch-sizes takes positive integers"),

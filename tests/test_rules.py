@@ -10,7 +10,7 @@ import warnings
 import pytest
 import torch
 import torch.nn as nn
-from modconv_export import RewriteError, make_exportable, rewrite_model
+from modconv_export import RewriteError, rewrite_model
 from modconv_export.layers.seed import Blur, EqualConv2d, EqualLinear, ModulatedConv2d
 from modconv_export.layers.seed_forms import DepthwiseBlur, SeedModulatedConvForm
 from modconv_export.rewrite import registered_rules

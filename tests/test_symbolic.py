@@ -15,6 +15,7 @@ import torch.nn as nn
 from modconv_export import LoweringError, export_onnx, register_function_lowering, unregister_function_lowering
 from modconv_export.export.checks import conv_nodes, non_standard_ops
 from modconv_export.layers.seed import Blur, BlurFunction
+from modconv_export.rewrite.registry import registered_rule
 from modconv_export.symbolic import lowerings_for, lowerings_installed
 
 from fixtures.user_layers.my_stylegan import Smooth, SmoothFn
@@ -53,7 +54,8 @@ def test_legacy_symbolic_for_unrewritten_seed_blur_without_inlining():
     with pytest.raises(Exception):
         torch.onnx.export(model, (x,), io.BytesIO(), dynamo=False, autograd_inlining=False, operator_export_type=torch.onnx.OperatorExportTypes.ONNX)
         raise AssertionError("exported a PythonOp")  # pragma: no cover  (ensures the block fails either way)
-    lowerings = lowerings_for(model, (x,))
+    assert BlurFunction not in [lw.function for lw in lowerings_for(model, (x,))]  # nothing says which modules are blurs
+    lowerings = lowerings_for(model, (x,), registered_rule("blur").looks_like)
     assert [lw.function for lw in lowerings] == [BlurFunction]
     buffer = io.BytesIO()
     with lowerings_installed(lowerings, "torchscript", 18):

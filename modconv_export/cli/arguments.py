@@ -12,7 +12,7 @@ from typing import Sequence
 
 from .. import __version__
 from .._util.files import check_writable_target
-from ..errors import ExportError, MissingExtraError, UsageError
+from ..errors import ExportError, MissingExtraError, ModconvExportError, UsageError
 from ..families import registered_families
 from .console import PROG
 
@@ -53,7 +53,7 @@ class _VersionAction(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, help="show the version and the ONNX Runtime build found, then exit")
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
-        from ..ort_options import describe_ort_build
+        from ..verify.ort_options import describe_ort_build
 
         print(f"{PROG} {__version__}\n{describe_ort_build()}")
         parser.exit()
@@ -87,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--triton-max-batch-size", type=int, default=8, metavar="N", help="max_batch_size of the Triton config (default: 8)")
     p.add_argument("--no-verify", action="store_true", help="skip the parity check")
     p.add_argument("--providers", default="cpu,cuda", metavar="LIST",
-                   help="devices to verify on: cpu, cuda or ONNX Runtime's names (CUDAExecutionProvider), comma-separated "
-                        "(default: cpu,cuda; missing CUDA is reported as not run)")  # fmt: skip
+                   help="devices to verify on: cpu, cuda or ONNX Runtime's names (CUDAExecutionProvider), openvino (f32), "
+                        "openvino-bf16, comma-separated (default: cpu,cuda; what cannot run here is reported as not run)")  # fmt: skip
     p.add_argument("--batch-sizes", default="1,3", metavar="LIST", help="batch sizes to verify, comma-separated (default: 1,3)")
     p.add_argument("--max-rel-l2", type=tolerance_value, metavar="X", help="relative-L2 limit for every backend (default: per device, 1e-4 on CPU)")
     p.add_argument("--rtol", type=tolerance_value, metavar="X", help="also check element-wise: |out - ref| <= atol + rtol*|ref| (allclose; default: off)")
@@ -173,16 +173,15 @@ def check_targets(args: argparse.Namespace) -> None:
             raise MissingExtraError("--report-image needs Pillow: pip install 'modconv-export[image]' (or pip install pillow)") from None
 
 
-#: ``--providers`` names: the short ones and ONNX Runtime's execution-provider names.
-_PROVIDER_NAMES = {"cpu": "cpu", "cuda": "cuda", "cpuexecutionprovider": "cpu", "cudaexecutionprovider": "cuda"}
-
-
 def parse_providers(text: str) -> tuple[str, ...]:
-    names = [p.strip() for p in text.split(",") if p.strip()]
-    bad = [p for p in names if p.lower() not in _PROVIDER_NAMES]
-    if bad or not names:
-        raise UsageError(f"--providers takes cpu, cuda, CPUExecutionProvider or CUDAExecutionProvider, comma-separated, got {text!r}")
-    return tuple(dict.fromkeys(_PROVIDER_NAMES[p.lower()] for p in names))
+    """``--providers``: parsed by :func:`modconv_export.verify.harness.parse_providers` (one vocabulary)."""
+    from ..verify.harness import PROVIDERS, parse_providers as parse
+
+    try:
+        return parse(text)
+    except ModconvExportError:
+        accepted = ", ".join(PROVIDERS[:-1]) + f" or {PROVIDERS[-1]}"
+        raise UsageError(f"--providers takes {accepted}, comma-separated, got {text!r}") from None
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:

@@ -30,6 +30,7 @@ from ..errors import ExportError
 from ..layers.graph_form import GraphExportForm
 from ..rewrite.graph.capture import dynamic_batch_shapes
 from ..rewrite.graph.traceable import traceable
+from ..rewrite.registry import registered_rule
 from ..symbolic import lowerings_for, lowerings_installed
 from .checks import computed_conv_weights, non_standard_ops
 from .metadata import export_properties, name_nodes_by_module, parity_properties, rewrite_properties, strip_debug_metadata
@@ -234,6 +235,12 @@ def _check_graph(proto: onnx.ModelProto) -> onnx.ModelProto:
         raise ExportError(f"the exported graph fails onnx.checker/shape inference: {exc}") from exc
 
 
+def _blur_test():
+    """The blur rule's structural test (its Functions get the depthwise-conv lowering), if the rule is registered."""
+    rule = registered_rule("blur")
+    return rule.looks_like if rule is not None else None
+
+
 def export_onnx(
     model: nn.Module,
     args: Any,
@@ -282,7 +289,7 @@ def export_onnx(
         **(metadata or {}),
     }
     trace_args = batch_of_two(args) if dynamic_batch else args
-    lowerings = exportable.lowerings if isinstance(exportable, GraphExportForm) else lowerings_for(exportable, trace_args)
+    lowerings = exportable.lowerings if isinstance(exportable, GraphExportForm) else lowerings_for(exportable, trace_args, _blur_test())
     try:
         with quiet(), lowerings_installed(lowerings, exporter, opset) as table:
             if exporter == "dynamo":

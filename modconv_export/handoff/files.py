@@ -223,7 +223,7 @@ def cuda_found(onnx_path: str | os.PathLike, report=None) -> bool:
     if it ran, else a session opened for the purpose (onnxruntime-gpu lists CUDA even without a GPU)."""
     if report is not None and any(row.backend == "ort-cuda" for row in report.rows):
         return report.providers.get("ort-cuda", [])[:1] == ["CUDAExecutionProvider"]
-    from ..ort_options import create_session
+    from ..verify.ort_options import create_session
 
     try:
         create_session(onnx_path, "cuda")

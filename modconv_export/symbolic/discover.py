@@ -7,12 +7,11 @@ user's code reaches them (``blur = BlurFunction.apply`` aliases included) withou
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn as nn
 
-from ..rewrite.registry import registered_rule
 from .builtin import lower_depthwise_conv
 from .registry import FunctionLowering, lowering_for, registered_lowerings
 
@@ -70,12 +69,12 @@ def functions_called(model: nn.Module, args: tuple, *, watch: Iterable[nn.Module
     return _function_classes(outputs), called_by
 
 
-def lowerings_for(model: nn.Module, args: tuple) -> list[FunctionLowering]:
+def lowerings_for(model: nn.Module, args: tuple, is_blur: Callable[[nn.Module], bool] | None = None) -> list[FunctionLowering]:
     """The lowerings to install for exporting ``model``: a registered one for every Function it calls,
-    and the built-in depthwise-conv lowering for unregistered Functions called by seed-style blurs
-    (found with one grad-enabled forward, run only when blur-like modules are present)."""
-    blur = registered_rule("blur")  # the seed blur's structural test, as the rewrite uses it
-    watch = [m for m in model.modules() if blur is not None and blur.looks_like(m)]
+    and the built-in depthwise-conv lowering for unregistered Functions called by the modules ``is_blur``
+    accepts (the export passes the blur rule's structural test; found with one grad-enabled forward, run
+    only when such modules are present)."""
+    watch = [m for m in model.modules() if is_blur is not None and is_blur(m)]
     if not watch:
         # Nothing blur-like left (the usual case after rewriting): no forward pass is needed, and
         # installing a registered lowering for a Function the model never calls is harmless.

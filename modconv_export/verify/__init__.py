@@ -7,6 +7,7 @@ Polygraphy-style parts: :mod:`.runners` (one prepare/infer/release interface per
 
 from .harness import check_parity, random_inputs
 from .metrics import Metrics, compare
+from .openvino_runner import OpenVINORunner
 from .picture import MissingExtraError, write_report_image
 from .report import ImageSample, ParityData, ParityReport, ParityRow
 from .runners import EagerRunner, OnnxRuntimeRunner, Runner, RunnerUnavailable, TorchScriptRunner
@@ -19,6 +20,7 @@ __all__ = [
     "Metrics",
     "MissingExtraError",
     "OnnxRuntimeRunner",
+    "OpenVINORunner",
     "ParityData",
     "ParityReport",
     "ParityRow",

@@ -4,14 +4,14 @@ Reference: the *original* (unrewritten) model, eager fp32 on CPU; where CUDA is 
 also eager fp32 on CUDA with TF32 off, which is what the CUDA fp32 rows are compared against (so a row
 measures the conversion, not CPU-vs-GPU arithmetic). Backends: the eager rewrite
 (:func:`~modconv_export.make_exportable`), a TorchScript file and an ONNX file under ONNX Runtime, each on
-CPU and CUDA. Each batch size gets fresh inputs; the sizes other than the export's example batch prove
+CPU and CUDA; and, when asked for (providers ``openvino``/``openvino-bf16``), the ONNX file on OpenVINO's
+CPU plugin in f32 and bf16 (judged at the bf16 tolerance). Each batch size gets fresh inputs; the sizes other than the export's example batch prove
 the dynamic batch axis. Measuring is :func:`.metrics.compare`, judging is :mod:`.tolerances`.
 """
 
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import time
 import warnings
@@ -24,20 +24,45 @@ import torch.nn as nn
 
 from .._util import as_tuple, exception_line
 from ..errors import ModconvExportError
+from ..export.prepare import PRECISIONS as CHECK_PRECISIONS  # the precisions a file is exported in
+from .environment import versions
 from .metrics import compare, is_image_like
+from .openvino_runner import OpenVINORunner
 from .report import FAIL, NOT_RUN, PASS, ImageSample, ParityData, ParityReport, ParityRow
 from .runners import EagerRunner, OnnxRuntimeRunner, Runner, RunnerUnavailable, TorchScriptRunner
-from .tolerances import PRECISIONS, ToleranceOverride, resolve_tolerance
+from .tolerances import ToleranceOverride, resolve_tolerance
 
-__all__ = ["batch_seed", "check_parity", "random_inputs"]
+__all__ = ["PROVIDERS", "batch_seed", "check_parity", "parse_providers", "random_inputs"]
 
 CPU_REFERENCE = "eager-original-cpu"
 CUDA_REFERENCE = "eager-original-cuda"
-_DEVICES = {"cpu": "cpu", "cuda": "cuda", "CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda"}
+#: ``providers`` names, matched case-insensitively -> what they select: a device, or OpenVINO rows.
+_PROVIDER_NAMES = {
+    "cpu": "cpu", "cuda": "cuda", "cpuexecutionprovider": "cpu", "cudaexecutionprovider": "cuda",
+    "openvino": "openvino", "openvino-bf16": "openvino-bf16",
+}  # fmt: skip
+#: Every name ``providers`` (and the CLI's ``--providers``) accepts, as documented.
+PROVIDERS = ("cpu", "cuda", "CPUExecutionProvider", "CUDAExecutionProvider", "openvino", "openvino-bf16")
+_DEVICES = ("cpu", "cuda")
+#: OpenVINO rows (the ONNX file on OpenVINO's CPU plugin) and the precision they compute in.
+_OPENVINO = {"openvino": "fp32", "openvino-bf16": "bf16"}
+#: Precisions of a whole check (of the ONNX file); bf16 exists only as OpenVINO rows of an fp32 check.
 #: Outputs the picture prefers to show: ONNX Runtime first (the file people deploy).
-_PICTURE_ORDER = ("ort-cpu", "ort-cuda", "torchscript-cpu", "torchscript-cuda", "eager-cpu", "eager-cuda")
+_PICTURE_ORDER = ("ort-cpu", "ort-cuda", "openvino-cpu", "openvino-cpu-bf16", "torchscript-cpu", "torchscript-cuda", "eager-cpu", "eager-cuda")
 
 MakeInputs = Callable[[int, int], Any]
+
+
+def parse_providers(text: str | Sequence[str]) -> tuple[str, ...]:
+    """``"cpu,CUDAExecutionProvider,openvino-bf16"`` (or a sequence of names) -> ``("cpu", "cuda",
+    "openvino-bf16")``: the selections in order, duplicates dropped. The one parser of provider names
+    (``check_parity`` and the CLI); :class:`~modconv_export.errors.ModconvExportError` otherwise."""
+    names = [p.strip() for p in (text.split(",") if isinstance(text, str) else text) if p.strip()]
+    unknown = [p for p in names if p.lower() not in _PROVIDER_NAMES]
+    if unknown or not names:
+        accepted = ", ".join(PROVIDERS[:-1]) + f" or {PROVIDERS[-1]}"
+        raise ModconvExportError(f"providers take {accepted}; got {', '.join(unknown) or 'none'}")
+    return tuple(dict.fromkeys(_PROVIDER_NAMES[p.lower()] for p in names))
 
 
 def batch_seed(seed: int, batch: int) -> int:
@@ -83,24 +108,6 @@ def _onnx_io(path: Path) -> tuple[bool, list[str]]:
     return half_inputs or half_convs, [o.name for o in proto.graph.output]
 
 
-def _versions() -> dict[str, str]:
-    import onnx
-    import onnxruntime as ort
-
-    from .. import __version__
-
-    return {
-        "modconv_export": __version__,
-        "torch": torch.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": ort.__version__,
-        "onnxruntime_available_providers": ", ".join(ort.get_available_providers()),
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
-    }
-
-
 def _timed(runner: Runner, inputs: tuple, repeats: int) -> tuple[list[np.ndarray], float]:
     """Outputs of the first run and the median wall time of ``repeats`` runs, in milliseconds."""
     times, outputs = [], None
@@ -113,10 +120,11 @@ def _timed(runner: Runner, inputs: tuple, repeats: int) -> tuple[list[np.ndarray
 
 
 class _Plan:
-    """One backend to run: a runner factory, or the reason it does not run; and its reference."""
+    """One backend to run: a runner factory, or the reason it does not run; its reference and the
+    precision it computes in (which picks its tolerance)."""
 
-    def __init__(self, name: str, make: Callable[[], Runner] | None = None, reason: str = "", reference: str = CPU_REFERENCE) -> None:
-        self.name, self.make, self.reason, self.reference = name, make, reason, reference
+    def __init__(self, name: str, make: Callable[[], Runner] | None = None, reason: str = "", reference: str = CPU_REFERENCE, precision: str | None = None) -> None:
+        self.name, self.make, self.reason, self.reference, self.precision = name, make, reason, reference, precision
 
 
 def _onnx_reason(onnx_path: Path | None, onnx_half: bool, half: bool) -> str:
@@ -130,7 +138,7 @@ def _onnx_reason(onnx_path: Path | None, onnx_half: bool, half: bool) -> str:
     return ""
 
 
-def _plans(model, rewritten, onnx_path, onnx_half, ts_source, devices, precision) -> list[_Plan]:
+def _plans(model, rewritten, onnx_path, onnx_half, ts_source, devices, openvino, precision) -> list[_Plan]:
     """Every backend in table order; those that cannot run carry their reason instead of a factory."""
     half = precision == "fp16"
     dtype = torch.float16 if half else torch.float32
@@ -155,12 +163,16 @@ def _plans(model, rewritten, onnx_path, onnx_half, ts_source, devices, precision
 
         for name, make, reason in (("eager", eager, torch_reason), ("torchscript", script, ts_reason), ("ort", onnxrt, ort_reason)):
             plans.append(_Plan(f"{name}-{device}", None if reason else make, reason, ref))
+    for ov_precision in openvino:
+        reason = _onnx_reason(onnx_path, onnx_half, False) if not half else "OpenVINO rows check float32 files (precision='fp32')"
+        make = None if reason else (lambda p=ov_precision: OpenVINORunner(onnx_path, p))
+        plans.append(_Plan(OpenVINORunner.default_name(ov_precision), make, reason, CPU_REFERENCE, ov_precision))
     return plans
 
 
 def _run_plan(plan, inputs, refs, names, precision, tolerance, repeats) -> tuple[list[ParityRow], list[str], dict[int, list[np.ndarray]]]:
     """Rows of one backend, the providers it actually used, and its outputs per batch size."""
-    common = dict(precision=precision, reference=plan.reference, rel_l2_limit=tolerance.rel_l2, rtol_limit=tolerance.rtol, atol_limit=tolerance.atol)
+    common = dict(precision=plan.precision or precision, reference=plan.reference, rel_l2_limit=tolerance.rel_l2, rtol_limit=tolerance.rtol, atol_limit=tolerance.atol, psnr_limit=tolerance.min_psnr)
     band = dict(zip(("rtol", "atol"), tolerance.band())) if tolerance.elementwise else {}
     if plan.make is None:
         return [ParityRow(plan.name, NOT_RUN, reason=plan.reason, **common)], [], {}
@@ -248,7 +260,8 @@ def check_parity(
     ``args`` are example inputs in ``forward`` order (a tensor or a tuple); for each batch size the
     harness draws new standard-normal inputs of the same non-batch shape, or calls
     ``make_inputs(batch, seed)`` (seed derived from ``seed`` and the batch size) for realistic ones.
-    ``providers`` picks the devices ("cpu", "cuda"). ``precision="fp16"`` runs the torch backends in
+    ``providers`` picks the devices ("cpu", "cuda") and OpenVINO rows ("openvino", "openvino-bf16"; see
+    :data:`PROVIDERS`). ``precision="fp16"`` runs the torch backends in
     half on CUDA and ONNX Runtime on an ONNX file that computes in float16 (float16 inputs, or float16
     convolution weights behind float32 I/O as ``export_onnx(precision="fp16")`` writes); the reference stays fp32 on CPU.
     ``trace_torchscript=True`` checks TorchScript without a file: a trace of the rewritten model on
@@ -261,14 +274,13 @@ def check_parity(
     """
     if not isinstance(model, nn.Module):
         raise ModconvExportError(f"check_parity needs a torch.nn.Module, got {type(model).__name__}")
-    if precision not in PRECISIONS:
-        raise ModconvExportError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    unknown = [p for p in providers if p not in _DEVICES]
-    if unknown or not providers:
-        raise ModconvExportError(f"providers must be among 'cpu', 'cuda', got {list(providers)}")
+    if precision not in CHECK_PRECISIONS:
+        raise ModconvExportError(f"unknown precision {precision!r}; choose one of {', '.join(CHECK_PRECISIONS)}")
+    providers = parse_providers(providers)
     if torchscript_path is not None and trace_torchscript:
         raise ModconvExportError("give torchscript_path or trace_torchscript=True, not both")
-    devices = list(dict.fromkeys(_DEVICES[p] for p in providers))
+    devices = [p for p in providers if p in _DEVICES]
+    openvino = [_OPENVINO[p] for p in providers if p in _OPENVINO]
     batches = list(dict.fromkeys(int(b) for b in batch_sizes))
     if not batches or min(batches) < 1:
         raise ModconvExportError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
@@ -326,10 +338,10 @@ def check_parity(
                 raise cache["trace"]
             return cache["trace"]
 
-    for plan in _plans(model, rewritten, paths["onnx"], onnx_half, ts_source, devices, precision):
+    for plan in _plans(model, rewritten, paths["onnx"], onnx_half, ts_source, devices, openvino, precision):
         if plan.reference not in refs:  # the CUDA reference did not run: fall back to the CPU one
             plan.reference = CPU_REFERENCE
-        tolerance = resolve_tolerance(plan.name, precision, rtol, atol, max_rel_l2)
+        tolerance = resolve_tolerance(plan.name, plan.precision or precision, rtol, atol, max_rel_l2)
         tolerances[plan.name] = tolerance.to_dict()
         plan_rows, plan_providers, outputs = _run_plan(plan, inputs, refs, names, precision, tolerance, repeats)
         rows += plan_rows
@@ -349,7 +361,7 @@ def check_parity(
         seed=seed,
         tolerances=tolerances,
         providers=used,
-        versions=_versions(),
+        versions=versions(),
         files={**{k: str(v) if v is not None else None for k, v in paths.items()}, **({"torchscript": "(in-memory trace)"} if trace_torchscript else {})},
         references=references,
         images=_pick_images(rows, kept, refs, names, max(batches), image_samples),

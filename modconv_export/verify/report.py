@@ -1,7 +1,7 @@
 """The parity verdict: one :class:`ParityRow` per backend x batch x output, gathered in a :class:`ParityReport`.
 
 The report is plain data. ``passed`` is the only judgement it makes: every row that ran passed *and*
-at least one non-eager backend (TorchScript or ONNX Runtime) ran -- checking the eager rewrite alone
+at least one non-eager backend (TorchScript, ONNX Runtime or OpenVINO) ran -- checking the eager rewrite alone
 proves nothing about an exported file. ``format_table()`` is the terminal view, ``write_json()`` the
 machine-readable one (rows, tolerances, library versions, the providers that actually ran).
 """
@@ -23,7 +23,7 @@ __all__ = ["FAIL", "ImageSample", "NOT_RUN", "PASS", "ParityData", "ParityReport
 
 PASS, FAIL, NOT_RUN = "pass", "fail", "not run"
 STATUSES = (PASS, FAIL, NOT_RUN)
-_FLOATS = ("max_abs", "max_rel", "rel_l2", "cosine", "psnr", "time_ms", "rel_l2_limit", "rtol_limit", "atol_limit")
+_FLOATS = ("max_abs", "max_rel", "rel_l2", "cosine", "psnr", "time_ms", "rel_l2_limit", "rtol_limit", "atol_limit", "psnr_limit")
 
 
 @dataclass
@@ -55,6 +55,7 @@ class ParityRow:
     rtol_limit: float | None = None
     atol_limit: float | None = None
     outside_band: int | None = None
+    psnr_limit: float | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -141,7 +142,7 @@ class ParityReport:
         if self.failures:
             return f"FAILED: {len(self.failures)} of {len(ran)} rows failed ({skipped} not run)"
         if not self.non_eager_ran:
-            return "FAILED: no exported backend ran (TorchScript or ONNX Runtime); the eager rewrite alone proves nothing"
+            return "FAILED: no exported backend ran (TorchScript, ONNX Runtime or OpenVINO); the eager rewrite alone proves nothing"
         return f"PASSED: {len(ran)} rows passed ({skipped} not run)"
 
     def format_table(self) -> str:

@@ -24,11 +24,10 @@ import torch
 import torch.nn as nn
 
 from ..errors import RunnerUnavailable
-from ..ort_options import cuda_provider_options, session_options
+from .ort_options import ORT_PROVIDERS, create_session
 
 __all__ = ["EagerRunner", "OnnxRuntimeRunner", "Runner", "RunnerUnavailable", "TorchScriptRunner", "flatten_outputs"]
 
-ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 _ORT_DTYPES = {
     "tensor(float)": np.float32,
@@ -49,18 +48,9 @@ def flatten_outputs(outputs: Any) -> list[torch.Tensor]:
     raise TypeError(f"model outputs must be a tensor or a tuple/list of tensors, got {type(outputs).__name__}")
 
 
-def model_source(path: str | os.PathLike) -> str | bytes:
-    """What ONNX Runtime can open: the path, or the file's bytes when the name is not valid UTF-8."""
-    text = str(path)
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return Path(path).read_bytes()
-
-
 def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.detach().to("cpu").numpy()
+    tensor = tensor.detach().to("cpu")
+    return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()  # numpy has no bfloat16
 
 
 class Runner(ABC):
@@ -127,13 +117,14 @@ def _tf32(enabled: bool | None) -> Iterator[None]:
 
 
 class _TorchRunner(Runner):
-    """Shared by the eager and TorchScript runners: input placement, dtype, TF32 and no_grad."""
+    """Shared by the eager and TorchScript runners: input placement, dtype, TF32, autocast and no_grad."""
 
-    def __init__(self, name: str, device: str | torch.device, dtype: torch.dtype, tf32: bool | None) -> None:
+    def __init__(self, name: str, device: str | torch.device, dtype: torch.dtype, tf32: bool | None, autocast: torch.dtype | None = None) -> None:
         super().__init__(name)
         self.device = torch.device(device)
         self.dtype = dtype
         self.tf32 = tf32
+        self.autocast = autocast
         self.module: Any = None
 
     def _place(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -144,7 +135,8 @@ class _TorchRunner(Runner):
         if not self.prepared:
             raise RuntimeError(f"{self.name}: prepare() was not called")
         placed = [self._place(x) if isinstance(x, torch.Tensor) else x for x in inputs]
-        with torch.no_grad(), _tf32(self.tf32 if self.device.type == "cuda" else None):
+        autocast = torch.autocast(self.device.type, dtype=self.autocast) if self.autocast is not None else contextlib.nullcontext()
+        with torch.no_grad(), _tf32(self.tf32 if self.device.type == "cuda" else None), autocast:
             outputs = flatten_outputs(self.module(*placed))
         return [_to_numpy(o) for o in outputs]
 
@@ -167,11 +159,21 @@ class EagerRunner(_TorchRunner):
 
     The caller's module is never changed: it is deep-copied only when it must move or change dtype,
     and its train/eval mode is restored after every batch. ``tf32=False`` turns TF32 off on CUDA (the
-    reference); ``None`` keeps torch's settings (what a deployment gets).
+    reference); ``None`` keeps torch's settings (what a deployment gets). ``autocast=torch.bfloat16``
+    runs under ``torch.autocast`` (mixed precision; weights and inputs stay ``dtype``).
     """
 
-    def __init__(self, model: nn.Module, device: str | torch.device = "cpu", *, dtype: torch.dtype = torch.float32, tf32: bool | None = None, name: str | None = None) -> None:
-        super().__init__(name or f"eager-{torch.device(device).type}", device, dtype, tf32)
+    def __init__(
+        self,
+        model: nn.Module,
+        device: str | torch.device = "cpu",
+        *,
+        dtype: torch.dtype = torch.float32,
+        tf32: bool | None = None,
+        autocast: torch.dtype | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name or f"eager-{torch.device(device).type}", device, dtype, tf32, autocast)
         if not isinstance(model, nn.Module):
             raise TypeError(f"EagerRunner needs a torch.nn.Module, got {type(model).__name__}")
         self.model = model
@@ -263,29 +265,8 @@ class OnnxRuntimeRunner(Runner):
         self.session: Any = None
 
     def prepare(self) -> None:
-        import onnxruntime as ort
-
-        wanted = ORT_PROVIDERS[self.provider]
-        if wanted not in ort.get_available_providers():
-            raise RunnerUnavailable(f"{self.provider.upper()} provider unavailable: onnxruntime {ort.__version__} has no {wanted} (install onnxruntime-gpu)")
-        # The deployment settings of modconv_export.ort_options unless the caller passes its own;
-        # ORT's log is kept to errors (its warnings are noise in a parity table).
-        options = self.session_options if self.session_options is not None else session_options()
-        provider_options = self.provider_options
-        if not provider_options and self.provider == "cuda":
-            provider_options = cuda_provider_options()
-        providers: list[Any] = [(wanted, provider_options)]
-        if wanted != "CPUExecutionProvider":
-            providers.append("CPUExecutionProvider")
-        session = ort.InferenceSession(model_source(self.path), sess_options=options, providers=providers)
-        actual = list(session.get_providers())
-        if not actual or actual[0] != wanted:
-            del session
-            raise RunnerUnavailable(
-                f"{self.provider.upper()} provider unavailable: the session fell back to {actual[0] if actual else 'no provider'}"
-                " (CUDA/cuDNN libraries or a GPU missing; onnxruntime logs the cause)"
-            )
-        self.session = session
+        # The deployment settings of modconv_export.verify.ort_options unless the caller passes its own.
+        self.session = create_session(self.path, self.provider, options=self.session_options, provider_options=self.provider_options or None)
         self.prepared = True
 
     @property

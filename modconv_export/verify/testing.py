@@ -13,7 +13,8 @@ from typing import Any
 
 import torch.nn as nn
 
-from .verify import ParityReport, check_parity
+from .harness import check_parity
+from .report import ParityReport
 
 __all__ = ["assert_parity"]
 

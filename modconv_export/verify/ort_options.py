@@ -20,7 +20,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cpu_threads", "create_session", "cuda_provider_options", "describe_ort_build", "ort_distributions", "session_options"]
+from ..errors import RunnerUnavailable
+
+__all__ = ["ORT_PROVIDERS", "cpu_threads", "create_session", "cuda_provider_options", "describe_ort_build", "model_source", "ort_distributions", "session_options"]
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 
@@ -67,21 +69,50 @@ def cuda_provider_options(*, conv_algo_search: str = "EXHAUSTIVE", cuda_graph: b
     }
 
 
-def create_session(path: str | os.PathLike, device: str = "cpu", *, optimization: str = "all", threads: int | None = None, **cuda: Any) -> Any:
-    """An ``InferenceSession`` on ``device`` ("cpu" or "cuda"); raises ``RuntimeError`` if CUDA was asked
-    for but the session fell back to CPU (onnxruntime-gpu does that silently)."""
+def model_source(path: str | os.PathLike) -> str | bytes:
+    """What ONNX Runtime can open: the path, or the file's bytes when the name is not valid UTF-8."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return Path(path).read_bytes()
+
+
+#: The providers the runners and the CLI name, by device.
+ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def create_session(
+    path: str | os.PathLike, device: str = "cpu", *, options: Any = None, provider_options: dict[str, Any] | None = None,
+    optimization: str = "all", threads: int | None = None, **cuda: Any,
+) -> Any:
+    """An ``InferenceSession`` of the file at ``path`` on ``device`` ("cpu" or "cuda"), with this module's
+    settings unless ``options``/``provider_options`` are given (``**cuda`` goes to :func:`cuda_provider_options`).
+
+    The one place sessions are made: it raises :class:`~modconv_export.errors.RunnerUnavailable` (a
+    ``RuntimeError``) when the provider is missing or the session silently fell back to the CPU, as
+    onnxruntime-gpu does without CUDA/cuDNN or a GPU.
+    """
     import onnxruntime as ort
 
-    options = session_options(optimization=optimization, threads=threads)
-    if device == "cuda":
-        providers: list[Any] = [("CUDAExecutionProvider", cuda_provider_options(**cuda)), "CPUExecutionProvider"]
-    elif device == "cpu":
-        providers = ["CPUExecutionProvider"]
-    else:
-        raise ValueError("device must be 'cpu' or 'cuda'")
-    session = ort.InferenceSession(str(Path(path)), sess_options=options, providers=providers)
-    if device == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
-        raise RuntimeError(f"CUDA provider unavailable: the session fell back to {session.get_providers()[0]}")
+    if device not in ORT_PROVIDERS:
+        raise ValueError(f"device must be one of {', '.join(ORT_PROVIDERS)}, got {device!r}")
+    wanted = ORT_PROVIDERS[device]
+    if wanted not in ort.get_available_providers():
+        raise RunnerUnavailable(f"{device.upper()} provider unavailable: onnxruntime {ort.__version__} has no {wanted} (install onnxruntime-gpu)")
+    options = options if options is not None else session_options(optimization=optimization, threads=threads)
+    if provider_options is None:
+        provider_options = cuda_provider_options(**cuda) if device == "cuda" else {}
+    providers: list[Any] = [(wanted, provider_options)] + (["CPUExecutionProvider"] if wanted != "CPUExecutionProvider" else [])
+    session = ort.InferenceSession(model_source(path), sess_options=options, providers=providers)
+    actual = list(session.get_providers())
+    if not actual or actual[0] != wanted:
+        del session
+        raise RunnerUnavailable(
+            f"{device.upper()} provider unavailable: the session fell back to {actual[0] if actual else 'no provider'}"
+            " (CUDA/cuDNN libraries or a GPU missing; onnxruntime logs the cause)"
+        )
     return session
 
 
