@@ -18,13 +18,15 @@ import time
 import zipfile
 from pathlib import Path
 
-import modconv_export
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
 import torch.nn as nn
+from helpers import relative_l2
+
+import modconv_export
 from modconv_export import export_onnx, rewrite_model, save_checkpoint
 from modconv_export.cli import UsageError, main, parse_input
 from modconv_export.export.metadata import read_properties
@@ -49,11 +51,6 @@ def error_line(stderr: str) -> str:
     assert lines[0].startswith(ERROR), lines[0]
     assert "Traceback" not in stderr
     return lines[0]
-
-
-def rel_l2(actual, expected) -> float:
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
 
 
 def randomized(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -149,9 +146,9 @@ def test_checkpoint_export_files_match_eager_at_another_batch(checkpoint_run, de
     latent = torch.randn(5, 16, generator=torch.Generator().manual_seed(9))
     with torch.no_grad():
         expected = decoder(latent)
-    assert rel_l2(ort_run(out / "g.onnx", {"latent": latent})[0], expected) < 1e-4
+    assert relative_l2(ort_run(out / "g.onnx", {"latent": latent})[0], expected) < 1e-4
     with torch.no_grad():
-        assert rel_l2(torch.jit.load(str(out / "g.ts"))(latent), expected) < 1e-4
+        assert relative_l2(torch.jit.load(str(out / "g.ts"))(latent), expected) < 1e-4
 
 
 def test_checkpoint_export_report(checkpoint_run):
@@ -192,7 +189,7 @@ def test_pickled_generator_with_layers_from_a_module_the_toolkit_never_saw(forei
     image, latent = torch.randn(3, 3, 8, 8, generator=gen), torch.randn(3, 16, generator=gen)
     with torch.no_grad():
         expected = foreign["toy"](image, latent)
-    assert rel_l2(ort_run(out / "toy.onnx", {"image": image, "latent": latent})[0], expected) < 1e-4
+    assert relative_l2(ort_run(out / "toy.onnx", {"image": image, "latent": latent})[0], expected) < 1e-4
     png = (out / "toy.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
 
@@ -208,7 +205,7 @@ def test_bare_state_dict_with_python_m_and_no_verify(work, decoder):
     assert report["parity"] is None and report["model"]["kind"] == "state_dict"
     latent = torch.randn(2, 16, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        assert rel_l2(ort_run(out / "g.onnx", {"latent": latent})[0], decoder(latent)) < 1e-4
+        assert relative_l2(ort_run(out / "g.onnx", {"latent": latent})[0], decoder(latent)) < 1e-4
 
 
 def test_fp16_export_is_verified_at_the_fp16_tolerance(work, decoder):
@@ -222,7 +219,7 @@ def test_fp16_export_is_verified_at_the_fp16_tolerance(work, decoder):
     assert ort_rows and all(r["status"] == "pass" and 1e-5 < r["rel_l2"] <= 1e-2 for r in ort_rows)
     latent = torch.randn(3, 16, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        assert rel_l2(ort_run(out / "g.onnx", {"latent": latent})[0], decoder(latent)) < 1e-2
+        assert relative_l2(ort_run(out / "g.onnx", {"latent": latent})[0], decoder(latent)) < 1e-2
 
 
 @pytest.mark.skipif(bool(bf16_unavailable_reason()), reason="no OpenVINO with native bf16 here")

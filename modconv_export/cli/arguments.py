@@ -175,7 +175,8 @@ def check_targets(args: argparse.Namespace) -> None:
 
 def parse_providers(text: str) -> tuple[str, ...]:
     """``--providers``: parsed by :func:`modconv_export.verify.harness.parse_providers` (one vocabulary)."""
-    from ..verify.harness import PROVIDERS, parse_providers as parse
+    from ..verify.harness import PROVIDERS
+    from ..verify.harness import parse_providers as parse
 
     try:
         return parse(text)

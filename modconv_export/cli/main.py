@@ -20,6 +20,7 @@ import traceback
 import warnings
 from typing import Iterator, Sequence
 
+from .._util import exception_line
 from .._util.files import Outputs
 from .._util.interrupts import Interrupted, signals_raise
 from .._util.memory import is_allocation_failure
@@ -158,9 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as exc:
             if debug:
                 traceback.print_exc()
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             if is_allocation_failure(exc):
-                error(f"out of memory: {type(exc).__name__}: {text[:300]}")
+                error(f"out of memory: {exception_line(exc)}")
                 return EXIT_USAGE
-            error(f"internal error: {type(exc).__name__}: {text} (a bug in {PROG}: rerun with --debug and report the traceback)")
+            error(f"internal error: {exception_line(exc)} (a bug in {PROG}: rerun with --debug and report the traceback)")
             return EXIT_INTERNAL

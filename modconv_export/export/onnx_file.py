@@ -212,7 +212,7 @@ def _with_opset(proto: onnx.ModelProto, opset: int, exporter: str) -> onnx.Model
     try:
         converted = onnx.version_converter.convert_version(proto, opset)
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc, 200)
     else:
         if opset_of(converted) == opset:
             return converted

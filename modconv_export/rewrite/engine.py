@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .._util import as_tuple, relative_l2
+from .._util import as_tuple, exception_line, relative_l2
 from ..errors import RewriteError
 from .registry import Replacement, Rule, registered_rules
 
@@ -69,7 +69,7 @@ def _probe_error(rule: Rule, before: nn.Module, after: nn.Module) -> str | None:
         try:
             expected = as_tuple(before(*inputs))
         except Exception as exc:  # the original cannot run on a well-formed probe: not our pattern
-            return f"it fails on a probe input ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            return f"it fails on a probe input ({exception_line(exc, 200)})"
         try:
             actual = as_tuple(after(*inputs))
         except Exception as exc:

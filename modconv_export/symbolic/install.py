@@ -16,8 +16,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from ..layers import ops  # noqa: F401  (registers modconv_export::depthwise_conv2d)
 from ..errors import LoweringError
+from ..layers import ops  # noqa: F401  (registers modconv_export::depthwise_conv2d)
 from .builders import LegacyOpBuilder, TracedOpBuilder, onnxscript_opset
 from .builtin import depthwise_conv2d_translation
 from .registry import FunctionLowering, _arity, _uses_ctx

@@ -30,7 +30,7 @@ import torch
 import torch.fx as fx
 from torch.fx.operator_schemas import normalize_function
 
-from ..._util import relative_l2
+from ..._util import exception_line, relative_l2
 from .batch import batch_affine
 from .evaluate import evaluate
 from .facts import GraphFacts, module_path
@@ -281,7 +281,7 @@ def rewrite_grouped_conv(gm: fx.GraphModule, site: GroupedConv, values: dict[fx.
     except Exception as exc:  # a shape or dtype the construction did not foresee: not this pattern
         build.undo()
         delattr(gm, name)
-        return f"its constant-weight form fails on the probe ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
+        return f"its constant-weight form fails on the probe ({exception_line(exc, 160)})"
     if not error <= _tolerance(out.dtype):
         build.undo()
         delattr(gm, name)

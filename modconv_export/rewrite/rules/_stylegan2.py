@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..._util import exception_line
 from ..registry import conv_shape_mismatch, probe_tensor
 
 __all__ = ["modconv_weight", "looks_like_modconv", "check_modconv", "style_width", "original_failure", "number", "modconv_probe"]
@@ -75,6 +76,5 @@ def original_failure(module: nn.Module, inputs: tuple) -> str | None:
         with torch.no_grad():
             module(*inputs)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-        return f"{type(exc).__name__}: {first}"
+        return exception_line(exc, 160)
     return None
