@@ -26,6 +26,11 @@ def _leave(code: int) -> None:
     os._exit(code)
 
 
+def _ignore_signals() -> None:
+    for s in HANDLED:
+        signal.signal(s, signal.SIG_IGN)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Install the signal handlers, import the command line and run it."""
     with exit_on_signal("modconv-export: error: interrupted by {signal} (nothing written)"):
@@ -35,8 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = cli_main(argv)  # installs its own handlers for the run
         except Interrupted as exc:  # a second signal while the run was reporting the first
             code = exc.exit_code
-        for s in HANDLED:  # the run is over: its status stands
-            signal.signal(s, signal.SIG_IGN)
+        _ignore_signals()  # the run is over: its status stands
+    _ignore_signals()  # leaving the block restored the default handlers: a late signal must not kill the exit
     if code >= 128:  # interrupted: see the module docstring
         _leave(code)
     return code

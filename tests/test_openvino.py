@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import torch
-from conftest import TinyDecoder, randomize, tiny_inputs
+from helpers import TinyDecoder, randomize, tiny_inputs
 from torch import nn
 
 from modconv_export import export_onnx

@@ -9,8 +9,8 @@ from typing import Any
 
 __all__ = ["package_version", "versions"]
 
-#: Distributions whose versions every record carries (both ONNX Runtime builds: one of them is installed).
-PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "openvino", "onnxruntime-ep-openvino", "numpy")
+#: Distributions whose versions every record carries (``onnxruntime`` is the import's version, below).
+PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime-gpu", "openvino", "onnxruntime-ep-openvino", "numpy")
 
 
 def package_version(name: str) -> str:
@@ -35,9 +35,10 @@ def versions() -> dict[str, Any]:
     try:
         import onnxruntime as ort
 
+        info["onnxruntime"] = ort.__version__  # the import's, whichever distribution (onnxruntime-gpu, ...) provides it
         info["onnxruntime_available_providers"] = ", ".join(ort.get_available_providers())
     except ImportError as exc:
-        info["onnxruntime_available_providers"] = f"onnxruntime not importable: {exc}"
+        info["onnxruntime"] = info["onnxruntime_available_providers"] = f"onnxruntime not importable: {exc}"
     info["cpu"] = cpu_info()
     info["torch_threads"] = torch.get_num_threads()
     info["cuda_device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
