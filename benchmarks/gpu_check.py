@@ -41,6 +41,7 @@ import torch
 import torch.nn as nn
 
 from modconv_export import export_onnx, export_torchscript, make_exportable
+from modconv_export._util import exception_line
 from modconv_export.families.registry import get_family
 from modconv_export.verify.environment import versions
 from modconv_export.verify.metrics import compare
@@ -73,21 +74,17 @@ class Budget:
         return self.deadline - time.perf_counter()
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
-
-
 def environment() -> dict[str, Any]:
+    """:func:`versions`, ONNX Runtime's build and the GPU: card, memory, CUDA/cuDNN, driver."""
     info: dict[str, Any] = versions()
     try:
         import onnxruntime as ort
 
         if hasattr(ort, "preload_dlls"):
             ort.preload_dlls()  # the CUDA/cuDNN libraries from the nvidia-* wheels torch uses
-        info.update(onnxruntime=ort.__version__, ort_available_providers=ort.get_available_providers(), ort_build=ort.get_build_info())
+        info["ort_build"] = ort.get_build_info()
     except Exception as exc:  # reported, never fatal: the torch rows still run
-        info["onnxruntime"] = f"not importable: {_short(exc)}"
+        info["ort_build"] = f"not loaded: {exception_line(exc)}"
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         info.update(gpu=torch.cuda.get_device_name(0), gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda_runtime=torch.version.cuda, cudnn=torch.backends.cudnn.version())
@@ -95,7 +92,7 @@ def environment() -> dict[str, Any]:
             smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,clocks.max.sm", "--format=csv,noheader"], capture_output=True, text=True, timeout=20, check=False)
             info["nvidia_smi"] = smi.stdout.strip()
         except (OSError, subprocess.SubprocessError) as exc:
-            info["nvidia_smi"] = f"not run: {_short(exc)}"
+            info["nvidia_smi"] = f"not run: {exception_line(exc)}"
     return info
 
 
@@ -115,8 +112,7 @@ def ort_cuda_reason() -> str | None:
 
 
 def make_inputs(family: Any, config: dict, batch: int, seed: int) -> tuple[torch.Tensor, ...]:
-    gen = torch.Generator().manual_seed(seed)
-    return tuple(spec.make((batch, *spec.shape[1:]), gen) for spec in family.inputs(config))
+    return tuple(spec.example((batch, *spec.shape[1:]), seed=seed + i) for i, spec in enumerate(family.inputs(config)))
 
 
 def timed(fn: Callable[[], Any], runs: int, warmup: int) -> dict[str, float]:
@@ -180,7 +176,7 @@ class Artifacts:
                 self.seconds[kind] = round(time.perf_counter() - started, 2)
                 print(f"[{name}] {kind} exported in {self.seconds[kind]:.1f} s ({path.stat().st_size / 2**20:.1f} MiB)", file=sys.stderr)
             except Exception as exc:  # a failed export is a row, not the end of the run
-                self.paths[kind] = f"not run: export failed: {_short(exc)}"
+                self.paths[kind] = f"not run: export failed: {exception_line(exc)}"
 
     def get(self, kind: str) -> Path | str:
         return self.paths[kind]
@@ -208,7 +204,7 @@ def parity_rows(name: str, model: nn.Module, rewritten: nn.Module, family: Any, 
         try:
             session = ort_session(path)
         except Exception as exc:
-            candidates[f"ort-cuda-{precision}"] = ("ort-cuda", precision, f"not run: {_short(exc)}")
+            candidates[f"ort-cuda-{precision}"] = ("ort-cuda", precision, f"not run: {exception_line(exc)}")
             continue
         names = [i.name for i in session.get_inputs()]
         candidates[f"ort-cuda-{precision}"] = ("ort-cuda", precision, lambda a, s=session, n=names: s.run(None, {k: t.numpy() for k, t in zip(n, a)})[0])
@@ -227,7 +223,7 @@ def parity_rows(name: str, model: nn.Module, rewritten: nn.Module, family: Any, 
                 with torch.no_grad():
                     actual = run(inputs)
             except Exception as exc:
-                rows.append({**row, "status": f"fail: raised {_short(exc)}"})
+                rows.append({**row, "status": f"fail: raised {exception_line(exc)}"})
                 continue
             tolerance = resolve_tolerance(policy_backend, precision)
             metrics = compare(actual, reference)
@@ -303,8 +299,8 @@ def speed_rows(name: str, model: nn.Module, rewritten: nn.Module, family: Any, c
                     first_s = time.perf_counter() - started
                     timing = timed(runner, args.runs, args.warmup)
             except Exception as exc:
-                rows.append({**row, "status": f"not run: {_short(exc)}"})
-                print(f"[{name}] speed b={batch} {row_name}: {_short(exc)}", file=sys.stderr)
+                rows.append({**row, "status": f"not run: {exception_line(exc)}"})
+                print(f"[{name}] speed b={batch} {row_name}: {exception_line(exc)}", file=sys.stderr)
                 continue
             if row_name == "eager-seed-cuda-fp32":
                 baseline = timing["median_ms"]
@@ -466,13 +462,13 @@ def main(argv: list[str] | None = None) -> int:
                     try:
                         profile[row_name] = kernel_profile(keep[row_name], args.profile_runs)
                     except Exception as exc:
-                        profile[row_name] = {"status": f"not run: {_short(exc)}"}
+                        profile[row_name] = {"status": f"not run: {exception_line(exc)}"}
             if ort_reason is None:
                 for kind in ("onnx-fp32", "onnx-fp16"):
                     try:
                         profile[f"ort-placement-{kind}"] = ort_placement(art.get(kind))
                     except Exception as exc:
-                        profile[f"ort-placement-{kind}"] = {"status": f"not run: {_short(exc)}"}
+                        profile[f"ort-placement-{kind}"] = {"status": f"not run: {exception_line(exc)}"}
             keep.clear()
             save()
     result["status"] = "done"

@@ -11,6 +11,7 @@ the seed layers (LATS) and GFPGAN's clean StyleGAN2 from the PyPI archive.
 
 from __future__ import annotations
 
+import functools
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -91,14 +92,7 @@ def _case_params(formats=None):
 
 @pytest.fixture(scope="module")
 def built():
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            cache[name] = CASES[name]()
-        return cache[name]
-
-    return get
+    return functools.cache(lambda name: CASES[name]())  # each model built once per module
 
 
 @pytest.mark.parametrize("name", list(_case_params()))

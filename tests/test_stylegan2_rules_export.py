@@ -9,6 +9,7 @@ are the real architecture files at the smallest size that runs every path; our o
 
 from __future__ import annotations
 
+import functools
 import onnx
 import onnxruntime as ort
 import pytest
@@ -65,14 +66,7 @@ def _params():
 
 @pytest.fixture(scope="module")
 def built():
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            cache[name] = MODELS[name]()
-        return cache[name]
-
-    return get
+    return functools.cache(lambda name: MODELS[name]())  # each model built once per module
 
 
 @pytest.fixture(scope="module", params=list(_params()))

@@ -30,6 +30,7 @@ from modconv_export import export_onnx, export_torchscript, make_exportable, rew
 from modconv_export.export.checks import computed_conv_weights, conv_nodes
 from modconv_export.rewrite import registry
 
+from fixtures.stylegan2.models import perturb
 from helpers import relative_l2
 
 WRAPPERS = Path(__file__).resolve().parent / "fixtures" / "upstream_codebases"
@@ -61,7 +62,7 @@ def _params():
 def generator(request):
     _, build, modconvs = CODEBASES[request.param]
     torch.manual_seed(0)
-    return request.param, wrappers.randomize_biases(build(), seed=1), modconvs
+    return request.param, perturb(build(), seed=1), modconvs
 
 
 def _z(batch: int, seed: int) -> tuple[torch.Tensor]:
