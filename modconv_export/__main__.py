@@ -26,22 +26,18 @@ def _leave(code: int) -> None:
     os._exit(code)
 
 
-def _ignore_signals() -> None:
-    for s in HANDLED:
-        signal.signal(s, signal.SIG_IGN)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Install the signal handlers, import the command line and run it."""
-    with exit_on_signal("modconv-export: error: interrupted by {signal} (nothing written)"):
+    # after the block, signals are ignored: the run is over, its status stands
+    with exit_on_signal("modconv-export: error: interrupted by {signal} (nothing written)", after=signal.SIG_IGN):
         from .cli import main as cli_main  # seconds of imports
 
         try:
             code = cli_main(argv)  # installs its own handlers for the run
         except Interrupted as exc:  # a second signal while the run was reporting the first
             code = exc.exit_code
-        _ignore_signals()  # the run is over: its status stands
-    _ignore_signals()  # leaving the block restored the default handlers: a late signal must not kill the exit
+        for s in HANDLED:  # back from the run, whose handlers gave way to this block's "nothing written" exit
+            signal.signal(s, signal.SIG_IGN)
     if code >= 128:  # interrupted: see the module docstring
         _leave(code)
     return code

@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Iterator
+from typing import Any, Iterator
 
 from ..errors import Interrupted
 
@@ -42,7 +42,8 @@ def _main_thread() -> bool:
 
 
 @contextlib.contextmanager
-def _handlers(handler) -> Iterator[None]:
+def _handlers(handler, after: Any = None) -> Iterator[None]:
+    """``handler`` for every handled signal within the block; then the previous handlers, or ``after``."""
     if not _main_thread():
         yield
         return
@@ -51,11 +52,15 @@ def _handlers(handler) -> Iterator[None]:
         yield
     finally:
         for s, old in previous.items():
-            signal.signal(s, old)
+            signal.signal(s, old if after is None else after)
 
 
-def exit_on_signal(message: str) -> contextlib.AbstractContextManager[None]:
-    """Within the block, a handled signal prints ``message`` (``{signal}`` is its name) and exits at once."""
+def exit_on_signal(message: str, after: Any = None) -> contextlib.AbstractContextManager[None]:
+    """Within the block, a handled signal prints ``message`` (``{signal}`` is its name) and exits at once.
+
+    ``after`` (e.g. ``signal.SIG_IGN``) replaces the handlers the block found when it ends: restoring the
+    default ones would let a late signal kill a process whose outputs are complete.
+    """
 
     def leave(signum: int, frame: object) -> None:
         try:
@@ -63,7 +68,7 @@ def exit_on_signal(message: str) -> contextlib.AbstractContextManager[None]:
         finally:
             os._exit(128 + signum)
 
-    return _handlers(leave)
+    return _handlers(leave, after)
 
 
 def signals_raise() -> contextlib.AbstractContextManager[None]:
