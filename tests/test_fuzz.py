@@ -359,8 +359,10 @@ def test_fuzz_concurrent_runs(base, tmp_path):
         p1 = subprocess.Popen(first, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         time.sleep(rng.uniform(0, 2))
         p2 = subprocess.Popen(second, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        for proc, argv in ((p1, first), (p2, second)):
-            _, err = proc.communicate(timeout=300)
+        # Both must have ended before the folder is inspected: while one run is still exporting, its own
+        # temporary is rightly there, and judging the first to finish would count it as left behind.
+        errors = [proc.communicate(timeout=300)[1] for proc in (p1, p2)]
+        for proc, argv, err in ((p1, first, errors[0]), (p2, second, errors[1])):
             expected = 0 if argv is good else 1  # each run judges its own file: the verdicts never swap
             judge("concurrent run", proc.returncode, err, {}, [d])
             if proc.returncode != expected:
