@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn as nn
 from modconv_export._util import relative_l2
@@ -45,6 +47,10 @@ class TinyDecoder(nn.Module):
 
 
 #: (module path, channels) of every blur a TinyDecoder uses at run time.
+TESTS = Path(__file__).resolve().parent  # the tests mirror the package's stage folders below this one
+FIXTURES = TESTS / "fixtures"  # the one fixtures root
+ROOT = TESTS.parent  # the repository: samples/, benchmarks/, modconv_export/
+
 TINY_DECODER_BLURS = {"conv_up.blur": 8, "conv_down.blur": 8, "blur": 8}
 
 
@@ -58,11 +64,10 @@ def patch_file_writes(monkeypatch, replacement) -> None:
     (found by identity, so a module that moves keeps being covered)."""
     import sys
 
-    from modconv_export._util import files
-
     import modconv_export.cli  # noqa: F401  (the writers a run uses, loaded before they are looked for)
     import modconv_export.handoff  # noqa: F401
     import modconv_export.verify.picture  # noqa: F401
+    from modconv_export._util import files
 
     real = files.write_bytes
     for name, module in list(sys.modules.items()):

@@ -266,7 +266,7 @@ def export_onnx(
     TorchScript-based exporter. ``rewrite=False`` exports the model as it is (e.g. the module of an
     earlier :func:`prepare_export`), with only the Function lowerings installed. ``precision="fp16"``
     computes feature maps in float16 and keeps the style and demodulation arithmetic in float32 (see
-    :mod:`modconv_export.precision`); inputs and outputs stay float32. The file's nodes are named by
+    :mod:`modconv_export.rewrite.graph.half`); inputs and outputs stay float32. The file's nodes are named by
     module path and the exporter's debug metadata (stack traces with this machine's paths) is stripped
     unless ``keep_debug_metadata``; its ``metadata_props`` hold the toolkit version, exporter, precision,
     dynamic axes, the rewrite summary and ``metadata`` (see :mod:`modconv_export.export.metadata`). Raises

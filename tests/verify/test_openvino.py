@@ -12,9 +12,6 @@ import sys
 
 import pytest
 import torch
-from helpers import TinyDecoder, randomize, tiny_inputs
-from torch import nn
-
 from modconv_export import export_onnx
 from modconv_export.verify import check_parity, resolve_tolerance
 from modconv_export.verify import openvino_options as ovo
@@ -22,6 +19,9 @@ from modconv_export.verify.metrics import compare
 from modconv_export.verify.openvino_runner import OpenVINORunner
 from modconv_export.verify.runners import RunnerUnavailable
 from modconv_export.verify.tolerances import BF16_MIN_PSNR, BF16_REL_L2
+from torch import nn
+
+from helpers import TinyDecoder, randomize, tiny_inputs
 
 needs_openvino = pytest.mark.skipif(bool(ovo.openvino_unavailable_reason()), reason="OpenVINO not installed")
 needs_bf16 = pytest.mark.skipif(bool(ovo.bf16_unavailable_reason()), reason=ovo.bf16_unavailable_reason() or "bf16")

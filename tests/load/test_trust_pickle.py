@@ -24,11 +24,11 @@ import torch.nn as nn
 from modconv_export import LoadError, load_model
 from modconv_export.cli import main
 
+from helpers import TESTS
 from pickle_payloads import Attr, Build, Call, G, NewObj, Persistent, StackGlobal, Touch, plain_pickle, save, to_bytes
 
 pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol 4")  # the STACK_GLOBAL payloads' own protocol
 
-TESTS = Path(__file__).parent
 USER_CODE = TESTS / "fixtures" / "user_code"
 ERROR = "modconv-export: error: "
 
@@ -369,7 +369,7 @@ class _HoldsNumpy(nn.Module):
 def test_numpy_numbers_and_arrays_load_as_data(tmp_path):
     model = _HoldsNumpy()
     torch.save(model, tmp_path / "np.pt")
-    loaded = load_model(tmp_path / "np.pt", trust_pickle=True, import_paths=[Path(__file__).parent]).module
+    loaded = load_model(tmp_path / "np.pt", trust_pickle=True, import_paths=[Path(__file__).parent]).module  # this file defines the class
     assert loaded.gain == model.gain and type(loaded.gain) is np.float64
     assert loaded.taps.dtype == np.float32 and np.array_equal(loaded.taps, model.taps)
 

@@ -19,9 +19,9 @@ import torch.nn as nn
 from modconv_export import ModconvExportError, export_onnx, export_torchscript, make_exportable
 from modconv_export.export.checks import conv_nodes
 from modconv_export.layers.seed import Blur, ModulatedConv2d
-from modconv_export.verify.testing import assert_parity
 from modconv_export.verify import DEFAULT_REL_L2, EagerRunner, OnnxRuntimeRunner, ParityReport, RunnerUnavailable, TorchScriptRunner, check_parity, compare, resolve_tolerance
 from modconv_export.verify.report import ParityRow
+from modconv_export.verify.testing import assert_parity
 from onnx import numpy_helper
 
 LATENT = 16

@@ -22,9 +22,9 @@ from modconv_export.families.lats import age_code
 from modconv_export.load.checkpoint import load_checkpoint
 from PIL import Image
 
-from helpers import relative_l2
+from helpers import ROOT, relative_l2
 
-SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+SAMPLES = ROOT / "samples"
 SIZE = 64  # the small presets' resolution
 
 

@@ -11,7 +11,9 @@ import torch.nn as nn
 from modconv_export import export_onnx, save_checkpoint
 from modconv_export.families import get_family
 
-FIXTURES = Path(__file__).parent / "fixtures" / "foreign_layers"
+from helpers import FIXTURES
+
+FOREIGN_LAYERS = FIXTURES / "foreign_layers"
 CONFIG = {"latent_dim": 16, "n_mlp": 2, "channels": [8, 8], "output_nc": 3}
 
 
@@ -21,11 +23,11 @@ def write_cli_inputs(d: Path) -> Path:
     model = get_family("decoder").build(CONFIG)
     save_checkpoint(d / "dec.pt", "decoder", CONFIG, model.state_dict())
     torch.save(model.state_dict(), d / "legacy_sd.pt", _use_new_zipfile_serialization=False)
-    sys.path.insert(0, str(FIXTURES))
+    sys.path.insert(0, str(FOREIGN_LAYERS))
     try:
         import tricky_models
     finally:
-        sys.path.remove(str(FIXTURES))
+        sys.path.remove(str(FOREIGN_LAYERS))
     torch.save(tricky_models.head("batch"), d / "batch.pt")
     torch.save(tricky_models.head("fixed"), d / "module.pt")
     export_onnx(nn.Linear(4, 4).eval(), torch.randn(1, 4), d / "old.onnx", exporter="torchscript")

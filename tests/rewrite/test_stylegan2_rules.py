@@ -1,6 +1,6 @@
 """The StyleGAN2 rules (GFPGAN clean, basicsr) layer by layer: exact export forms, near misses, noise.
 
-Our own layer copies are in tests/test_rules.py's RULE_CASES; here the upstream files themselves are
+Our own layer copies are in tests/rewrite/test_rules.py's RULE_CASES; here the upstream files themselves are
 rewritten too when their archives are available (see tests/fixtures/stylegan2/upstream.py), and the
 upfirdn2d export form is checked against two references: ours and basicsr's own CPU code.
 """

@@ -5,7 +5,7 @@ checkout named by an environment variable and skip without it (commits pinned in
 ``tests/fixtures/upstream_codebases/stylegan2_wrappers.py``)::
 
     MODCONV_UPSTREAM_ROSINALITY=/path/to/stylegan2-pytorch MODCONV_UPSTREAM_NVLABS=/path/to/stylegan2-ada-pytorch \\
-    MODCONV_UPSTREAM_STYLEGAN3=/path/to/stylegan3  python -m pytest tests/test_upstream_codebases.py
+    MODCONV_UPSTREAM_STYLEGAN3=/path/to/stylegan3  python -m pytest tests/rewrite/test_upstream_codebases.py
 
 Each generator, at reduced size, must export to ONNX (both exporters) and TorchScript with a dynamic batch
 and match eager within relative L2 1e-4 at batch 1, 3 and 8; every modulated convolution must be named in
@@ -20,7 +20,6 @@ import importlib.util
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import onnx
 import onnxruntime as ort
@@ -31,9 +30,9 @@ from modconv_export.export.checks import computed_conv_weights, conv_nodes
 from modconv_export.rewrite import registry
 
 from fixtures.stylegan2.models import perturb
-from helpers import relative_l2
+from helpers import FIXTURES, relative_l2
 
-WRAPPERS = Path(__file__).resolve().parent / "fixtures" / "upstream_codebases"
+WRAPPERS = FIXTURES / "upstream_codebases"
 sys.path.insert(0, str(WRAPPERS))
 import stylegan2_wrappers as wrappers  # noqa: E402
 

@@ -29,11 +29,11 @@ import torch
 import torch.nn as nn
 from modconv_export.cli import main
 
-from cli_inputs import FIXTURES, write_cli_inputs
-from helpers import patch_file_writes
+from cli_inputs import FOREIGN_LAYERS, write_cli_inputs
+from helpers import FIXTURES, patch_file_writes
 from pickle_payloads import Attr, Build, Call, G, NewObj, StackGlobal, plain_pickle, save
 
-USER_CODE = Path(__file__).parent / "fixtures" / "user_code"
+USER_CODE = FIXTURES / "user_code"
 FAST = ["--exporter", "torchscript", "--providers", "cpu"]
 CLEAN_CODES = {0, 1, 2, 129, 130, 143}
 TEMP_SUFFIXES = (".partial", ".probe", ".old")
@@ -207,7 +207,7 @@ def _mutate(data: bytes, rng: random.Random) -> bytes:
 
 def test_fuzz_damaged_and_odd_model_files(base, tmp_path, capfd):
     rng = random.Random(2202)
-    sources = {"dec.pt": [], "legacy_sd.pt": [], "module.pt": ["--trust-pickle", "--import-path", str(FIXTURES), "--input", "x=1x5"]}
+    sources = {"dec.pt": [], "legacy_sd.pt": [], "module.pt": ["--trust-pickle", "--import-path", str(FOREIGN_LAYERS), "--input", "x=1x5"]}
     odd = tmp_path / "odd"
     odd.mkdir()
     os.mkfifo(odd / "fifo.pt")

@@ -60,7 +60,7 @@ RULE_CASES = {
 }
 
 # StyleGAN2 layers of GFPGAN (stylegan2_clean_arch) and basicsr (stylegan2_arch): our faithful copies
-# (tests/fixtures/stylegan2/layers.py); tests/test_stylegan2_rules.py runs the upstream files too.
+# (tests/fixtures/stylegan2/layers.py); tests/rewrite/test_stylegan2_rules.py runs the upstream files too.
 from modconv_export.layers.stylegan2_forms import BiasLeakyReLU, NoisyStyleConv, ScaledLinear, StyleGAN2ModulatedConvForm, UpFirDn2d  # noqa: E402
 
 from fixtures.stylegan2 import layers as sg2  # noqa: E402

@@ -24,8 +24,10 @@ from modconv_export.families.lats import AGE_CLASSES
 from modconv_export.families.registry import Family, InputSpec, TensorInfo, register_family
 from modconv_export.verify import check_parity
 
+from helpers import FIXTURES
+
 DECODER_CONFIG = {"latent_dim": 16, "n_mlp": 2, "channels": [8, 8], "output_nc": 3}
-FIXTURES = Path(__file__).parent / "fixtures" / "foreign_layers"
+FOREIGN_LAYERS = FIXTURES / "foreign_layers"
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +152,7 @@ def test_a_family_cannot_declare_a_tensor_it_does_not_have():
 
 def test_api_errors_carry_no_terminal_colour_codes(monkeypatch, tmp_path):
     """torch.onnx colours its "step 3/3" line; the ExportError built from it is plain text."""
-    monkeypatch.syspath_prepend(str(FIXTURES))
+    monkeypatch.syspath_prepend(str(FOREIGN_LAYERS))
     import tricky_models
 
     with pytest.raises(ExportError) as info:

@@ -6,17 +6,13 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
-
-from modconv_export.verify.openvino_options import (
-    bf16_unavailable_reason,
-    openvino_unavailable_reason,
-)
+from modconv_export.verify.openvino_options import bf16_unavailable_reason, openvino_unavailable_reason
 from modconv_export.verify.tolerances import BF16_REL_L2
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
+
 BF16_ROWS = ("autocast-bf16-cpu", "openvino-cpu-bf16", "openvino-cpu-bf16-plain", "openvino-cpu-bf16-static", "ort-openvino-cpu-bf16")
 
 

@@ -14,9 +14,10 @@ from modconv_export import LoadError, ModconvExportError, load_checkpoint, load_
 from modconv_export.families import Family, InputSpec, get_family, register_family
 from modconv_export.families import registry as family_registry
 
+from helpers import FIXTURES
 from pickle_payloads import Touch
 
-FIXTURES = Path(__file__).parent / "fixtures" / "foreign_layers"
+FOREIGN_LAYERS = FIXTURES / "foreign_layers"
 DECODER_CONFIG = {"latent_dim": 16, "n_mlp": 2, "channels": [8, 8], "output_nc": 3}
 
 
@@ -71,7 +72,7 @@ def decoder_state() -> dict:
 @pytest.fixture
 def foreign_modules(monkeypatch):
     """The user's own layer module, importable as a top-level module (as in the user's project)."""
-    monkeypatch.syspath_prepend(str(FIXTURES))
+    monkeypatch.syspath_prepend(str(FOREIGN_LAYERS))
     import thirdparty_gan
     import tricky_models
 
@@ -124,7 +125,7 @@ def test_pickled_module_needs_trust_and_loads_with_it(tmp_path, foreign_modules)
         load_model(tmp_path / "g.pt")
     with pytest.raises(LoadError, match=r"refused even with --trust-pickle: .*thirdparty_gan\.ToyGenerator"):
         load_model(tmp_path / "g.pt", trust_pickle=True)  # importable, but from no directory the user named
-    loaded = load_model(tmp_path / "g.pt", trust_pickle=True, import_paths=[FIXTURES])
+    loaded = load_model(tmp_path / "g.pt", trust_pickle=True, import_paths=[FOREIGN_LAYERS])
     assert loaded.kind == "pickle" and loaded.family is None and loaded.inputs is None
     _assert_same_weights(loaded.module, model.state_dict())
     x = (torch.randn(2, 3, 8, 8), torch.randn(2, 16))
@@ -144,15 +145,15 @@ def test_trusted_pickle_imports_from_import_path_or_cwd_and_restores_sys_path(tm
     thirdparty_gan, _ = foreign_modules
     torch.save(thirdparty_gan.ToyGenerator(), tmp_path / "g.pt")
     monkeypatch.delitem(sys.modules, "thirdparty_gan")  # a fresh process: the class is not imported yet
-    sys.path.remove(str(FIXTURES))
+    sys.path.remove(str(FOREIGN_LAYERS))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(LoadError, match=r"thirdparty_gan\.ToyGenerator \(module 'thirdparty_gan' is in no --import-path directory nor the current directory\)"):
         load_model(tmp_path / "g.pt", trust_pickle=True)
     before = list(sys.path)
-    assert load_model(tmp_path / "g.pt", trust_pickle=True, import_paths=[FIXTURES]).kind == "pickle"
+    assert load_model(tmp_path / "g.pt", trust_pickle=True, import_paths=[FOREIGN_LAYERS]).kind == "pickle"
     assert sys.path == before
     monkeypatch.delitem(sys.modules, "thirdparty_gan")
-    monkeypatch.chdir(FIXTURES)  # the current directory is on the path too
+    monkeypatch.chdir(FOREIGN_LAYERS)  # the current directory is on the path too
     assert load_model(tmp_path / "g.pt", trust_pickle=True).kind == "pickle"
     with pytest.raises(LoadError, match="not a directory"):
         load_model(tmp_path / "g.pt", trust_pickle=True, import_paths=[tmp_path / "nope"])

@@ -12,6 +12,7 @@ the seed layers (LATS) and GFPGAN's clean StyleGAN2 from the PyPI archive.
 from __future__ import annotations
 
 import functools
+
 import numpy as np
 import onnx
 import onnxruntime as ort

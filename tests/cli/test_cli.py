@@ -18,22 +18,22 @@ import time
 import zipfile
 from pathlib import Path
 
+import modconv_export
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
 import torch.nn as nn
-from helpers import relative_l2
-
-import modconv_export
 from modconv_export import export_onnx, rewrite_model, save_checkpoint
 from modconv_export.cli import UsageError, main, parse_input
 from modconv_export.export.metadata import read_properties
 from modconv_export.families import get_family
 from modconv_export.verify.openvino_options import bf16_unavailable_reason
 
-FIXTURES = Path(__file__).parent / "fixtures" / "foreign_layers"
+from helpers import FIXTURES, TESTS, relative_l2
+
+FOREIGN_LAYERS = FIXTURES / "foreign_layers"
 SCRIPT = Path(sys.executable).parent / "modconv-export"
 DECODER_CONFIG = {"latent_dim": 16, "n_mlp": 2, "channels": [8, 8], "output_nc": 3}
 ERROR = "modconv-export: error: "
@@ -78,12 +78,12 @@ def work(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def foreign(work):
     """The user's own layer modules, importable top-level as in their project; pickles made from them."""
-    sys.path.insert(0, str(FIXTURES))
+    sys.path.insert(0, str(FOREIGN_LAYERS))
     try:
         import thirdparty_gan
         import tricky_models
     finally:
-        sys.path.remove(str(FIXTURES))
+        sys.path.remove(str(FOREIGN_LAYERS))
     toy = thirdparty_gan.randomized(thirdparty_gan.ToyGenerator())
     torch.save(toy, work / "toy.pt")
     near = thirdparty_gan.randomized(thirdparty_gan.ToyGenerator())
@@ -169,7 +169,7 @@ def test_checkpoint_export_report(checkpoint_run):
 def foreign_run(work, foreign):
     out = work / "foreign"
     out.mkdir()
-    args = [work / "toy.pt", out / "toy.onnx", "--trust-pickle", "--import-path", FIXTURES, "--input", "image=1x3x8x8",
+    args = [work / "toy.pt", out / "toy.onnx", "--trust-pickle", "--import-path", FOREIGN_LAYERS, "--input", "image=1x3x8x8",
             "--input", "latent=1x16", "--exporter", "torchscript", "--report-image", out / "toy.png"]  # fmt: skip
     return run_cli(*args, cwd=out), out  # cwd is not the fixture directory: --import-path does it
 
@@ -259,7 +259,7 @@ def test_program_that_depends_on_the_batch_size_is_refused(work, foreign, good_o
     out.mkdir()
     (out / "gate.onnx").write_bytes(good_onnx)
     for exporter in ("torchscript", "dynamo"):
-        proc = run_cli(work / "batch.pt", out / "gate.onnx", "--trust-pickle", "--import-path", FIXTURES, "--input", "x=1x4",
+        proc = run_cli(work / "batch.pt", out / "gate.onnx", "--trust-pickle", "--import-path", FOREIGN_LAYERS, "--input", "x=1x4",
                        "--exporter", exporter)  # fmt: skip
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert "computes differently at batch sizes 2 and 3 (from " in error_line(proc.stderr)
@@ -297,7 +297,7 @@ def test_unexportable_module_is_named_with_its_op(work, foreign, good_onnx, kind
     out = work / f"unexportable-{kind}"
     out.mkdir()
     (out / "m.onnx").write_bytes(good_onnx)
-    proc = run_cli(work / f"{kind}.pt", out / "m.onnx", "--trust-pickle", "--import-path", FIXTURES, "--input", "x=1x4",
+    proc = run_cli(work / f"{kind}.pt", out / "m.onnx", "--trust-pickle", "--import-path", FOREIGN_LAYERS, "--input", "x=1x4",
                    "--exporter", exporter)  # fmt: skip
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert re.search(pattern, error_line(proc.stderr))
@@ -307,9 +307,9 @@ def test_unexportable_module_is_named_with_its_op(work, foreign, good_onnx, kind
 
 def test_dynamo_op_without_conversion_is_traced_back_to_its_module(work, foreign, capfd, monkeypatch):
     """No user frame on the stack here (it fails converting the graph): an eager op trace names the module."""
-    monkeypatch.syspath_prepend(str(FIXTURES))
+    monkeypatch.syspath_prepend(str(FOREIGN_LAYERS))
     out = work / "svd-dynamo.onnx"
-    assert main([str(work / "svd.pt"), str(out), "--trust-pickle", "--import-path", str(FIXTURES), "--input", "x=1x4"]) == 2
+    assert main([str(work / "svd.pt"), str(out), "--trust-pickle", "--import-path", str(FOREIGN_LAYERS), "--input", "x=1x4"]) == 2
     line = error_line(capfd.readouterr().err)
     assert "dynamo export failed in module 'body.1' (SingularValues): op aten::_linalg_svd: it has no ONNX conversion" in line
     assert not out.exists()
@@ -405,8 +405,8 @@ CASES = {
     "unknown input name": (["decoder.pt", "--input", "z=1x16"], r"--input z: this model's inputs are latent"),
     "duplicate input": (["decoder.pt", "--input", "latent=1x16", "--input", "latent=2x16"], r"--input latent is given more than once"),
     "rejected shape": (["decoder.pt", "--input", "latent=1x17"], r"the model rejects the inputs latent=1x17: RuntimeError: mat1 and mat2 shapes cannot be multiplied"),
-    "pickle without shapes": (["toy.pt", "--trust-pickle", "--import-path", str(FIXTURES)], r"its forward\(image, latent\) takes --input image=SHAPE --input latent=SHAPE"),
-    "inputs out of order": (["toy.pt", "--trust-pickle", "--import-path", str(FIXTURES), "--input", "latent=1x16", "--input", "image=1x3x8x8"], r"--input names must follow forward\(image, latent\) in order"),
+    "pickle without shapes": (["toy.pt", "--trust-pickle", "--import-path", str(FOREIGN_LAYERS)], r"its forward\(image, latent\) takes --input image=SHAPE --input latent=SHAPE"),
+    "inputs out of order": (["toy.pt", "--trust-pickle", "--import-path", str(FOREIGN_LAYERS), "--input", "latent=1x16", "--input", "image=1x3x8x8"], r"--input names must follow forward\(image, latent\) in order"),
     "bad opset": (["decoder.pt", "--opset", "99"], r"opset 99 is not supported here: use 13\.\.\d+"),
     "out is not onnx": (["decoder.pt", "OUT=bad/g.pt"], r"OUT must be an \.onnx file"),
     "out is the model": (["bad/model.onnx", "OUT=bad/model.onnx"], r"OUT .*model\.onnx is the same file as MODEL"),
@@ -424,7 +424,7 @@ CASES = {
     "triton repo parent missing": (["decoder.pt", "--triton-repo", "nowhere/repo"], r"--triton-repo nowhere/repo: output directory does not exist"),
     "triton batch size": (["decoder.pt", "--triton-repo", "bad/repo", "--triton-max-batch-size", "0"], r"Triton max_batch_size must be at least 1, got 0"),
     "image without verify": (["decoder.pt", "--no-verify", "--report-image", "bad/x.png"], r"--report-image needs the parity check"),
-    "image of a non-image": (["svd.pt", "--trust-pickle", "--import-path", str(FIXTURES), "--input", "x=1x4", "--report-image", "bad/x.png"], r"no image-like output"),
+    "image of a non-image": (["svd.pt", "--trust-pickle", "--import-path", str(FOREIGN_LAYERS), "--input", "x=1x4", "--report-image", "bad/x.png"], r"no image-like output"),
 }  # fmt: skip
 
 
@@ -432,7 +432,7 @@ CASES = {
 @pytest.mark.parametrize("existing", [True, False], ids=["existing-out", "no-out"])
 def test_bad_input_is_one_line_and_exit_2(case, existing, work, bad_inputs, good_onnx, capfd, monkeypatch):
     monkeypatch.chdir(work)
-    monkeypatch.syspath_prepend(str(FIXTURES))  # trusted pickles' classes (the CLI's --import-path does this)
+    monkeypatch.syspath_prepend(str(FOREIGN_LAYERS))  # trusted pickles' classes (the CLI's --import-path does this)
     args, pattern = CASES[case]
     out = work / "bad-out" / f"{case.replace(' ', '-')}-{existing}"
     out.mkdir(parents=True)
@@ -467,8 +467,8 @@ def test_report_image_without_pillow_is_one_line(work, decoder, capfd, monkeypat
 
 def test_verbose_lists_near_misses_and_the_graph_rewrite_takes_them(work, foreign, capfd, monkeypatch):
     """A module rule declines a non-zero constant pad; the traced graph still proves that conv factorisable."""
-    monkeypatch.syspath_prepend(str(FIXTURES))
-    argv = [str(work / "near_miss.pt"), str(work / "near.onnx"), "--trust-pickle", "--import-path", str(FIXTURES), "--input", "image=1x3x8x8",
+    monkeypatch.syspath_prepend(str(FOREIGN_LAYERS))
+    argv = [str(work / "near_miss.pt"), str(work / "near.onnx"), "--trust-pickle", "--import-path", str(FOREIGN_LAYERS), "--input", "image=1x3x8x8",
             "--input", "latent=1x16", "--exporter", "torchscript", "-v"]  # fmt: skip
     code = main(argv)
     captured = capfd.readouterr()
@@ -485,7 +485,7 @@ def test_unfactorisable_batch_grouped_conv_names_the_module(work, foreign, good_
     out = work / "additive"
     out.mkdir()
     (out / "m.onnx").write_bytes(good_onnx)
-    proc = run_cli(work / "additive.pt", out / "m.onnx", "--trust-pickle", "--import-path", FIXTURES, "--input", "x=1x4")
+    proc = run_cli(work / "additive.pt", out / "m.onnx", "--trust-pickle", "--import-path", FOREIGN_LAYERS, "--input", "x=1x4")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     line = error_line(proc.stderr)
     assert "body.1: a convolution grouped by the batch cannot be made batch-independent: its factor" in line
@@ -494,9 +494,9 @@ def test_unfactorisable_batch_grouped_conv_names_the_module(work, foreign, good_
 
 
 def test_model_that_runs_at_one_batch_size_only_is_refused(work, foreign, capfd, monkeypatch):
-    monkeypatch.syspath_prepend(str(FIXTURES))
+    monkeypatch.syspath_prepend(str(FOREIGN_LAYERS))
     out = work / "fixed.onnx"
-    code = main([str(work / "fixed.pt"), str(out), "--trust-pickle", "--import-path", str(FIXTURES), "--input", "x=2x4", "--exporter", "torchscript"])
+    code = main([str(work / "fixed.pt"), str(out), "--trust-pickle", "--import-path", str(FOREIGN_LAYERS), "--input", "x=2x4", "--exporter", "torchscript"])
     line = error_line(capfd.readouterr().err)
     assert code == 2
     assert "the model does not run at batch size 3, so its batch cannot be made dynamic: RuntimeError: shape '[2, 4]' is invalid" in line
@@ -585,7 +585,7 @@ def test_noise_choice_is_printed_and_reported(work):
     torch.save(TinyGenerator("clean").eval(), work / "noisy.pt")
     out = work / "noisy"
     out.mkdir()
-    proc = run_cli(work / "noisy.pt", out / "g.onnx", "--trust-pickle", "--import-path", Path(__file__).parent, "--exporter", "torchscript", "--no-verify",
+    proc = run_cli(work / "noisy.pt", out / "g.onnx", "--trust-pickle", "--import-path", TESTS, "--exporter", "torchscript", "--no-verify",
                    "--input", "w=1x8", "--input", "noise0=1x1x4x4", "--input", "noise1=1x1x8x8", "--report", out / "g.json")  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "note: style_conv_noise (2: conv1, conv_up)" in proc.stdout and "zero noise" in proc.stdout

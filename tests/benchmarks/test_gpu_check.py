@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -17,7 +16,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
+
 
 
 @pytest.fixture(scope="module")

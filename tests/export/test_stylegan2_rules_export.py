@@ -10,6 +10,7 @@ are the real architecture files at the smallest size that runs every path; our o
 from __future__ import annotations
 
 import functools
+
 import onnx
 import onnxruntime as ort
 import pytest
