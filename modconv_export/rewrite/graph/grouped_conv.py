@@ -1,15 +1,15 @@
 """The batch-grouped convolution -> ``conv(x * s, W) * d``, found in the graph, proven on numbers.
 
 Every StyleGAN2-family modulated convolution, whatever its code calls things, reaches the graph as a
-``conv2d``/``conv_transpose2d`` whose ``groups`` is the batch size, whose input is the batch folded into
-channels (``[1, B*Cin, H, W]``) and whose weight is ``layout(K * s * d)``: a kernel ``K`` from parameters
+convolution (1-, 2- or 3-D, plain or transposed) whose ``groups`` is the batch size, whose input is the
+batch folded into channels (``[1, B*Cin, H, W]``) and whose weight is ``layout(K * s * d)``: a kernel ``K`` from parameters
 only, times per-sample factors along the input channels (the style ``s``) and the output channels (the
 demodulation ``d``). ONNX ``Conv.group`` is static and runtimes want constant weights, so that conv is
 replaced by the exact equivalent with one constant weight for every sample::
 
-    conv(x * s, K) * d        (transposed: conv_transpose(x * s, K^T) * d)
+    conv(x * s, K) * d + b    (transposed: conv_transpose(x * s, K^T) * d + b)
 
-keeping the model's own nodes computing ``s`` and ``d``. Finding a candidate needs only the pattern
+(``b`` only where the grouped conv had a bias: its ``B*Cout`` values become one row per sample) keeping the model's own nodes computing ``s`` and ``d``. Finding a candidate needs only the pattern
 (groups = batch, a weight that is a product, see :mod:`.products`); accepting it needs numbers:
 
 1. the weight evaluated with every per-sample factor set to one gives ``K`` in the conv's own layout
@@ -38,14 +38,22 @@ from .products import Factor, product_factors
 
 aten = torch.ops.aten
 
-__all__ = ["ConvCall", "GroupedConv", "conv_call", "find_grouped_convs", "rewrite_grouped_conv"]
+__all__ = ["CONV_OPS", "ConvCall", "GroupedConv", "conv_call", "find_grouped_convs", "rewrite_grouped_conv"]
 
-_CONVS = {aten.conv2d.default, aten.conv2d.padding, aten.conv_transpose2d.input, aten.convolution.default}
+#: Every ATen convolution a captured graph can hold, by spatial rank: ``(plain, plain with string padding,
+#: transposed)``. A StyleGAN2 generator uses 2-D; 1-D modulated convs exist in audio and sequence models.
+_CONV_BY_RANK = {
+    1: (aten.conv1d.default, aten.conv1d.padding, aten.conv_transpose1d.default),
+    2: (aten.conv2d.default, aten.conv2d.padding, aten.conv_transpose2d.input),
+    3: (aten.conv3d.default, aten.conv3d.padding, aten.conv_transpose3d.input),
+}
+CONV_OPS = frozenset({aten.convolution.default, *(op for ops in _CONV_BY_RANK.values() for op in ops)})
+_TRANSPOSED = frozenset(ops[2] for ops in _CONV_BY_RANK.values())
 
 
 @dataclass(frozen=True)
 class ConvCall:
-    """A 2-D convolution node with its arguments by name."""
+    """A convolution node (any spatial rank) with its arguments by name."""
 
     node: fx.Node
     transposed: bool
@@ -60,13 +68,13 @@ class ConvCall:
 
 
 def conv_call(node: fx.Node) -> ConvCall | None:
-    if node.op != "call_function" or node.target not in _CONVS:
+    if node.op != "call_function" or node.target not in CONV_OPS:
         return None
     normalized = normalize_function(node.target, node.args, node.kwargs, normalize_to_only_use_kwargs=True)
     if normalized is None:
         return None
     kw = normalized.kwargs
-    transposed = node.target is aten.conv_transpose2d.input or bool(kw.get("transposed", False))
+    transposed = node.target in _TRANSPOSED or bool(kw.get("transposed", False))
     return ConvCall(
         node=node,
         transposed=transposed,
@@ -93,6 +101,8 @@ class GroupedConv:
     def needed(self) -> set[fx.Node]:
         """Nodes whose probe values the proof reads."""
         nodes = {self.call.node, self.call.weight, self.call.input}
+        if isinstance(self.call.bias, fx.Node):
+            nodes.add(self.call.bias)
         return nodes | {f.node for f in self.factors}
 
 
@@ -120,9 +130,6 @@ def find_grouped_convs(graph: fx.Graph, facts: GraphFacts, symbol: Any) -> tuple
         if a < 1 or c != 0:
             misses.append((path, f"its groups are {a}*batch{c:+d}: not a whole number of groups per sample", True))
             continue
-        if call.bias is not None:
-            misses.append((path, "it has a bias folded into the batch-grouped convolution", True))
-            continue
         factors = product_factors(call.weight, facts)
         if isinstance(factors, str):
             misses.append((path, f"its weight is not a constant kernel times per-sample factors ({factors})", True))
@@ -140,9 +147,9 @@ def _channel_index(kernel: torch.Tensor, groups: int, transposed: bool) -> tuple
     rows, cols = kernel.shape[:2]
     r = torch.arange(rows).unsqueeze(1).expand(rows, cols)
     c = torch.arange(cols).unsqueeze(0).expand(rows, cols)
-    if transposed:  # weight [C_in, C_out / groups, k, k]
+    if transposed:  # weight [C_in, C_out / groups, *k]
         return r, (r // (rows // groups)) * cols + c
-    return (r // (rows // groups)) * cols + c, r  # weight [C_out, C_in / groups, k, k]
+    return (r // (rows // groups)) * cols + c, r  # weight [C_out, C_in / groups, *k]
 
 
 def _role(weights: torch.Tensor, kernel: torch.Tensor, factor: torch.Tensor, index: dict[str, torch.Tensor], widths: dict[str, int]) -> str | None:
@@ -154,13 +161,14 @@ def _role(weights: torch.Tensor, kernel: torch.Tensor, factor: torch.Tensor, ind
     """
     rows, per_row = factor.shape
     tol = _tolerance(kernel.dtype)
+    spatial = [1] * (kernel.dim() - 2)
     for role in ("in", "out", "scalar"):
         if per_row != widths[role]:
             continue
         if role == "scalar":
-            scale = factor.reshape(rows, 1, 1, 1, 1)
+            scale = factor.reshape(rows, 1, 1, *spatial)
         else:
-            scale = factor[:, index[role]].reshape(rows, *kernel.shape[:2], 1, 1)
+            scale = factor[:, index[role]].reshape(rows, *kernel.shape[:2], *spatial)
         if relative_l2(weights, (kernel.unsqueeze(0) * scale).expand_as(weights)) <= tol:
             return role
     return None
@@ -222,7 +230,8 @@ def rewrite_grouped_conv(gm: fx.GraphModule, site: GroupedConv, values: dict[fx.
     """
     call = site.call
     x, weight, out = values[call.input], values[call.weight], values[call.node]
-    if x.dim() != 4 or x.shape[0] != 1 or weight.dim() != 4 or weight.shape[0] % batch:
+    rank = weight.dim() - 2  # spatial dimensions
+    if rank not in _CONV_BY_RANK or x.dim() != rank + 2 or x.shape[0] != 1 or weight.shape[0] % batch:
         return f"its input {tuple(x.shape)} is not the batch folded into channels"
     rows = weight.shape[0] // batch  # each sample's own weight
     groups = site.per_sample
@@ -260,24 +269,27 @@ def rewrite_grouped_conv(gm: fx.GraphModule, site: GroupedConv, values: dict[fx.
     build = _Builder(graph, call.node)
     name = _buffer_name(gm, site.path)
     gm.register_buffer(name, kernel)
+    spatial = [1] * rank
+    plain, plain_padding, transposed = _CONV_BY_RANK[rank]
     try:
         folded = build(aten.reshape.default, call.input, [-1, c_in, *x.shape[2:]])
         style = _scale(build, roles["in"], x.dtype)
         if style is not None:
-            folded = build(aten.mul.Tensor, folded, build(aten.reshape.default, style, [-1, c_in, 1, 1]))
+            folded = build(aten.mul.Tensor, folded, build(aten.reshape.default, style, [-1, c_in, *spatial]))
         const = build.get_attr(name)
         if call.transposed:
-            conv = build(aten.conv_transpose2d.input, folded, const, None, call.stride, call.padding, call.output_padding, groups, call.dilation)
-        elif isinstance(call.padding, str):
-            conv = build(aten.conv2d.padding, folded, const, None, call.stride, call.padding, call.dilation, groups)
+            conv = build(transposed, folded, const, None, call.stride, call.padding, call.output_padding, groups, call.dilation)
         else:
-            conv = build(aten.conv2d.default, folded, const, None, call.stride, call.padding, call.dilation, groups)
+            conv = build(plain_padding if isinstance(call.padding, str) else plain, folded, const, None, call.stride, call.padding, call.dilation, groups)
         demod = _scale(build, roles["out"] + roles["scalar"], out.dtype)
         if demod is not None:
             width = c_out if roles["out"] else 1
-            conv = build(aten.mul.Tensor, conv, build(aten.reshape.default, demod, [-1, width, 1, 1]))
+            conv = build(aten.mul.Tensor, conv, build(aten.reshape.default, demod, [-1, width, *spatial]))
+        if call.bias is not None:  # B*Cout values, sample-major like the output channels: one row per sample
+            conv = build(aten.add.Tensor, conv, build(aten.reshape.default, call.bias, [-1, c_out, *spatial]))
         result = build(aten.reshape.default, conv, [1, -1, *out.shape[2:]])
-        error = relative_l2(evaluate(gm, result, {**known, **{f.node: values[f.node] for f in site.factors}}), out)
+        bias = {call.bias: values[call.bias]} if call.bias is not None else {}
+        error = relative_l2(evaluate(gm, result, {**known, **bias, **{f.node: values[f.node] for f in site.factors}}), out)
     except Exception as exc:  # a shape or dtype the construction did not foresee: not this pattern
         build.undo()
         delattr(gm, name)

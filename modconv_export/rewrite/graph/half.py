@@ -24,13 +24,14 @@ import torch.fx as fx
 
 from .evaluate import attribute
 from .facts import node_inputs
+from .grouped_conv import CONV_OPS
 
 aten = torch.ops.aten
 
 __all__ = ["to_half_graph"]
 
 _HALF, _FLOAT = torch.float16, torch.float32
-_CONVS = {aten.conv2d.default, aten.conv2d.padding, aten.conv_transpose2d.input, aten.convolution.default}
+_CONVS = CONV_OPS
 #: Ops computed in float32 whatever they read.
 _ISLANDS = {
     aten.mm.default, aten.bmm.default, aten.matmul.default, aten.addmm.default, aten.linear.default, aten.einsum.default,

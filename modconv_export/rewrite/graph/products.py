@@ -63,6 +63,28 @@ class Factor:
     sign: int
 
 
+def _integer_power(node: fx.Node) -> int | None:
+    """``n`` when ``node`` raises its first argument to the whole power ``n`` (``s ** 2``, ``1 / s``)."""
+    target = node.target if node.op == "call_function" else None
+    if target is aten.square.default:
+        return 2
+    if target is aten.reciprocal.default:
+        return -1
+    if target is aten.pow.Tensor_Scalar and isinstance(node.args[1], (int, float)) and float(node.args[1]).is_integer():
+        return int(node.args[1]) or None
+    return None
+
+
+def _is_outer_product(equation: object) -> bool:
+    """Whether an einsum multiplies its operands element-wise under broadcasting, summing nothing:
+    every index of every operand appears in the output (``"oikl,bi->boikl"`` is a modulation written
+    as an einsum; ``"bi,oi->bo"`` sums over ``i`` and is not a product)."""
+    if not isinstance(equation, str) or "->" not in equation or "." in equation:
+        return False
+    inputs, output = equation.replace(" ", "").split("->")
+    return all(len(set(term)) == len(term) and set(term) <= set(output) for term in inputs.split(","))  # "ii->i" is a diagonal
+
+
 #: A product tree with more steps than this is not a modulated weight (and would be slow to walk).
 _MAX_STEPS = 10_000
 
@@ -96,6 +118,10 @@ def product_factors(root: fx.Node, facts: GraphFacts) -> list[Factor] | str:
         elif target in LAYOUT_OPS:
             if isinstance(node.args[0], fx.Node):
                 stack.append((node.args[0], sign))
+        elif (power := _integer_power(node)) is not None:
+            stack.append((node.args[0], sign * power))
+        elif target is aten.einsum.default and _is_outer_product(node.args[0]):
+            stack.extend((a, sign) for a in node.args[1] if isinstance(a, fx.Node))
         else:
             powers[node] = powers.get(node, 0) + sign
     return [Factor(node, power) for node, power in powers.items() if power != 0]
