@@ -172,11 +172,18 @@ def _specialized(exc: BaseException) -> bool:
     return isinstance(exc, UserError) and exc.error_type == UserErrorType.CONSTRAINT_VIOLATION
 
 
+def _mutates(target: Any) -> bool:
+    """Whether an op writes to one of its arguments (its schema says so; ``torch.Tag.inplace`` is newer
+    than torch 2.11, the schema flag is not)."""
+    schema = getattr(target, "_schema", None)
+    return bool(getattr(schema, "is_mutable", False))
+
+
 def _functional(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
     """``program`` without in-place ops (NVlabs adds noise with ``x.add_(noise)`` to a view of the conv
     output). The graph passes read data flow: a mutation would make a recorded value or a folded
     constant wrong. Functionalising costs a retrace, so it runs only where a mutation is present."""
-    mutates = any(n.op == "call_function" and torch.Tag.inplace in getattr(n.target, "tags", ()) for n in program.graph.nodes)
+    mutates = any(n.op == "call_function" and _mutates(n.target) for n in program.graph.nodes)
     return program.run_decompositions({}) if mutates else program
 
 
