@@ -2,7 +2,7 @@
 
 Each layer of ``fixtures/foreign_layers/modconv_spellings.py`` writes one part of the modulated conv
 differently (an einsum modulation, a square-root division, flatten/unflatten folding, a bias inside the
-grouped conv, ``K * (s + 1)``, per-sample groups, a squared style, 1-D plain and transposed convs). With the
+grouped conv, an in-place bias, ``K * (s + 1)``, per-sample groups, a squared style, 1-D plain and transposed convs). With the
 module rules switched off, the graph rewrite alone must replace each one (and report it), and the files
 must run at batch 1 and 3 within relative L2 1e-5 of eager with constant weights and no group that
 depends on the batch. A channel-mixing einsum is a per-sample weight that is *not* a modulation: it is
@@ -92,3 +92,13 @@ def test_a_summing_einsum_is_a_near_miss_with_its_reason(tmp_path):
     with pytest.raises(RewriteError, match="its factor einsum .* does not scale input or output channels"):
         export_onnx(model, args, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_in_place_ops_are_known_by_their_schema():
+    """The capture functionalises a program with in-place ops; it must know them on every supported torch
+    (``torch.Tag.inplace`` is missing from torch 2.11, where every capture failed on it)."""
+    from modconv_export.rewrite.graph.capture import _mutates
+
+    aten = torch.ops.aten
+    assert _mutates(aten.add_.Tensor) and _mutates(aten.copy_.default) and _mutates(aten.normal_.default)
+    assert not _mutates(aten.add.Tensor) and not _mutates(aten.convolution.default) and not _mutates(aten.view.default)
