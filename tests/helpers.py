@@ -73,3 +73,16 @@ def patch_file_writes(monkeypatch, replacement) -> None:
     for name, module in list(sys.modules.items()):
         if name.startswith("modconv_export") and getattr(module, "write_bytes", None) is real:
             monkeypatch.setattr(module, "write_bytes", replacement)
+
+
+def run_exported(fmt: str, path: Path, args: tuple[torch.Tensor, ...]):
+    """The first output (numpy) of an exported file: ``fmt == "jit"`` a TorchScript file loaded with plain
+    ``torch.jit.load``, otherwise an ONNX file on ONNX Runtime's CPU provider (asserted, not assumed)."""
+    if fmt == "jit":
+        with torch.no_grad():
+            return torch.jit.load(str(path))(*args).numpy()
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.get_providers()[0] == "CPUExecutionProvider"
+    return session.run(None, {i.name: a.numpy() for i, a in zip(session.get_inputs(), args)})[0]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from modconv_export import ExportError, export_onnx, export_torchscript
@@ -22,7 +21,7 @@ from fixtures.stylegan2 import models
 from fixtures.stylegan2.layers import TinyGenerator
 from fixtures.stylegan2.models import perturb
 from fixtures.stylegan2.upstream import load_upstream, missing_reason
-from helpers import relative_l2
+from helpers import relative_l2, run_exported
 
 UPSTREAM_MISSING = missing_reason()
 S = models.STYLE
@@ -82,15 +81,6 @@ def exported(request, built, tmp_path_factory):
     return name, fmt, path, model, inputs
 
 
-def _run(fmt, path, args):
-    if fmt == "jit":
-        with torch.no_grad():
-            return torch.jit.load(str(path))(*args).numpy()
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert session.get_providers()[0] == "CPUExecutionProvider"
-    feeds = {i.name: a.numpy() for i, a in zip(session.get_inputs(), args)}
-    return session.run(None, feeds)[0]
-
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_matches_eager_at_batch(exported, batch):
@@ -98,7 +88,7 @@ def test_matches_eager_at_batch(exported, batch):
     args = inputs(batch, seed=10 + batch)
     with torch.no_grad():
         expected = model(*args).numpy()
-    actual = _run(fmt, path, args)
+    actual = run_exported(fmt, path, args)
     assert actual.shape == expected.shape and expected.shape[0] == batch
     assert relative_l2(actual, expected) <= 1e-4
 
@@ -134,7 +124,7 @@ def test_missing_noise_exports_as_zero_noise(tmp_path):
     zeros = [torch.zeros_like(getattr(generator.noises, f"noise{i}")) for i in range(generator.num_layers)]
     with torch.no_grad():
         expected = generator([z], noise=zeros)[0].numpy()
-    assert relative_l2(_run("onnx", path, (z,)), expected) <= 1e-4
+    assert relative_l2(run_exported("onnx", path, (z,)), expected) <= 1e-4
 
 
 @needs_upstream
@@ -146,7 +136,7 @@ def test_noise_as_graph_inputs(tmp_path):
     args = (torch.randn(3, S), *[torch.randn(3, *s) for s in shapes])
     with torch.no_grad():
         expected = generator([args[0]], noise=list(args[1:]))[0].numpy()
-    assert relative_l2(_run("onnx", path, args), expected) <= 1e-4
+    assert relative_l2(run_exported("onnx", path, args), expected) <= 1e-4
 
 
 @needs_upstream

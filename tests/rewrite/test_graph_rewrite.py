@@ -15,7 +15,6 @@ import functools
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from modconv_export import export_onnx, export_torchscript, make_exportable, rewrite_report
@@ -25,7 +24,7 @@ from modconv_export.rewrite import registry
 from fixtures.foreign_layers import frozen_batch, novel_stylegan
 from fixtures.stylegan2 import models
 from fixtures.stylegan2.upstream import load_upstream, missing_reason
-from helpers import TinyDecoder, randomize, relative_l2
+from helpers import TinyDecoder, randomize, relative_l2, run_exported
 
 UPSTREAM_MISSING = missing_reason()
 CONV = "graph:batch_grouped_conv"
@@ -124,14 +123,6 @@ def exported(request, built, tmp_path_factory):
     return fmt, path, model, inputs
 
 
-def _run(fmt, path, args):
-    if fmt == "jit":
-        with torch.no_grad():
-            return torch.jit.load(str(path))(*args).numpy()
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert session.get_providers()[0] == "CPUExecutionProvider"
-    return session.run(None, {i.name: a.numpy() for i, a in zip(session.get_inputs(), args)})[0]
-
 
 @pytest.mark.parametrize("batch", [1, 3, 8])
 def test_exported_file_matches_eager_at_any_batch(exported, batch):
@@ -139,7 +130,7 @@ def test_exported_file_matches_eager_at_any_batch(exported, batch):
     args = inputs(batch, seed=20 + batch)
     with torch.no_grad():
         expected = model(*args).numpy()
-    actual = _run(fmt, path, args)
+    actual = run_exported(fmt, path, args)
     assert actual.shape == expected.shape and actual.shape[0] == batch
     assert relative_l2(actual, expected) <= 1e-4
 
@@ -174,5 +165,5 @@ def test_half_precision_is_decided_on_the_graph(name, built, no_module_rules, tm
         args = inputs(batch, seed=30 + batch)
         with torch.no_grad():
             expected = model(*args).numpy()
-        actual = _run("onnx", path, args)
+        actual = run_exported("onnx", path, args)
         assert np.isfinite(actual).all() and relative_l2(actual, expected) <= 1e-2

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 import torch.nn as nn
@@ -23,7 +22,7 @@ from modconv_export.export.checks import computed_conv_weights, conv_nodes, dyna
 from modconv_export.rewrite import registry
 
 from fixtures.foreign_layers import modconv_spellings as spellings
-from helpers import relative_l2
+from helpers import relative_l2, run_exported
 
 CONV = "graph:batch_grouped_conv"
 #: every spelling through the dynamo exporter and TorchScript; the legacy exporter on a few
@@ -54,19 +53,17 @@ def test_each_spelling_exports_with_a_dynamic_batch(spelling, fmt, tmp_path):
     path = tmp_path / ("m.pt" if fmt == "jit" else "m.onnx")
     if fmt == "jit":
         export_torchscript(model, spellings.inputs(spelling, 2), path)
-        loaded = torch.jit.load(str(path))
     else:
         export_onnx(model, spellings.inputs(spelling, 2), path, exporter=fmt)
         proto = onnx.load(str(path))
         assert computed_conv_weights(proto) == []
         assert all(isinstance(axis, str) for axis in dynamic_batch_axes(proto).values())
         assert [c.group for c in conv_nodes(proto)] == [2 if spelling == "grouped" else 1]
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch in (1, 3):
         args = spellings.inputs(spelling, batch, seed=10 + batch)
         with torch.no_grad():
             expected = model(*args).numpy()
-            actual = loaded(*args).numpy() if fmt == "jit" else session.run(None, {i.name: a.numpy() for i, a in zip(session.get_inputs(), args)})[0]
+        actual = run_exported(fmt, path, args)
         assert actual.shape == expected.shape and np.isfinite(actual).all()
         assert relative_l2(actual, expected) <= 1e-5
 

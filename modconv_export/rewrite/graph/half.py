@@ -31,7 +31,6 @@ aten = torch.ops.aten
 __all__ = ["to_half_graph"]
 
 _HALF, _FLOAT = torch.float16, torch.float32
-_CONVS = CONV_OPS
 #: Ops computed in float32 whatever they read.
 _ISLANDS = {
     aten.mm.default, aten.bmm.default, aten.matmul.default, aten.addmm.default, aten.linear.default, aten.einsum.default,
@@ -102,7 +101,7 @@ def to_half_graph(gm: fx.GraphModule) -> fx.GraphModule:
         if node.op != "call_function" or not _float_value(node) or node in dtype:
             continue
         inputs = [n for n in node_inputs(node) if n.op != "get_attr" and _float_value(n)]
-        if node.target in _CONVS:
+        if node.target in CONV_OPS:
             wanted = _HALF
         elif node.target in _ISLANDS or node in squares:
             wanted = _FLOAT
