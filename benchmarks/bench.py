@@ -112,18 +112,24 @@ def build(spec: Spec, quick: bool) -> tuple[nn.Module, Callable[[int, int], tupl
 
         def decoder_inputs(batch: int, seed: int) -> tuple:
             gen = torch.Generator().manual_seed(seed)
-            return torch.randn(batch, cfg.bottleneck_channels, feat, feat, generator=gen), lats.age_code(seed % 6, batch=batch, num_classes=cfg.num_classes, seed=seed)
+            return torch.randn(batch, cfg.bottleneck_channels, feat, feat, generator=gen), lats.age_code(
+                seed % 6, batch=batch, num_classes=cfg.num_classes, seed=seed
+            )
 
         return DecoderOnly(generator).eval(), decoder_inputs
 
     def lats_inputs(batch: int, seed: int) -> tuple:
         gen = torch.Generator().manual_seed(seed)
-        return torch.rand(batch, 3, spec.size, spec.size, generator=gen) * 2 - 1, lats.age_code(seed % 6, batch=batch, num_classes=cfg.num_classes, seed=seed)
+        return torch.rand(batch, 3, spec.size, spec.size, generator=gen) * 2 - 1, lats.age_code(
+            seed % 6, batch=batch, num_classes=cfg.num_classes, seed=seed
+        )
 
     return generator, lats_inputs
 
 
-def backends(model: nn.Module, files: dict[str, Path | None], cuda: bool, args: argparse.Namespace) -> list[tuple[str, Callable[[], Runner] | str]]:
+def backends(
+    model: nn.Module, files: dict[str, Path | None], cuda: bool, args: argparse.Namespace
+) -> list[tuple[str, Callable[[], Runner] | str]]:
     """``(name, runner factory or "not run: reason")`` in table order; every factory builds a verify runner."""
     exportable = make_exportable(model)
     onnx, onnx_fp16, script = files["onnx"], files["onnx_fp16"], files["torchscript"]
@@ -135,7 +141,10 @@ def backends(model: nn.Module, files: dict[str, Path | None], cuda: bool, args: 
         ("compile-cpu", compile_reason or (lambda: EagerRunner(torch.compile(exportable), name="compile-cpu"))),
         ("autocast-bf16-cpu", lambda: EagerRunner(exportable, autocast=torch.bfloat16, name="autocast-bf16-cpu")),
         ("ort-cpu", lambda: OnnxRuntimeRunner(onnx, "cpu")),
-        ("ort-cpu-fp16-file", (lambda: OnnxRuntimeRunner(onnx_fp16, "cpu", name="ort-cpu-fp16-file")) if onnx_fp16 else "not run: --no-fp16"),
+        (
+            "ort-cpu-fp16-file",
+            (lambda: OnnxRuntimeRunner(onnx_fp16, "cpu", name="ort-cpu-fp16-file")) if onnx_fp16 else "not run: --no-fp16",
+        ),
         ("openvino-cpu", lambda: OpenVINORunner(onnx, "fp32")),
         ("openvino-cpu-bf16", lambda: OpenVINORunner(onnx, "bf16")),
         ("openvino-cpu-bf16-plain", lambda: OpenVINORunner(onnx, "bf16", f32_islands=False, name="openvino-cpu-bf16-plain")),
@@ -145,7 +154,15 @@ def backends(model: nn.Module, files: dict[str, Path | None], cuda: bool, args: 
     ]
     if not cuda:
         reason = "not run: no CUDA device on this machine" if not torch.cuda.is_available() else "not run: --cpu"
-        names = ("eager-seed-cuda-fp32", "eager-rewritten-cuda-fp32", "torchscript-cuda-fp32", "compile-cuda-fp32", "compile-cuda-fp16", "ort-cuda-fp32", "ort-cuda-fp16")
+        names = (
+            "eager-seed-cuda-fp32",
+            "eager-rewritten-cuda-fp32",
+            "torchscript-cuda-fp32",
+            "compile-cuda-fp32",
+            "compile-cuda-fp16",
+            "ort-cuda-fp32",
+            "ort-cuda-fp16",
+        )
         return table + [(n, reason) for n in names]
     half = torch.float16
     table += [
@@ -153,7 +170,10 @@ def backends(model: nn.Module, files: dict[str, Path | None], cuda: bool, args: 
         ("eager-rewritten-cuda-fp32", lambda: EagerRunner(exportable, "cuda", tf32=False, name="eager-rewritten-cuda-fp32")),
         ("torchscript-cuda-fp32", lambda: TorchScriptRunner(script, "cuda", tf32=False, name="torchscript-cuda-fp32")),
         ("compile-cuda-fp32", lambda: EagerRunner(torch.compile(_copy(exportable).cuda()), "cuda", tf32=False, name="compile-cuda-fp32")),
-        ("compile-cuda-fp16", lambda: EagerRunner(torch.compile(_copy(exportable).cuda().half()), "cuda", dtype=half, name="compile-cuda-fp16")),
+        (
+            "compile-cuda-fp16",
+            lambda: EagerRunner(torch.compile(_copy(exportable).cuda().half()), "cuda", dtype=half, name="compile-cuda-fp16"),
+        ),
         ("ort-cuda-fp32", lambda: OnnxRuntimeRunner(onnx, "cuda", name="ort-cuda-fp32")),
         ("ort-cuda-fp16", (lambda: OnnxRuntimeRunner(onnx_fp16, "cuda", name="ort-cuda-fp16")) if onnx_fp16 else "not run: --no-fp16"),
     ]
@@ -186,7 +206,9 @@ def bench_model(spec: Spec, args: argparse.Namespace, cuda: bool, workdir: Path)
     started = time.perf_counter()
     files: dict[str, Path | None] = {"onnx": export_onnx(model, example, workdir / f"{tag}.onnx", exporter=args.exporter)}
     export_s = time.perf_counter() - started
-    files["onnx_fp16"] = export_onnx(model, example, workdir / f"{tag}_fp16.onnx", exporter=args.exporter, precision="fp16") if args.fp16 else None
+    files["onnx_fp16"] = (
+        export_onnx(model, example, workdir / f"{tag}_fp16.onnx", exporter=args.exporter, precision="fp16") if args.fp16 else None
+    )
     files["torchscript"] = export_torchscript(model, example, workdir / f"{tag}.pt")
     print(f"[{tag}] exported ({args.exporter}) in {export_s:.1f} s", file=sys.stderr)
 
@@ -216,7 +238,16 @@ def bench_model(spec: Spec, args: argparse.Namespace, cuda: bool, workdir: Path)
     return rows
 
 
-def bench_batch(spec: Spec, model: nn.Module, batch: int, inputs: tuple, runners: dict[str, Runner], failed: dict[str, str], order: list[str], args: argparse.Namespace) -> list[Row]:
+def bench_batch(
+    spec: Spec,
+    model: nn.Module,
+    batch: int,
+    inputs: tuple,
+    runners: dict[str, Runner],
+    failed: dict[str, str],
+    order: list[str],
+    args: argparse.Namespace,
+) -> list[Row]:
     """Warm every runner up, then time them round-robin; one row per backend in ``order``."""
     with EagerRunner(model, name="reference") as reference:
         expected = reference.infer(inputs)[0]
@@ -253,7 +284,22 @@ def bench_batch(spec: Spec, model: nn.Module, batch: int, inputs: tuple, runners
         ms = medians[name]
         baseline = medians.get("eager-seed-cuda-fp32" if "cuda" in name else "eager-seed-cpu")
         m = compare(outputs[name], expected)
-        rows.append(Row(spec.name, spec.size, name, batch, "ok", ms, min(times[name]), baseline / ms if baseline else None, m.rel_l2, m.psnr, peaks.get(name), len(times[name])))
+        rows.append(
+            Row(
+                spec.name,
+                spec.size,
+                name,
+                batch,
+                "ok",
+                ms,
+                min(times[name]),
+                baseline / ms if baseline else None,
+                m.rel_l2,
+                m.psnr,
+                peaks.get(name),
+                len(times[name]),
+            )
+        )
         print(f"[{spec.name}{spec.size}] b={batch} {name}: {ms:.1f} ms", file=sys.stderr)
     return rows
 
@@ -296,7 +342,13 @@ def parse_models(items: list[str], size: int | None, batches: list[int]) -> list
             size_text, _, batch_text = rest.partition(":")
             if name not in DEFAULT_SIZES:
                 raise ValueError(f"unknown model {name!r}; choose from {', '.join(DEFAULT_SIZES)}")
-            specs.append(Spec(name, int(size_text) if size_text else (size or DEFAULT_SIZES[name]), [int(b) for b in batch_text.split(",")] if batch_text else batches))
+            specs.append(
+                Spec(
+                    name,
+                    int(size_text) if size_text else (size or DEFAULT_SIZES[name]),
+                    [int(b) for b in batch_text.split(",")] if batch_text else batches,
+                )
+            )
     return specs
 
 
@@ -304,12 +356,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small LATS at 32 px, batches 1 and 4, no torch.compile: a smoke test")
     parser.add_argument("--models", nargs="+", default=None, metavar="NAME[:SIZE[:BATCHES]]", help=f"default: {' '.join(DEFAULT_MODELS)}")
-    parser.add_argument("--size", type=int, default=None, help="input size for models given without one (default: lats/decoder 256, gfpgan 512)")
+    parser.add_argument(
+        "--size", type=int, default=None, help="input size for models given without one (default: lats/decoder 256, gfpgan 512)"
+    )
     parser.add_argument("--batches", default=None, help="comma-separated, for models given without; default 1,8,32 on GPU, 1,4 on CPU")
     parser.add_argument("--backends", default=None, help="comma-separated subset of backend names (default: all)")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--gap-ms", type=float, default=20.0, help="idle time before each timed run, so one backend's spinning threads do not slow the next (default: 20)")
+    parser.add_argument(
+        "--gap-ms",
+        type=float,
+        default=20.0,
+        help="idle time before each timed run, so one backend's spinning threads do not slow the next (default: 20)",
+    )
     parser.add_argument("--exporter", choices=("dynamo", "torchscript"), default=None, help="default: dynamo; torchscript with --quick")
     parser.add_argument("--no-fp16", dest="fp16", action="store_false", help="skip the fp16 ONNX file")
     parser.add_argument("--cpu", action="store_true", help="ignore a GPU even if one is present")
@@ -337,11 +396,15 @@ def main(argv: list[str] | None = None) -> int:
             rows.extend(bench_model(spec, args, cuda, Path(tmp)))
     env["load_average_after"] = list(os.getloadavg())
     print(format_table(rows))
-    print(f"cpu: {env['cpu']['model']} ({', '.join(env['cpu']['isa'])}), {env['cpu']['cores_available']} cores; load average before {env['load_average_before'][0]:.2f}, after {env['load_average_after'][0]:.2f}")
+    print(
+        f"cpu: {env['cpu']['model']} ({', '.join(env['cpu']['isa'])}), {env['cpu']['cores_available']} cores; load average before {env['load_average_before'][0]:.2f}, after {env['load_average_after'][0]:.2f}"
+    )
     if args.markdown:
         print(format_markdown(rows))
     if args.json:
-        args.json.write_text(json.dumps({"environment": env, "command": sys.argv, "rows": [asdict(r) for r in rows]}, indent=2, allow_nan=True))
+        args.json.write_text(
+            json.dumps({"environment": env, "command": sys.argv, "rows": [asdict(r) for r in rows]}, indent=2, allow_nan=True)
+        )
     return 0
 
 

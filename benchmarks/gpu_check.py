@@ -33,8 +33,9 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -87,9 +88,20 @@ def environment() -> dict[str, Any]:
         info["ort_build"] = f"not loaded: {exception_line(exc)}"
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        info.update(gpu=torch.cuda.get_device_name(0), gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda_runtime=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+        info.update(
+            gpu=torch.cuda.get_device_name(0),
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            cuda_runtime=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+        )
         try:
-            smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,clocks.max.sm", "--format=csv,noheader"], capture_output=True, text=True, timeout=20, check=False)
+            smi = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,driver_version,clocks.max.sm", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=False,
+            )
             info["nvidia_smi"] = smi.stdout.strip()
         except (OSError, subprocess.SubprocessError) as exc:
             info["nvidia_smi"] = f"not run: {exception_line(exc)}"
@@ -182,7 +194,9 @@ class Artifacts:
         return self.paths[kind]
 
 
-def parity_rows(name: str, model: nn.Module, rewritten: nn.Module, family: Any, config: dict, art: Artifacts, batches: list[int], ort_reason: str | None) -> list[dict]:
+def parity_rows(
+    name: str, model: nn.Module, rewritten: nn.Module, family: Any, config: dict, art: Artifacts, batches: list[int], ort_reason: str | None
+) -> list[dict]:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cudnn.benchmark = False
@@ -207,7 +221,11 @@ def parity_rows(name: str, model: nn.Module, rewritten: nn.Module, family: Any, 
             candidates[f"ort-cuda-{precision}"] = ("ort-cuda", precision, f"not run: {exception_line(exc)}")
             continue
         names = [i.name for i in session.get_inputs()]
-        candidates[f"ort-cuda-{precision}"] = ("ort-cuda", precision, lambda a, s=session, n=names: s.run(None, {k: t.numpy() for k, t in zip(n, a)})[0])
+        candidates[f"ort-cuda-{precision}"] = (
+            "ort-cuda",
+            precision,
+            lambda a, s=session, n=names: s.run(None, {k: t.numpy() for k, t in zip(n, a)})[0],
+        )
 
     rows = []
     for batch in batches:
@@ -228,12 +246,26 @@ def parity_rows(name: str, model: nn.Module, rewritten: nn.Module, family: Any, 
             tolerance = resolve_tolerance(policy_backend, precision)
             metrics = compare(actual, reference)
             passed, verdict = tolerance.judge(metrics)
-            rows.append({**row, "status": "ok" if passed else "fail", "verdict": verdict, "tolerance_rel_l2": tolerance.rel_l2, **metrics.to_dict()})
+            rows.append(
+                {**row, "status": "ok" if passed else "fail", "verdict": verdict, "tolerance_rel_l2": tolerance.rel_l2, **metrics.to_dict()}
+            )
             print(f"[{name}] parity b={batch} {row_name}: {verdict}", file=sys.stderr)
     return rows
 
 
-def speed_rows(name: str, model: nn.Module, rewritten: nn.Module, family: Any, config: dict, art: Artifacts, batches: list[int], args: argparse.Namespace, budget: Budget, ort_reason: str | None, keep: dict[str, Callable[[], Any]]) -> list[dict]:
+def speed_rows(
+    name: str,
+    model: nn.Module,
+    rewritten: nn.Module,
+    family: Any,
+    config: dict,
+    art: Artifacts,
+    batches: list[int],
+    args: argparse.Namespace,
+    budget: Budget,
+    ort_reason: str | None,
+    keep: dict[str, Callable[[], Any]],
+) -> list[dict]:
     """The timed rows; the runners of the largest batch are left in ``keep`` for the profiles."""
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -344,7 +376,11 @@ def kernel_profile(run: Callable[[], Any], runs: int) -> dict[str, Any]:
         sync()
     kernels = []
     for event in prof.key_averages():
-        us = (getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)) if DEVICE == "cuda" else event.self_cpu_time_total
+        us = (
+            (getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0))
+            if DEVICE == "cuda"
+            else event.self_cpu_time_total
+        )
         if us and (DEVICE == "cpu" or not event.key.startswith(("aten::", "ProfilerStep", "cuda"))):
             kernels.append((event.key, us / 1e3 / runs, event.count // runs))
     kernels.sort(key=lambda k: -k[1])
@@ -413,14 +449,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=480, help="stop starting new rows after this many seconds")
     parser.add_argument("--reserve-s", type=float, default=20, help="seconds kept back for writing the results")
     parser.add_argument("--small", action="store_true", help="the small presets at their own size: a smoke test of this script")
-    parser.add_argument("--dry-run-cpu", action="store_true", help="every row on the CPU (ORT's CPU provider): tries this script's code paths before GPU time is spent")
+    parser.add_argument(
+        "--dry-run-cpu",
+        action="store_true",
+        help="every row on the CPU (ORT's CPU provider): tries this script's code paths before GPU time is spent",
+    )
     args = parser.parse_args(argv)
     global DEVICE
     DEVICE = "cpu" if args.dry_run_cpu else "cuda"
     if args.runs < 20 and not args.dry_run_cpu:
         parser.error("--runs must be at least 20")
     budget = Budget(args.budget_s)
-    result: dict[str, Any] = {"environment": environment(), "settings": {k: str(v) for k, v in vars(args).items()}, "exports": {}, "parity": [], "speed": [], "profile": {}}
+    result: dict[str, Any] = {
+        "environment": environment(),
+        "settings": {k: str(v) for k, v in vars(args).items()},
+        "exports": {},
+        "parity": [],
+        "speed": [],
+        "profile": {},
+    }
     ort_reason = ort_cuda_reason()
     result["environment"]["ort_cuda"] = ort_reason or "ok"
 
@@ -448,16 +495,27 @@ def main(argv: list[str] | None = None) -> int:
             example = make_inputs(family, config, 2, seed=0)
             art = Artifacts(model, example, Path(tmp), name)
             rewritten = make_exportable(model)
-            result["exports"][name] = {"config": config, "seconds": art.seconds, "files": {k: (v.stat().st_size if isinstance(v, Path) else v) for k, v in art.paths.items()}}
+            result["exports"][name] = {
+                "config": config,
+                "seconds": art.seconds,
+                "files": {k: (v.stat().st_size if isinstance(v, Path) else v) for k, v in art.paths.items()},
+            }
             save()
             parity_batches = [int(b) for b in args.parity_batches.split(",")]
             result["parity"] += parity_rows(name, model, rewritten, family, config, art, parity_batches, ort_reason)
             save()
             keep: dict[str, Callable[[], Any]] = {}
-            result["speed"] += speed_rows(name, model, rewritten, family, config, art, [int(b) for b in args.speed_batches.split(",")], args, budget, ort_reason, keep)
+            result["speed"] += speed_rows(
+                name, model, rewritten, family, config, art, [int(b) for b in args.speed_batches.split(",")], args, budget, ort_reason, keep
+            )
             save()
             profile = result["profile"][name] = {}
-            for row_name in ("ort-cuda-fp16-iobinding", "ort-cuda-fp16-nhwc-iobinding", "compile-rewritten-cuda-fp16", "eager-seed-cuda-fp32"):
+            for row_name in (
+                "ort-cuda-fp16-iobinding",
+                "ort-cuda-fp16-nhwc-iobinding",
+                "compile-rewritten-cuda-fp16",
+                "eager-seed-cuda-fp32",
+            ):
                 if row_name in keep and budget.left() > args.reserve_s + 10:
                     try:
                         profile[row_name] = kernel_profile(keep[row_name], args.profile_runs)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from ._util.interrupts import HANDLED, Interrupted, exit_on_signal
 

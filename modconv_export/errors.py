@@ -11,8 +11,20 @@ import re
 import signal
 
 __all__ = [
-    "CaptureError", "CheckpointError", "ExportError", "Interrupted", "LoadError", "LoweringError", "MissingExtraError",
-    "ModconvExportError", "OutOfMemory", "RewriteError", "RunnerUnavailable", "UnknownFamilyError", "UsageError", "plain_text",
+    "CaptureError",
+    "CheckpointError",
+    "ExportError",
+    "Interrupted",
+    "LoadError",
+    "LoweringError",
+    "MissingExtraError",
+    "ModconvExportError",
+    "OutOfMemory",
+    "RewriteError",
+    "RunnerUnavailable",
+    "UnknownFamilyError",
+    "UsageError",
+    "plain_text",
 ]
 
 #: ECMA-48 control sequences (colours, cursor movement): ESC [ parameters intermediates final-byte.

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from modconv_export.load.checkpoint import save_checkpoint
 from modconv_export.families import get_family
+from modconv_export.load.checkpoint import save_checkpoint
 
 FAMILIES = ("lats", "decoder")
 SIZES = ("small", "full")

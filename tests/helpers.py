@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+
 from modconv_export._util import relative_l2
 from modconv_export.layers.seed import Blur, EqualLinear, ModulatedConv2d, PixelNorm
 

@@ -11,7 +11,8 @@ import inspect
 import io
 import logging
 import warnings
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from ..errors import plain_text
 

@@ -7,8 +7,8 @@ import argparse
 import math
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .. import __version__
 from .._util.files import check_writable_target
@@ -75,27 +75,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--torchscript", metavar="PATH", help="also write a TorchScript file")
     p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo", help="ONNX exporter (default: dynamo)")
     p.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default: 18)")
-    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
-                   help="fp16: float16 feature maps, float32 style/demodulation; I/O stays float32 (default: fp32)")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "fp16"),
+        default="fp32",
+        help="fp16: float16 feature maps, float32 style/demodulation; I/O stays float32 (default: fp32)",
+    )
     p.add_argument("--keep-debug-metadata", action="store_true",
                    help="keep the exporter's per-node debug metadata (stack traces with this machine's paths; about half the file)")  # fmt: skip
     p.add_argument("--report", metavar="PATH.json", help="write a JSON report (model, rewrite, export, parity rows)")
     p.add_argument("--report-image", metavar="PATH.png", help="write a reference/output/difference picture (needs Pillow)")
-    p.add_argument("--save-inputs", metavar="PATH.json", help="write the parity inputs in Polygraphy's JSON format (polygraphy run --load-inputs)")
-    p.add_argument("--save-outputs", metavar="PATH.json", help="write the eager reference outputs as Polygraphy RunResults (--load-outputs)")
-    p.add_argument("--triton-repo", metavar="DIR", help="also write a Triton model repository: DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx (NAME: OUT's stem)")
+    p.add_argument(
+        "--save-inputs", metavar="PATH.json", help="write the parity inputs in Polygraphy's JSON format (polygraphy run --load-inputs)"
+    )
+    p.add_argument(
+        "--save-outputs", metavar="PATH.json", help="write the eager reference outputs as Polygraphy RunResults (--load-outputs)"
+    )
+    p.add_argument(
+        "--triton-repo",
+        metavar="DIR",
+        help="also write a Triton model repository: DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx (NAME: OUT's stem)",
+    )
     p.add_argument("--triton-max-batch-size", type=int, default=8, metavar="N", help="max_batch_size of the Triton config (default: 8)")
     p.add_argument("--no-verify", action="store_true", help="skip the parity check")
     p.add_argument("--providers", default="cpu,cuda", metavar="LIST",
                    help="devices to verify on: cpu, cuda or ONNX Runtime's names (CUDAExecutionProvider), openvino (f32), "
                         "openvino-bf16, comma-separated (default: cpu,cuda; what cannot run here is reported as not run)")  # fmt: skip
     p.add_argument("--batch-sizes", default="1,3", metavar="LIST", help="batch sizes to verify, comma-separated (default: 1,3)")
-    p.add_argument("--max-rel-l2", type=tolerance_value, metavar="X", help="relative-L2 limit for every backend (default: per device, 1e-4 on CPU)")
-    p.add_argument("--rtol", type=tolerance_value, metavar="X", help="also check element-wise: |out - ref| <= atol + rtol*|ref| (allclose; default: off)")
-    p.add_argument("--atol", type=tolerance_value, metavar="X", help="absolute part of that element-wise check (alone: bounds the largest difference)")
+    p.add_argument(
+        "--max-rel-l2", type=tolerance_value, metavar="X", help="relative-L2 limit for every backend (default: per device, 1e-4 on CPU)"
+    )
+    p.add_argument(
+        "--rtol",
+        type=tolerance_value,
+        metavar="X",
+        help="also check element-wise: |out - ref| <= atol + rtol*|ref| (allclose; default: off)",
+    )
+    p.add_argument(
+        "--atol", type=tolerance_value, metavar="X", help="absolute part of that element-wise check (alone: bounds the largest difference)"
+    )
     p.add_argument("--trust-pickle", action="store_true", help="allow a pickled module, under an allowlist (see below)")
-    p.add_argument("--import-path", action="append", default=[], metavar="DIR", help="directory to import a pickled model's classes from (repeatable)")
-    p.add_argument("--allow-global", action="append", default=[], metavar="MODULE.NAME", help="also allow this global in a trusted pickle (repeatable)")
+    p.add_argument(
+        "--import-path", action="append", default=[], metavar="DIR", help="directory to import a pickled model's classes from (repeatable)"
+    )
+    p.add_argument(
+        "--allow-global", action="append", default=[], metavar="MODULE.NAME", help="also allow this global in a trusted pickle (repeatable)"
+    )
     talk = p.add_mutually_exclusive_group()
     talk.add_argument("-v", "--verbose", action="store_true", help="list rewritten modules, near misses and progress")
     talk.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors (the exit status tells the result)")

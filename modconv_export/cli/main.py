@@ -18,7 +18,7 @@ import sys
 import time
 import traceback
 import warnings
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from .._util import exception_line
 from .._util.files import Outputs

@@ -61,7 +61,16 @@ def torchscript_source(loaded: LoadedModel, prepared: Prepared, inputs: Inputs) 
         return prepare_export(loaded.module, inputs.tensors, lowerings=False).module
 
 
-def export(args: argparse.Namespace, loaded: LoadedModel, prepared: Prepared, inputs: Inputs, outputs: list, console: Console, files: Outputs, ts_source) -> dict:
+def export(
+    args: argparse.Namespace,
+    loaded: LoadedModel,
+    prepared: Prepared,
+    inputs: Inputs,
+    outputs: list,
+    console: Console,
+    files: Outputs,
+    ts_source,
+) -> dict:
     exportable, rewrite = prepared.module, prepared.report
     opset = resolve_opset(args.opset, args.exporter)
     family_outputs = list(loaded.family.outputs) if loaded.family and len(loaded.family.outputs) == len(outputs) else None
@@ -75,16 +84,31 @@ def export(args: argparse.Namespace, loaded: LoadedModel, prepared: Prepared, in
                         keep_debug_metadata=args.keep_debug_metadata, metadata=family_properties(loaded.family))  # fmt: skip
         except ExportError as exc:
             misses = [p for p, _, _ in rewrite.near_misses]
-            better = describe_export_failure(prepared.source or exportable, inputs.tensors, exc.__cause__, args.exporter, misses) if exc.__cause__ else None
+            better = (
+                describe_export_failure(prepared.source or exportable, inputs.tensors, exc.__cause__, args.exporter, misses)
+                if exc.__cause__
+                else None
+            )
             if misses:  # an unrewritten look-alike is the usual reason a generator does not export
                 listed = ", ".join(p or "<root>" for p in misses[:3])
-                better = f"{better or exc}; note: {plural(len(misses), 'near miss', 'near misses')} left unrewritten ({listed}; -v shows why)"
+                better = (
+                    f"{better or exc}; note: {plural(len(misses), 'near miss', 'near misses')} left unrewritten ({listed}; -v shows why)"
+                )
             if better is None:
                 raise
             raise ExportError(better) from exc
     seconds = time.perf_counter() - start
-    console.say(f"exported {args.output} ({file_size(onnx_tmp)}, {args.exporter} exporter, opset {opset}, {args.precision}, dynamic batch) in {seconds:.1f} s")
-    info = {"onnx": str(args.output), "exporter": args.exporter, "opset": opset, "precision": args.precision, "seconds": round(seconds, 3), "torchscript": None}
+    console.say(
+        f"exported {args.output} ({file_size(onnx_tmp)}, {args.exporter} exporter, opset {opset}, {args.precision}, dynamic batch) in {seconds:.1f} s"
+    )
+    info = {
+        "onnx": str(args.output),
+        "exporter": args.exporter,
+        "opset": opset,
+        "precision": args.precision,
+        "seconds": round(seconds, 3),
+        "torchscript": None,
+    }
     if args.torchscript:
         console.progress(f"writing TorchScript {args.torchscript} ...")
         start = time.perf_counter()
@@ -134,7 +158,9 @@ def hand_off(args: argparse.Namespace, report, files: Outputs) -> list[tuple[str
     if args.triton_repo:
         with captured_fds(keep=args.debug):  # ONNX Runtime logs a failed CUDA probe on fd 2
             gpu = handoff.cuda_found(onnx_tmp, report)
-        model = handoff.write_triton_repository(args.triton_repo, triton_name(args), onnx_tmp, max_batch_size=args.triton_max_batch_size, gpu=gpu, outputs=files)
+        model = handoff.write_triton_repository(
+            args.triton_repo, triton_name(args), onnx_tmp, max_batch_size=args.triton_max_batch_size, gpu=gpu, outputs=files
+        )
         rows.append(("triton", f"{model} (max_batch_size {args.triton_max_batch_size}, {'KIND_GPU' if gpu else 'KIND_CPU'})"))
     return rows
 
@@ -154,11 +180,18 @@ def summary(args: argparse.Namespace, loaded: LoadedModel, inputs: Inputs, rewri
     return {
         "tool": PROG,
         "version": __version__,
-        "model": {"path": str(args.model), "kind": loaded.kind, "family": loaded.family.name if loaded.family else None,
-                  "config": loaded.config, "class": type(loaded.module).__name__},  # fmt: skip
+        "model": {
+            "path": str(args.model),
+            "kind": loaded.kind,
+            "family": loaded.family.name if loaded.family else None,
+            "config": loaded.config,
+            "class": type(loaded.module).__name__,
+        },  # fmt: skip
         "inputs": {n: list(s) for n, s in zip(inputs.names, inputs.shapes)},
-        "rewrite": {"rewritten": [{"path": p, "rule": r} for p, r in rewrite.rewritten],
-                    "near_misses": [{"path": p, "rule": r, "reason": why} for p, r, why in rewrite.near_misses],
-                    "notes": [{"path": p, "rule": r, "note": note} for p, r, note in rewrite.notes]},  # fmt: skip
+        "rewrite": {
+            "rewritten": [{"path": p, "rule": r} for p, r in rewrite.rewritten],
+            "near_misses": [{"path": p, "rule": r, "reason": why} for p, r, why in rewrite.near_misses],
+            "notes": [{"path": p, "rule": r, "note": note} for p, r, note in rewrite.notes],
+        },  # fmt: skip
         "export": exported,
     }

@@ -25,7 +25,8 @@ import ast
 import hashlib
 import json
 import os
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import onnx
 import onnx_ir as ir

@@ -13,8 +13,9 @@ import contextlib
 import functools
 import io
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import onnx
 import onnx.version_converter
@@ -45,7 +46,7 @@ DEFAULT_OPSET = 18
 EXPORTERS = ("dynamo", "torchscript")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ort_max_opset() -> int:
     """Highest default-domain opset the installed ONNX Runtime accepts, found by loading tiny models."""
     import onnxruntime as ort
@@ -187,7 +188,9 @@ def _pin_output_shapes(model: ir.Model, outputs: Any, dynamic_batch: bool) -> No
         value.shape = ir.Shape(dims)
 
 
-def _finish(proto: onnx.ModelProto, outputs: Any, dynamic_batch: bool, keep_debug_metadata: bool, properties: dict[str, str]) -> onnx.ModelProto:
+def _finish(
+    proto: onnx.ModelProto, outputs: Any, dynamic_batch: bool, keep_debug_metadata: bool, properties: dict[str, str]
+) -> onnx.ModelProto:
     """Pinned output shapes, module paths in node names, no exporter debug metadata, our properties."""
     model = ir.serde.deserialize_model(proto)
     _pin_output_shapes(model, outputs, dynamic_batch)
@@ -306,4 +309,3 @@ def export_onnx(
     with atomic_output(path) as tmp:
         write_bytes(tmp, data)
     return Path(path)
-

@@ -48,7 +48,9 @@ def _run_eager(module: nn.Module, args: tuple) -> Any:
         with torch.no_grad():
             return module(*args)
     except Exception as exc:
-        raise ExportError(f"the model rejects the example inputs {[tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]}: {first_line(exc)}") from exc
+        raise ExportError(
+            f"the model rejects the example inputs {[tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]}: {first_line(exc)}"
+        ) from exc
 
 
 def prepare_export(
@@ -100,5 +102,6 @@ def prepare_export(
 
 def batch_of_two(args: tuple) -> tuple:
     """Batch-1 examples make torch.export specialise the batch to 1; trace at batch 2 instead."""
-    return tuple(a.repeat(2, *([1] * (a.dim() - 1))) if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == 1 else a for a in args)
-
+    return tuple(
+        a.repeat(2, *([1] * (a.dim() - 1))) if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == 1 else a for a in args
+    )

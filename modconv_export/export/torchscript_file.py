@@ -26,7 +26,9 @@ def _traced_ops(module: torch.jit.ScriptModule) -> set[str]:
     return {k for k in kinds if k.startswith("modconv_export::") or k == "prim::PythonOp"}
 
 
-def trace_torchscript(model: nn.Module, args: Any, *, rewrite: bool = True, strict: bool = False, check: bool = True) -> torch.jit.ScriptModule:
+def trace_torchscript(
+    model: nn.Module, args: Any, *, rewrite: bool = True, strict: bool = False, check: bool = True
+) -> torch.jit.ScriptModule:
     """Rewrite ``model`` and trace it into a ScriptModule that runs at any batch size.
 
     The rewrite (:func:`prepare_export`, without ONNX lowerings) captures the model as an ATen graph,
@@ -69,4 +71,3 @@ def export_torchscript(model: nn.Module, args: Any, path: str | os.PathLike, *, 
     with atomic_output(path) as tmp:
         write_bytes(tmp, buffer.getvalue())
     return Path(path)
-

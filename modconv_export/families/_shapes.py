@@ -8,8 +8,9 @@ which the loader shows to the user as the reason a checkpoint was not understood
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import fields
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["indices", "known_fields", "shape_of"]
 

@@ -11,9 +11,10 @@ Resolution is ``4 * 2**(len(channels) - 1)``: ``channels`` lists each block's wi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from math import sqrt
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -38,7 +39,7 @@ class DecoderConfig:
     output_nc: int = 3
 
     @classmethod
-    def from_mapping(cls, config: Mapping[str, Any]) -> "DecoderConfig":
+    def from_mapping(cls, config: Mapping[str, Any]) -> DecoderConfig:
         values = known_fields(cls, config, "decoder")
         if "channels" in values:
             values["channels"] = tuple(values["channels"])
@@ -137,7 +138,9 @@ DECODER_FAMILY = register_family(
         outputs=("image",),
         presets={"full": FULL, "small": SMALL},
         tensors={
-            "latent": TensorInfo("latent vector, standard normal; the mapping MLP turns it into the style", "NC", None, {"distribution": "N(0, 1)"}),
+            "latent": TensorInfo(
+                "latent vector, standard normal; the mapping MLP turns it into the style", "NC", None, {"distribution": "N(0, 1)"}
+            ),
             "image": TensorInfo("RGB image (tanh)", "NCHW", (-1.0, 1.0)),
         },
     )

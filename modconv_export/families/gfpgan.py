@@ -19,7 +19,8 @@ Images are RGB in [-1, 1] (GFPGANer normalises with mean 0.5, std 0.5); so is th
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -31,7 +32,15 @@ from .registry import Family, InputSpec, TensorInfo, register_family
 
 __all__ = ["GFPGANv1Clean", "GFPGAN_FAMILY", "build", "infer_config", "inputs"]
 
-_DEFAULTS = {"num_style_feat": 512, "channel_multiplier": 2, "narrow": 1.0, "num_mlp": 8, "different_w": True, "sft_half": True, "input_is_latent": True}
+_DEFAULTS = {
+    "num_style_feat": 512,
+    "channel_multiplier": 2,
+    "narrow": 1.0,
+    "num_mlp": 8,
+    "different_w": True,
+    "sft_half": True,
+    "input_is_latent": True,
+}
 
 
 class GFPGANv1Clean(nn.Module):
@@ -56,7 +65,9 @@ class GFPGANv1Clean(nn.Module):
             c = unet[2**level]
             self.toRGB.append(nn.Conv2d(c, 3, 1))  # GFPGAN's intermediate RGB heads: loaded, unused by inference
         self.final_linear = nn.Linear(unet[4] * 16, (log_size * 2 - 2) * style if self.different_w else style)
-        self.stylegan_decoder = StyleGAN2Decoder(out_size, style, cfg["num_mlp"], widths(cfg["narrow"], cfg["channel_multiplier"]), cfg["sft_half"])
+        self.stylegan_decoder = StyleGAN2Decoder(
+            out_size, style, cfg["num_mlp"], widths(cfg["narrow"], cfg["channel_multiplier"]), cfg["sft_half"]
+        )
         sft_width = (lambda c: c) if cfg["sft_half"] else (lambda c: 2 * c)
         self.condition_scale = nn.ModuleList(sft(unet[2**lv], sft_width(unet[2**lv])) for lv in range(3, log_size + 1))
         self.condition_shift = nn.ModuleList(sft(unet[2**lv], sft_width(unet[2**lv])) for lv in range(3, log_size + 1))
@@ -127,16 +138,28 @@ GFPGAN_FAMILY = register_family(
     Family(
         name="gfpgan",
         description="GFPGAN v1.2-v1.4 clean face restoration (U-Net + SFT StyleGAN2 decoder); noise: the checkpoint's fixed buffers",
-        key_patterns=(r"^conv_body_first\.weight$", r"^stylegan_decoder\.style_conv1\.modulated_conv\.weight$", r"^condition_scale\.0\.0\.weight$"),
+        key_patterns=(
+            r"^conv_body_first\.weight$",
+            r"^stylegan_decoder\.style_conv1\.modulated_conv\.weight$",
+            r"^condition_scale\.0\.0\.weight$",
+        ),
         infer_config=infer_config,
         build=build,
         inputs=inputs,
         outputs=("restored",),
         tensors={
-            "image": TensorInfo("aligned face crop, RGB, normalised as GFPGANer does: (pixel / 255 - 0.5) / 0.5", "NCHW", (-1.0, 1.0),
-                                {"size": "out_size x out_size (released models: 512x512)"}),
-            "restored": TensorInfo("restored face, RGB, unclamped: clamp to [-1, 1] before converting to pixels, as GFPGANer does", "NCHW", None,
-                                   {"nominal_range": [-1.0, 1.0]}),
+            "image": TensorInfo(
+                "aligned face crop, RGB, normalised as GFPGANer does: (pixel / 255 - 0.5) / 0.5",
+                "NCHW",
+                (-1.0, 1.0),
+                {"size": "out_size x out_size (released models: 512x512)"},
+            ),
+            "restored": TensorInfo(
+                "restored face, RGB, unclamped: clamp to [-1, 1] before converting to pixels, as GFPGANer does",
+                "NCHW",
+                None,
+                {"nominal_range": [-1.0, 1.0]},
+            ),
         },
         presets={
             "full": {"out_size": 512, **_DEFAULTS},

@@ -18,9 +18,10 @@ Images are RGB in [-1, 1] (LATS normalises with mean 0.5, std 0.5); the output i
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from math import sqrt
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -54,7 +55,7 @@ class LATSConfig:
     image_size: int = 256  # only the default example resolution; any multiple of 2**n_downsampling runs
 
     @classmethod
-    def from_mapping(cls, config: Mapping[str, Any]) -> "LATSConfig":
+    def from_mapping(cls, config: Mapping[str, Any]) -> LATSConfig:
         values = known_fields(cls, config, "LATS")
         for key, value in values.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "n_blocks" else 1):
@@ -296,7 +297,9 @@ AGE_CLASSES = ("0-2", "3-6", "7-9", "15-19", "30-39", "50-69")
 
 TENSORS = {
     "image": TensorInfo(
-        "RGB face image, normalised as LATS does: (pixel / 255 - 0.5) / 0.5", "NCHW", (-1.0, 1.0),
+        "RGB face image, normalised as LATS does: (pixel / 255 - 0.5) / 0.5",
+        "NCHW",
+        (-1.0, 1.0),
         {"size": "any multiple of 2**n_downsampling (released models: 256x256)"},
     ),
     "target_age": TensorInfo(

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -161,5 +162,8 @@ def recognize(state_dict: Mapping[str, Any]) -> Family:
     for family in _FAMILIES.values():
         if family.matches(state_dict):
             return family
-    tried = "; ".join(f"{f.name} (keys like {', '.join(map(_readable, f.key_patterns))})" for f in _FAMILIES.values()) or "no families registered"
+    tried = (
+        "; ".join(f"{f.name} (keys like {', '.join(map(_readable, f.key_patterns))})" for f in _FAMILIES.values())
+        or "no families registered"
+    )
     raise UnknownFamilyError(f"state_dict matches no known model family; looked for: {tried}")

@@ -24,9 +24,9 @@ import io
 import json
 import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -94,8 +94,12 @@ def save_polygraphy_outputs(
     as a ``RunResults`` for ``polygraphy run --load-outputs``."""
     runtimes = list(runtimes) if runtimes is not None else [0.0] * len(iterations)
     results = [
-        {"outputs": {name: {"values": polygraphy_array(a), _TYPE: "LazyArray"} for name, a in outputs.items()},
-         "runtime": float(runtime), "runner_name": runner, _TYPE: "IterationResult"}  # fmt: skip
+        {
+            "outputs": {name: {"values": polygraphy_array(a), _TYPE: "LazyArray"} for name, a in outputs.items()},
+            "runtime": float(runtime),
+            "runner_name": runner,
+            _TYPE: "IterationResult",
+        }  # fmt: skip
         for outputs, runtime in zip(iterations, runtimes)
     ]
     return _write_json(path, {"lst": [[runner, results]], _TYPE: "RunResults"})
@@ -150,7 +154,13 @@ def _tensor_block(tensors: Sequence[GraphTensor]) -> list[str]:
             raise ExportError(f"Triton batching needs a dynamic axis 0 on {t.name!r}; export with a dynamic batch")
         dims = ", ".join(str(d if d is not None else -1) for d in t.shape[1:])
         end = "," if i < len(tensors) - 1 else ""
-        lines += ["  {", f"    name: {_quoted(t.name)}", f"    data_type: {TRITON_TYPES[t.elem_type]}", f"    dims: [ {dims} ]", f"  }}{end}"]
+        lines += [
+            "  {",
+            f"    name: {_quoted(t.name)}",
+            f"    data_type: {TRITON_TYPES[t.elem_type]}",
+            f"    dims: [ {dims} ]",
+            f"  }}{end}",
+        ]
     return lines
 
 
@@ -163,7 +173,15 @@ def triton_config(name: str, inputs: Sequence[GraphTensor], outputs: Sequence[Gr
         raise ExportError(f"Triton max_batch_size must be at least 1, got {max_batch_size}")
     lines = [f"name: {_quoted(name)}", 'platform: "onnxruntime_onnx"', f"max_batch_size: {int(max_batch_size)}", "input ["]
     lines += _tensor_block(inputs) + ["]", "output ["] + _tensor_block(outputs) + ["]"]
-    lines += ["dynamic_batching { }", "instance_group [", "  {", "    count: 1", f"    kind: {'KIND_GPU' if gpu else 'KIND_CPU'}", "  }", "]"]
+    lines += [
+        "dynamic_batching { }",
+        "instance_group [",
+        "  {",
+        "    count: 1",
+        f"    kind: {'KIND_GPU' if gpu else 'KIND_CPU'}",
+        "  }",
+        "]",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -195,7 +213,9 @@ def write_triton_repository(
 # -- from a parity report ---------------------------------------------------------------------------
 
 
-def save_parity_data(report, onnx_path: str | os.PathLike, inputs_path: str | os.PathLike | None, outputs_path: str | os.PathLike | None) -> None:
+def save_parity_data(
+    report, onnx_path: str | os.PathLike, inputs_path: str | os.PathLike | None, outputs_path: str | os.PathLike | None
+) -> None:
     """Write the inputs a :class:`~modconv_export.verify.ParityReport` fed every backend (one iteration
     per batch size, named and typed like the ONNX file's inputs) and its reference outputs."""
     data = report.data

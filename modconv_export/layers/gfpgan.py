@@ -13,7 +13,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["CleanModulatedConv2d", "ConstantInput", "LEAK", "NormStyleCode", "ResBlock", "StyleConv", "StyleGAN2Decoder", "ToRGB", "sft", "widths"]
+__all__ = [
+    "CleanModulatedConv2d",
+    "ConstantInput",
+    "LEAK",
+    "NormStyleCode",
+    "ResBlock",
+    "StyleConv",
+    "StyleGAN2Decoder",
+    "ToRGB",
+    "sft",
+    "widths",
+]
 
 LEAK = 0.2
 
@@ -144,4 +155,3 @@ class ResBlock(nn.Module):
 
 def sft(c: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c, c, 3, 1, 1), nn.LeakyReLU(LEAK), nn.Conv2d(c, c_out, 3, 1, 1))
-

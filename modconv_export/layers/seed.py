@@ -46,7 +46,7 @@ class EqualLR:
         return weight * sqrt(2 / fan_in)
 
     @staticmethod
-    def apply(module: nn.Module, name: str) -> "EqualLR":
+    def apply(module: nn.Module, name: str) -> EqualLR:
         hook = EqualLR(name)
         weight = getattr(module, name)
         del module._parameters[name]

@@ -58,7 +58,9 @@ class UpFirDn2d(nn.Module):
     reshape of the batch axis.
     """
 
-    def __init__(self, kernel: torch.Tensor, up: int = 1, down: int = 1, pad: tuple[int, int] = (0, 0), channels: int | None = None) -> None:
+    def __init__(
+        self, kernel: torch.Tensor, up: int = 1, down: int = 1, pad: tuple[int, int] = (0, 0), channels: int | None = None
+    ) -> None:
         super().__init__()
         if kernel.dim() != 2:
             raise ValueError(f"upfirdn2d kernel must be 2-D, got shape {tuple(kernel.shape)}")
@@ -86,17 +88,21 @@ class UpFirDn2d(nn.Module):
         else:
             self.register_buffer("fir", weight.reshape(1, 1, *weight.shape).repeat(self.channels, 1, 1, 1))
 
-    def for_channels(self, channels: int) -> "UpFirDn2d":
+    def for_channels(self, channels: int) -> UpFirDn2d:
         """The same operation as a depthwise 2-D convolution over ``channels`` channels."""
         return UpFirDn2d(self.kernel, self.up, self.down, self.pad, channels=channels)
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels is None:
             if self.up > 1:
-                return F.conv_transpose3d(x, self.fir, stride=(1, self.up, self.up), padding=(0, *self._padding), output_padding=(0, *self._output_padding))
+                return F.conv_transpose3d(
+                    x, self.fir, stride=(1, self.up, self.up), padding=(0, *self._padding), output_padding=(0, *self._output_padding)
+                )
             return F.conv3d(x, self.fir, stride=(1, self.down, self.down), padding=(0, *self._padding))
         if self.up > 1:
-            return F.conv_transpose2d(x, self.fir, stride=self.up, padding=self._padding, output_padding=self._output_padding, groups=self.channels)
+            return F.conv_transpose2d(
+                x, self.fir, stride=self.up, padding=self._padding, output_padding=self._output_padding, groups=self.channels
+            )
         return F.conv2d(x, self.fir, stride=self.down, padding=self._padding, groups=self.channels)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -223,7 +229,15 @@ class NoisyStyleConv(nn.Module):
     mean), with a warning in eager mode and :data:`ZERO_NOISE_NOTE` in the rewrite report.
     """
 
-    def __init__(self, modulated_conv: nn.Module, noise_weight: torch.Tensor, activate: nn.Module, *, gain: float = 1.0, bias: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        modulated_conv: nn.Module,
+        noise_weight: torch.Tensor,
+        activate: nn.Module,
+        *,
+        gain: float = 1.0,
+        bias: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         self.modulated_conv = modulated_conv
         self.weight = nn.Parameter(noise_weight.detach().reshape(1).clone(), requires_grad=False)

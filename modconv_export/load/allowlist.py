@@ -34,11 +34,12 @@ import importlib.util
 import math
 import operator
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from pickle import UnpicklingError
 from types import ModuleType
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -54,9 +55,32 @@ __all__ = ["Decision", "PURE_FUNCTIONS", "Allowlist", "decide", "restore_classes
 #: (``math.factorial``/``comb``/``perm``, ``operator.pow`` on ints), random sampling, and every torch
 #: function that does I/O (``torch.load``, ``torch.from_file``, ``torch.hub``).
 _CONV = ("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
-_ACTIVATIONS = ("relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "mish", "hardswish", "hardsigmoid",
-                "hardtanh", "sigmoid", "tanh", "softsign", "softplus", "softshrink", "tanhshrink", "logsigmoid", "log_sigmoid",
-                "softmax", "log_softmax", "glu", "prelu")
+_ACTIVATIONS = (
+    "relu",
+    "relu6",
+    "leaky_relu",
+    "elu",
+    "selu",
+    "celu",
+    "gelu",
+    "silu",
+    "mish",
+    "hardswish",
+    "hardsigmoid",
+    "hardtanh",
+    "sigmoid",
+    "tanh",
+    "softsign",
+    "softplus",
+    "softshrink",
+    "tanhshrink",
+    "logsigmoid",
+    "log_sigmoid",
+    "softmax",
+    "log_softmax",
+    "glu",
+    "prelu",
+)
 PURE_FUNCTIONS: dict[Any, tuple[str, ...]] = {
     F: (*_CONV, *_ACTIVATIONS, "linear", "pad", "interpolate", "normalize", "avg_pool1d", "avg_pool2d", "avg_pool3d",
         "max_pool1d", "max_pool2d", "max_pool3d", "adaptive_avg_pool2d", "instance_norm", "layer_norm", "group_norm",
@@ -138,7 +162,9 @@ class _ClassGuard:
 
     def _new(self, _guard: Any, *args: Any) -> Any:
         if args:
-            raise UnpicklingError(f"the file creates {self.name} with arguments of its own (a trusted pickle may only restore saved objects)")
+            raise UnpicklingError(
+                f"the file creates {self.name} with arguments of its own (a trusted pickle may only restore saved objects)"
+            )
         return self.cls.__new__(self.cls)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -155,7 +181,9 @@ def _torch_function(owner: Any, name: Any) -> Any:
     """``getattr`` as pickle uses it for ``torch.tanh`` and friends; nothing else."""
     fn = _pure_functions().get(f"{_TORCH_FUNCTIONS_CLASS}.{name}") if owner is _TORCH_FUNCTIONS_TOKEN else None
     if fn is None:
-        raise UnpicklingError(f"the file calls getattr({owner!r}, {name!r}) (only pure torch functions such as torch.tanh are looked up so)")
+        raise UnpicklingError(
+            f"the file calls getattr({owner!r}, {name!r}) (only pure torch functions such as torch.tanh are looked up so)"
+        )
     return fn
 
 
@@ -285,7 +313,11 @@ def numpy_dtype_classes() -> list[tuple[type, str]]:
     state), under names no pickle can spell."""
     import numpy as np
 
-    return [(cls, f"numpy.dtypes.{cls.__name__}\n(instances only)") for cls in vars(np.dtypes).values() if isinstance(cls, type) and issubclass(cls, np.dtype)]
+    return [
+        (cls, f"numpy.dtypes.{cls.__name__}\n(instances only)")
+        for cls in vars(np.dtypes).values()
+        if isinstance(cls, type) and issubclass(cls, np.dtype)
+    ]
 
 
 def decide(name: str, dirs: Sequence[Path], allowed: dict[str, Any] | None = None) -> Decision:

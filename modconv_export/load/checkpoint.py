@@ -8,16 +8,25 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
 from .._util.files import atomic_output, write_bytes
 from ..errors import CheckpointError
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "is_toolkit_checkpoint"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "Checkpoint",
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "is_toolkit_checkpoint",
+]
 
 CHECKPOINT_FORMAT = "modconv-export"
 CHECKPOINT_VERSION = 1
@@ -69,7 +78,9 @@ def checkpoint_from_dict(obj: Mapping[str, Any], source: str = "checkpoint") -> 
     """Validate an already loaded toolkit-checkpoint dict."""
     version = obj.get("version")
     if version != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{source}: unsupported modconv-export checkpoint version {version!r} (this toolkit reads {CHECKPOINT_VERSION})")
+        raise CheckpointError(
+            f"{source}: unsupported modconv-export checkpoint version {version!r} (this toolkit reads {CHECKPOINT_VERSION})"
+        )
     family, config, state = obj.get("family"), obj.get("config"), obj.get("state_dict")
     if not isinstance(family, str) or not isinstance(config, Mapping) or not isinstance(state, Mapping):
         raise CheckpointError(f"{source}: a modconv-export checkpoint needs 'family' (str), 'config' (dict) and 'state_dict' (dict)")

@@ -23,9 +23,10 @@ import pickle
 import re
 import stat
 import sys
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterator, Mapping, Sequence
+from typing import IO, Any
 
 import torch
 import torch.nn as nn
@@ -120,7 +121,15 @@ def _open_regular(path: Path) -> Iterator[IO[bytes]]:
         raise LoadError(f"{path}: is a directory, not a model file")
     if not stat.S_ISREG(mode):
         os.close(fd)
-        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+        kind = (
+            "a FIFO"
+            if stat.S_ISFIFO(mode)
+            else "a device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "not a regular file"
+        )
         raise LoadError(f"{path}: is {kind}, not a model file")
     os.set_blocking(fd, True)
     with os.fdopen(fd, "rb") as f:
@@ -231,7 +240,9 @@ def _refusal(path: Path, refused: Sequence[Decision]) -> LoadError:
     )
 
 
-def _from_trusted_pickle(f: IO[bytes], path: Path, fmt: str, import_paths: Sequence[str | os.PathLike], allow_globals: Sequence[str]) -> LoadedModel:
+def _from_trusted_pickle(
+    f: IO[bytes], path: Path, fmt: str, import_paths: Sequence[str | os.PathLike], allow_globals: Sequence[str]
+) -> LoadedModel:
     dirs = [Path(os.path.realpath(os.path.expanduser(p))) for p in import_paths]
     for given, d in zip(import_paths, dirs):
         if not d.is_dir():
@@ -363,7 +374,11 @@ def _strict_mismatch(family: Family, config: Mapping[str, Any], given: Mapping[s
     mismatched = [
         f"{k} (file {list(given[k].shape)}, model {list(v.shape)})" for k, v in expected.items() if k in given and given[k].shape != v.shape
     ]
-    parts = [f"{label}: {_listing(keys)}" for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)) if keys]
+    parts = [
+        f"{label}: {_listing(keys)}"
+        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched))
+        if keys
+    ]
     return "; ".join(parts) or " ".join(str(exc).split())[:300]
 
 

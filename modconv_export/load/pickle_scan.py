@@ -54,7 +54,7 @@ def _scan(stream: IO[bytes]) -> tuple[list[str], object]:
             module, _, attr = str(arg).partition(" ")
             found.append(_torch_name(module, attr))
         elif name == "STACK_GLOBAL":
-            module, attr = (pushed[-2:] if len(pushed) >= 2 else [None, None])
+            module, attr = pushed[-2:] if len(pushed) >= 2 else [None, None]
             found.append(_torch_name(module, attr) if isinstance(module, str) and isinstance(attr, str) else COMPUTED)
         if "UNICODE" in name or "STRING" in name:
             pushed.append(arg if isinstance(arg, str) else arg.decode("latin-1") if isinstance(arg, bytes) else arg)

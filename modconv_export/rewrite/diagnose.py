@@ -15,7 +15,8 @@ from __future__ import annotations
 import linecache
 import os
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn

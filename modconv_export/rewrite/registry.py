@@ -19,15 +19,15 @@ Rules register with :func:`register_rule`; a duplicate name or a malformed rule 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
 
 __all__ = ["STAGES", "Replacement", "Rule", "register_rule", "registered_rule", "registered_rules", "unregister_rule"]
 
-ProbeFn = Callable[[nn.Module], Optional[tuple]]
+ProbeFn = Callable[[nn.Module], tuple | None]
 
 #: The order in which rules run on one module: folds first, then layer replacements.
 STAGES = ("fold", "layer")
@@ -45,11 +45,11 @@ class Replacement:
 class Rule:
     name: str
     looks_like: Callable[[nn.Module], bool]
-    check: Callable[[nn.Module], Optional[str]]
-    replace: Callable[[nn.Module], "nn.Module | Replacement"]
+    check: Callable[[nn.Module], str | None]
+    replace: Callable[[nn.Module], nn.Module | Replacement]
     #: Example inputs for a numerical self-check of the replacement, or ``None`` to skip it
     #: (for rules whose replacement is the same arithmetic by construction).
-    probe_inputs: Optional[ProbeFn] = None
+    probe_inputs: ProbeFn | None = None
     #: Relative L2 error above which the replacement is rejected as inexact.
     probe_tolerance: float = 1e-5
     #: Which of :data:`STAGES` the rule belongs to.
@@ -64,8 +64,8 @@ def register_rule(
     name: str,
     *,
     looks_like: Callable[[nn.Module], bool],
-    check: Callable[[nn.Module], Optional[str]],
-    probe_inputs: Optional[ProbeFn] = None,
+    check: Callable[[nn.Module], str | None],
+    probe_inputs: ProbeFn | None = None,
     probe_tolerance: float = 1e-5,
     stage: str = "layer",
 ) -> Callable[[Callable[[nn.Module], nn.Module]], Callable[[nn.Module], nn.Module]]:

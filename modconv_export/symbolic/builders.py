@@ -8,7 +8,8 @@ delegates to an onnxscript opset in tracing mode; for the legacy exporter it cal
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import onnxscript
 import torch
@@ -44,7 +45,7 @@ class LegacyOpBuilder:
     def __init__(self, graph_context: Any) -> None:
         self._g = graph_context
 
-    def shape(self, value: Any) -> Optional[tuple]:
+    def shape(self, value: Any) -> tuple | None:
         sizes = value.type().sizes() if hasattr(value.type(), "sizes") else None
         return tuple(sizes) if sizes is not None else None
 
@@ -65,8 +66,8 @@ class TracedOpBuilder:
     def __init__(self, opset: Any) -> None:
         self._opset = opset
 
-    def shape(self, value: Any) -> Optional[tuple]:
-        shape: Optional[Sequence] = getattr(value, "shape", None)
+    def shape(self, value: Any) -> tuple | None:
+        shape: Sequence | None = getattr(value, "shape", None)
         if shape is None:
             return None
         return tuple(d if isinstance(d, int) else None for d in shape)

@@ -7,7 +7,8 @@ user's code reaches them (``blur = BlurFunction.apply`` aliases included) withou
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn as nn

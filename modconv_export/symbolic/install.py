@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -120,4 +121,3 @@ def lowerings_installed(lowerings: list[FunctionLowering], exporter: str, opset_
                 delattr(cls, attr)
             else:
                 setattr(cls, attr, value)
-

@@ -11,8 +11,9 @@ patches that make exporters use them are installed only for the duration of one 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 from torch.autograd.function import _is_setup_context_defined
@@ -61,7 +62,7 @@ def _arity(function: type) -> int:
     return len(params)
 
 
-def register_function_lowering(function: type, lower: Optional[LowerFn] = None, *, replace: bool = False):
+def register_function_lowering(function: type, lower: LowerFn | None = None, *, replace: bool = False):
     """Register ``lower(op, *args)`` as the ONNX form of ``function``; usable as a decorator.
 
     >>> @register_function_lowering(MyReLU)
@@ -86,7 +87,7 @@ def unregister_function_lowering(function: type) -> None:
     _LOWERINGS.pop(function, None)
 
 
-def lowering_for(function: type) -> Optional[FunctionLowering]:
+def lowering_for(function: type) -> FunctionLowering | None:
     return _LOWERINGS.get(function)
 
 

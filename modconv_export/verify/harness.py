@@ -15,8 +15,9 @@ import os
 import statistics
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,7 +49,16 @@ _DEVICES = ("cpu", "cuda")
 _OPENVINO = {"openvino": "fp32", "openvino-bf16": "bf16"}
 #: Precisions of a whole check (of the ONNX file); bf16 exists only as OpenVINO rows of an fp32 check.
 #: Outputs the picture prefers to show: ONNX Runtime first (the file people deploy).
-_PICTURE_ORDER = ("ort-cpu", "ort-cuda", "openvino-cpu", "openvino-cpu-bf16", "torchscript-cpu", "torchscript-cuda", "eager-cpu", "eager-cuda")
+_PICTURE_ORDER = (
+    "ort-cpu",
+    "ort-cuda",
+    "openvino-cpu",
+    "openvino-cpu-bf16",
+    "torchscript-cpu",
+    "torchscript-cuda",
+    "eager-cpu",
+    "eager-cuda",
+)
 
 MakeInputs = Callable[[int, int], Any]
 
@@ -123,7 +133,14 @@ class _Plan:
     """One backend to run: a runner factory, or the reason it does not run; its reference and the
     precision it computes in (which picks its tolerance)."""
 
-    def __init__(self, name: str, make: Callable[[], Runner] | None = None, reason: str = "", reference: str = CPU_REFERENCE, precision: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        make: Callable[[], Runner] | None = None,
+        reason: str = "",
+        reference: str = CPU_REFERENCE,
+        precision: str | None = None,
+    ) -> None:
         self.name, self.make, self.reason, self.reference, self.precision = name, make, reason, reference, precision
 
 
@@ -172,7 +189,14 @@ def _plans(model, rewritten, onnx_path, onnx_half, ts_source, devices, openvino,
 
 def _run_plan(plan, inputs, refs, names, precision, tolerance, repeats) -> tuple[list[ParityRow], list[str], dict[int, list[np.ndarray]]]:
     """Rows of one backend, the providers it actually used, and its outputs per batch size."""
-    common = dict(precision=plan.precision or precision, reference=plan.reference, rel_l2_limit=tolerance.rel_l2, rtol_limit=tolerance.rtol, atol_limit=tolerance.atol, psnr_limit=tolerance.min_psnr)
+    common = dict(
+        precision=plan.precision or precision,
+        reference=plan.reference,
+        rel_l2_limit=tolerance.rel_l2,
+        rtol_limit=tolerance.rtol,
+        atol_limit=tolerance.atol,
+        psnr_limit=tolerance.min_psnr,
+    )
     band = dict(zip(("rtol", "atol"), tolerance.band())) if tolerance.elementwise else {}
     if plan.make is None:
         return [ParityRow(plan.name, NOT_RUN, reason=plan.reason, **common)], [], {}
@@ -195,7 +219,11 @@ def _run_plan(plan, inputs, refs, names, precision, tolerance, repeats) -> tuple
                 rows.append(ParityRow(plan.name, FAIL, batch, reason=f"inference failed: {exception_line(exc)}", **common))
                 continue
             if len(outputs) != len(expected):
-                rows.append(ParityRow(plan.name, FAIL, batch, reason=f"{len(outputs)} outputs, the reference has {len(expected)}", time_ms=ms, **common))
+                rows.append(
+                    ParityRow(
+                        plan.name, FAIL, batch, reason=f"{len(outputs)} outputs, the reference has {len(expected)}", time_ms=ms, **common
+                    )
+                )
                 continue
             kept[batch] = outputs
             for name, actual, ref in zip(names, outputs, expected):
@@ -207,9 +235,21 @@ def _run_plan(plan, inputs, refs, names, precision, tolerance, repeats) -> tuple
                 ok, verdict = tolerance.judge(m)
                 rows.append(
                     ParityRow(
-                        plan.name, PASS if ok else FAIL, batch, name, verdict,
-                        max_abs=m.max_abs, max_rel=m.max_rel, rel_l2=m.rel_l2, cosine=m.cosine, psnr=m.psnr,
-                        nan_count=m.nan_count, inf_count=m.inf_count, time_ms=ms, outside_band=m.outside_band, **common,
+                        plan.name,
+                        PASS if ok else FAIL,
+                        batch,
+                        name,
+                        verdict,
+                        max_abs=m.max_abs,
+                        max_rel=m.max_rel,
+                        rel_l2=m.rel_l2,
+                        cosine=m.cosine,
+                        psnr=m.psnr,
+                        nan_count=m.nan_count,
+                        inf_count=m.inf_count,
+                        time_ms=ms,
+                        outside_band=m.outside_band,
+                        **common,
                     )
                 )
         return rows, runner.providers, kept
@@ -217,11 +257,15 @@ def _run_plan(plan, inputs, refs, names, precision, tolerance, repeats) -> tuple
         runner.release()
 
 
-def _pick_images(rows: list[ParityRow], kept: dict[str, dict[int, list[np.ndarray]]], refs, names, batch: int, samples: int) -> list[ImageSample]:
+def _pick_images(
+    rows: list[ParityRow], kept: dict[str, dict[int, list[np.ndarray]]], refs, names, batch: int, samples: int
+) -> list[ImageSample]:
     """For each image output: the reference and one backend -- a failing exported one if any, else ORT."""
     images = []
     for index, name in enumerate(names):
-        candidates = [r for r in rows if r.batch == batch and r.output == name and batch in kept.get(r.backend, {}) and r.rel_l2 is not None]
+        candidates = [
+            r for r in rows if r.batch == batch and r.output == name and batch in kept.get(r.backend, {}) and r.rel_l2 is not None
+        ]
         if not candidates:
             continue
         order = {b: i for i, b in enumerate(_PICTURE_ORDER)}
@@ -230,7 +274,9 @@ def _pick_images(rows: list[ParityRow], kept: dict[str, dict[int, list[np.ndarra
         if not is_image_like(expected.shape):
             continue
         actual = kept[row.backend][batch][index]
-        images.append(ImageSample(name, row.backend, row.reference, batch, expected[:samples].copy(), np.asarray(actual[:samples]).copy(), row))
+        images.append(
+            ImageSample(name, row.backend, row.reference, batch, expected[:samples].copy(), np.asarray(actual[:samples]).copy(), row)
+        )
     return images
 
 
@@ -291,7 +337,9 @@ def check_parity(
         paths[key] = Path(path) if path is not None else None
 
     args = as_tuple(args)
-    inputs = {b: as_tuple(make_inputs(b, batch_seed(seed, b))) if make_inputs else random_inputs(args, b, batch_seed(seed, b)) for b in batches}
+    inputs = {
+        b: as_tuple(make_inputs(b, batch_seed(seed, b))) if make_inputs else random_inputs(args, b, batch_seed(seed, b)) for b in batches
+    }
 
     refs: dict[str, dict[int, list[np.ndarray]]] = {CPU_REFERENCE: {}}
     ref_ms: dict[int, float] = {}
@@ -362,7 +410,10 @@ def check_parity(
         tolerances=tolerances,
         providers=used,
         versions=versions(),
-        files={**{k: str(v) if v is not None else None for k, v in paths.items()}, **({"torchscript": "(in-memory trace)"} if trace_torchscript else {})},
+        files={
+            **{k: str(v) if v is not None else None for k, v in paths.items()},
+            **({"torchscript": "(in-memory trace)"} if trace_torchscript else {}),
+        },
         references=references,
         images=_pick_images(rows, kept, refs, names, max(batches), image_samples),
         data=ParityData(

@@ -80,7 +80,9 @@ def compare(actual: Any, expected: Any, *, rtol: float | None = None, atol: floa
     if nan_count or inf_count or ref_nonfinite:
         nan = float("nan")
         outside = int((~np.isclose(a, e, rtol=rtol or 0.0, atol=atol or 0.0, equal_nan=False)).sum()) if banded else None
-        return Metrics(nan, nan, nan, nan, nan if is_image_like(e.shape) else None, nan_count, inf_count, ref_nonfinite, int(a.size), outside)
+        return Metrics(
+            nan, nan, nan, nan, nan if is_image_like(e.shape) else None, nan_count, inf_count, ref_nonfinite, int(a.size), outside
+        )
 
     diff = np.abs(a - e)
     outside = int((diff > (atol or 0.0) + (rtol or 0.0) * np.abs(e)).sum()) if banded else None

@@ -131,7 +131,12 @@ def compile_config(precision: str = "fp32", *, threads: int | None = None, hint:
     """The CPU properties the toolkit compiles with (see the module docstring); ``extra`` adds or overrides."""
     if precision not in OV_PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(OV_PRECISIONS)}, got {precision!r}")
-    return {"INFERENCE_PRECISION_HINT": OV_PRECISIONS[precision], "PERFORMANCE_HINT": hint, "INFERENCE_NUM_THREADS": threads or cpu_threads(), **extra}
+    return {
+        "INFERENCE_PRECISION_HINT": OV_PRECISIONS[precision],
+        "PERFORMANCE_HINT": hint,
+        "INFERENCE_NUM_THREADS": threads or cpu_threads(),
+        **extra,
+    }
 
 
 def _is_vector_shape(shape: Any) -> bool:
@@ -200,9 +205,17 @@ def _nearest_x2_input(up: Any) -> Any:
     if up.get_type_name() != "Interpolate":
         return None
     attrs = up.get_attributes()
-    if attrs.get("mode") != "nearest" or attrs.get("coordinate_transformation_mode") != "asymmetric" or attrs.get("shape_calculation_mode") != "scales":
+    if (
+        attrs.get("mode") != "nearest"
+        or attrs.get("coordinate_transformation_mode") != "asymmetric"
+        or attrs.get("shape_calculation_mode") != "scales"
+    ):
         return None
-    if attrs.get("nearest_mode") not in ("floor", "round_prefer_floor", "simple") or any(attrs.get("pads_begin", [])) or any(attrs.get("pads_end", [])):
+    if (
+        attrs.get("nearest_mode") not in ("floor", "round_prefer_floor", "simple")
+        or any(attrs.get("pads_begin", []))
+        or any(attrs.get("pads_end", []))
+    ):
         return None
     opset11 = up.get_type_info().version_id == "opset11"  # (data, scales[, axes]); opset4: (data, sizes, scales[, axes])
     scales_at, axes_at = (1, 2) if opset11 else (2, 3)
@@ -272,8 +285,13 @@ def fold_nearest_upsampling(model: Any) -> int:
                         kernel[2 * a + b, :, :, r, c] = weights[:, :, taps[a][r]][:, :, :, taps[b][c]].sum(axis=(2, 3))
 
         padded = ops.pad(x, _i64(0, 0, 1, 1), _i64(0, 0, 1, 1), "edge")
-        phases = ops.convolution(padded, ops.constant(kernel.reshape(4 * cout, cin, 2, 2).astype(weights.dtype)), [1, 1], [0, 0], [0, 0], [1, 1])
-        crops = [ops.slice(phases, _i64(k * cout, k // 2, k % 2), _i64((k + 1) * cout, k // 2 + h, k % 2 + w), _i64(1, 1, 1), _i64(1, 2, 3)) for k in range(4)]
+        phases = ops.convolution(
+            padded, ops.constant(kernel.reshape(4 * cout, cin, 2, 2).astype(weights.dtype)), [1, 1], [0, 0], [0, 0], [1, 1]
+        )
+        crops = [
+            ops.slice(phases, _i64(k * cout, k // 2, k % 2), _i64((k + 1) * cout, k // 2 + h, k % 2 + w), _i64(1, 1, 1), _i64(1, 2, 3))
+            for k in range(4)
+        ]
         conv.output(0).replace(ops.depth_to_space(ops.concat(crops, 1), "blocks_first", 2).output(0))
         folded += 1
     return folded
@@ -320,7 +338,9 @@ class OpenVINOModel:
         self.compiled = [_core().compile_model(style, "CPU", settings("fp32")), _core().compile_model(features, "CPU", settings(precision))]
         self._requests = [c.create_infer_request() for c in self.compiled]
         self._style_inputs = [self.input_names.index(p.get_any_name()) for p in style.inputs]
-        self._feature_inputs = [self.input_names.index(p.get_any_name()) for p in features.inputs if not p.get_any_name().startswith("style:")]
+        self._feature_inputs = [
+            self.input_names.index(p.get_any_name()) for p in features.inputs if not p.get_any_name().startswith("style:")
+        ]
 
     def __call__(self, arrays: list[Any]) -> list[Any]:
         import numpy as np

@@ -4,8 +4,9 @@ execution provider), f32 or bf16; the deployment settings are :mod:`.openvino_op
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -94,7 +95,9 @@ class OpenVINORunner(Runner):
         session = ovo.ort_openvino_session(self.path, self.precision, load_config=self.config)
         actual = list(session.get_providers())
         if not actual or actual[0] != "OpenVINOExecutionProvider":
-            raise RunnerUnavailable(f"OpenVINO execution provider unavailable: the session runs on {actual[0] if actual else 'no provider'}")
+            raise RunnerUnavailable(
+                f"OpenVINO execution provider unavailable: the session runs on {actual[0] if actual else 'no provider'}"
+            )
         self._version = str(device.ep_metadata.get("version", ""))
         self.session = session
 

@@ -22,7 +22,16 @@ from typing import Any
 
 from ..errors import RunnerUnavailable
 
-__all__ = ["ORT_PROVIDERS", "cpu_threads", "create_session", "cuda_provider_options", "describe_ort_build", "model_source", "ort_distributions", "session_options"]
+__all__ = [
+    "ORT_PROVIDERS",
+    "cpu_threads",
+    "create_session",
+    "cuda_provider_options",
+    "describe_ort_build",
+    "model_source",
+    "ort_distributions",
+    "session_options",
+]
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 
@@ -54,7 +63,9 @@ def session_options(*, optimization: str = "all", threads: int | None = None, qu
     return options
 
 
-def cuda_provider_options(*, conv_algo_search: str = "EXHAUSTIVE", cuda_graph: bool = False, prefer_nhwc: bool = False, device_id: int = 0) -> dict[str, Any]:
+def cuda_provider_options(
+    *, conv_algo_search: str = "EXHAUSTIVE", cuda_graph: bool = False, prefer_nhwc: bool = False, device_id: int = 0
+) -> dict[str, Any]:
     """The CUDA provider's options; flags as ``"1"``/``"0"``, the spelling every ORT version parses.
 
     ``prefer_nhwc`` runs convolutions in the channels-last layout (Tensor Core kernels need no transposes
@@ -84,8 +95,14 @@ ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
 def create_session(
-    path: str | os.PathLike, device: str = "cpu", *, options: Any = None, provider_options: dict[str, Any] | None = None,
-    optimization: str = "all", threads: int | None = None, **cuda: Any,
+    path: str | os.PathLike,
+    device: str = "cpu",
+    *,
+    options: Any = None,
+    provider_options: dict[str, Any] | None = None,
+    optimization: str = "all",
+    threads: int | None = None,
+    **cuda: Any,
 ) -> Any:
     """An ``InferenceSession`` of the file at ``path`` on ``device`` ("cpu" or "cuda"), with this module's
     settings unless ``options``/``provider_options`` are given (``**cuda`` goes to :func:`cuda_provider_options`).
@@ -100,7 +117,9 @@ def create_session(
         raise ValueError(f"device must be one of {', '.join(ORT_PROVIDERS)}, got {device!r}")
     wanted = ORT_PROVIDERS[device]
     if wanted not in ort.get_available_providers():
-        raise RunnerUnavailable(f"{device.upper()} provider unavailable: onnxruntime {ort.__version__} has no {wanted} (install onnxruntime-gpu)")
+        raise RunnerUnavailable(
+            f"{device.upper()} provider unavailable: onnxruntime {ort.__version__} has no {wanted} (install onnxruntime-gpu)"
+        )
     options = options if options is not None else session_options(optimization=optimization, threads=threads)
     if provider_options is None:
         provider_options = cuda_provider_options(**cuda) if device == "cuda" else {}

@@ -73,7 +73,7 @@ class ParityRow:
         return {k: _json_float(v) if k in _FLOATS else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ParityRow":
+    def from_dict(cls, data: dict[str, Any]) -> ParityRow:
         known = {f.name for f in fields(cls)}
         return cls(**{k: _from_json_float(v) if k in _FLOATS else v for k, v in data.items() if k in known})
 
@@ -185,8 +185,11 @@ class ParityReport:
         return Path(path)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "ParityReport":
-        tolerances = {k: {n: _from_json_float(v) if n in ("rel_l2", "rtol", "atol") else v for n, v in t.items()} for k, t in data.get("tolerances", {}).items()}
+    def from_json(cls, data: dict[str, Any]) -> ParityReport:
+        tolerances = {
+            k: {n: _from_json_float(v) if n in ("rel_l2", "rtol", "atol") else v for n, v in t.items()}
+            for k, t in data.get("tolerances", {}).items()
+        }
         return cls(
             rows=[ParityRow.from_dict(r) for r in data["rows"]],
             precision=data.get("precision", "fp32"),
@@ -200,7 +203,7 @@ class ParityReport:
         )
 
     @classmethod
-    def read_json(cls, path: str | os.PathLike) -> "ParityReport":
+    def read_json(cls, path: str | os.PathLike) -> ParityReport:
         return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
 
 

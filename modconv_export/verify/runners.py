@@ -16,8 +16,9 @@ import contextlib
 import io
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -77,7 +78,7 @@ class Runner(ABC):
         """What actually executes the model (a torch device, or ORT's providers as the session reports)."""
         return []
 
-    def __enter__(self) -> "Runner":
+    def __enter__(self) -> Runner:
         self.prepare()
         return self
 
@@ -119,7 +120,9 @@ def _tf32(enabled: bool | None) -> Iterator[None]:
 class _TorchRunner(Runner):
     """Shared by the eager and TorchScript runners: input placement, dtype, TF32, autocast and no_grad."""
 
-    def __init__(self, name: str, device: str | torch.device, dtype: torch.dtype, tf32: bool | None, autocast: torch.dtype | None = None) -> None:
+    def __init__(
+        self, name: str, device: str | torch.device, dtype: torch.dtype, tf32: bool | None, autocast: torch.dtype | None = None
+    ) -> None:
         super().__init__(name)
         self.device = torch.device(device)
         self.dtype = dtype
@@ -266,7 +269,9 @@ class OnnxRuntimeRunner(Runner):
 
     def prepare(self) -> None:
         # The deployment settings of modconv_export.verify.ort_options unless the caller passes its own.
-        self.session = create_session(self.path, self.provider, options=self.session_options, provider_options=self.provider_options or None)
+        self.session = create_session(
+            self.path, self.provider, options=self.session_options, provider_options=self.provider_options or None
+        )
         self.prepared = True
 
     @property

@@ -1,10 +1,10 @@
 """Pytest-friendly parity assertion, so users keep "the exported file equals the model" in their own CI.
 
-    def test_generator_onnx_matches():
-        model = build_generator().eval()
-        args = (torch.randn(1, 3, 64, 64), torch.randn(1, 256))
-        export_onnx(model, args, "gen.onnx")
-        assert_parity(model, args, onnx_path="gen.onnx")
+def test_generator_onnx_matches():
+    model = build_generator().eval()
+    args = (torch.randn(1, 3, 64, 64), torch.randn(1, 256))
+    export_onnx(model, args, "gen.onnx")
+    assert_parity(model, args, onnx_path="gen.onnx")
 """
 
 from __future__ import annotations

@@ -40,13 +40,24 @@ their limits. Each may be one number for every backend or a mapping keyed by bac
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Union
+from typing import Any
 
 from ..export.prepare import PRECISIONS as EXPORT_PRECISIONS
 from .metrics import Metrics
 
-__all__ = ["BF16_MIN_PSNR", "BF16_REL_L2", "DEFAULT_MIN_PSNR", "DEFAULT_REL_L2", "PRECISIONS", "Tolerance", "ToleranceOverride", "backend_device", "resolve_tolerance"]
+__all__ = [
+    "BF16_MIN_PSNR",
+    "BF16_REL_L2",
+    "DEFAULT_MIN_PSNR",
+    "DEFAULT_REL_L2",
+    "PRECISIONS",
+    "Tolerance",
+    "ToleranceOverride",
+    "backend_device",
+    "resolve_tolerance",
+]
 
 PRECISIONS = (*EXPORT_PRECISIONS, "bf16")  # the files' precisions, and bf16 as a runtime runs them
 #: bf16 limits (see the module docstring for the measurements behind them).
@@ -73,7 +84,7 @@ _WHY = {
     ("cpu", "bf16"): "bfloat16 feature maps and weights (8-bit mantissa): 2.8e-3..5.4e-2 measured; PSNR floor on images",
 }
 
-ToleranceOverride = Union[float, Mapping[str, float], None]
+ToleranceOverride = float | Mapping[str, float] | None
 
 
 def backend_device(backend: str) -> str:
@@ -158,4 +169,6 @@ def resolve_tolerance(
     rel = _pick(max_rel_l2, backend)
     why = _WHY[key] if rel is None else "overridden by the caller"
     min_psnr = DEFAULT_MIN_PSNR.get(key) if rel is None else None
-    return Tolerance(rel_l2=DEFAULT_REL_L2[key] if rel is None else rel, rtol=_pick(rtol, backend), atol=_pick(atol, backend), why=why, min_psnr=min_psnr)
+    return Tolerance(
+        rel_l2=DEFAULT_REL_L2[key] if rel is None else rel, rtol=_pick(rtol, backend), atol=_pick(atol, backend), why=why, min_psnr=min_psnr
+    )

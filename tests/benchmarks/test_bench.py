@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import torch
+
 from modconv_export.verify.openvino_options import bf16_unavailable_reason, openvino_unavailable_reason
 from modconv_export.verify.tolerances import BF16_REL_L2
 
@@ -18,7 +19,17 @@ BF16_ROWS = ("autocast-bf16-cpu", "openvino-cpu-bf16", "openvino-cpu-bf16-plain"
 
 def test_quick_benchmark_runs_and_reports_sane_numbers(tmp_path):
     out = tmp_path / "bench.json"
-    command = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--no-fp16", "--warmup", "1", "--json", str(out), "--markdown"]
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "bench.py"),
+        "--quick",
+        "--no-fp16",
+        "--warmup",
+        "1",
+        "--json",
+        str(out),
+        "--markdown",
+    ]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.read_text())

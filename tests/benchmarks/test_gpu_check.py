@@ -19,7 +19,6 @@ from onnx import TensorProto, helper
 from helpers import ROOT
 
 
-
 @pytest.fixture(scope="module")
 def gpu_check():
     spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
@@ -46,9 +45,12 @@ def _row(name: str, batch: int, ms: float) -> dict:
 
 def test_targets_use_the_largest_batch_and_the_best_fp16_row(gpu_check):
     rows = [
-        _row("eager-seed-cuda-fp32", 8, 10.0), _row("ort-cuda-fp16-iobinding", 8, 1.0),
-        _row("eager-seed-cuda-fp32", 32, 30.0), _row("compile-rewritten-cuda-fp16", 32, 9.0),
-        _row("ort-cuda-fp16-iobinding", 32, 12.0), _row("ort-cuda-fp16-cudagraph", 32, 8.0),
+        _row("eager-seed-cuda-fp32", 8, 10.0),
+        _row("ort-cuda-fp16-iobinding", 8, 1.0),
+        _row("eager-seed-cuda-fp32", 32, 30.0),
+        _row("compile-rewritten-cuda-fp16", 32, 9.0),
+        _row("ort-cuda-fp16-iobinding", 32, 12.0),
+        _row("ort-cuda-fp16-cudagraph", 32, 8.0),
         {"model": "lats", "row": "ort-cuda-fp16-nhwc-iobinding", "batch": 32, "status": "not run: x"},
     ]
     t = gpu_check.targets(rows)
@@ -78,7 +80,8 @@ def test_kernel_kinds(gpu_check, kernel, kind):
 def test_bound_runner_feeds_and_fills_its_buffers(gpu_check, tmp_path, monkeypatch):
     monkeypatch.setattr(gpu_check, "DEVICE", "cpu")
     graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "y"], ["z"])], "mul",
+        [helper.make_node("Mul", ["x", "y"], ["z"])],
+        "mul",
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 3]) for n in ("x", "y")],
         [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 3])],
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+
 from modconv_export import export_onnx, save_checkpoint
 from modconv_export.families import get_family
 

@@ -18,13 +18,14 @@ import time
 import zipfile
 from pathlib import Path
 
-import modconv_export
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
 import torch.nn as nn
+
+import modconv_export
 from modconv_export import export_onnx, rewrite_model, save_checkpoint
 from modconv_export.cli import UsageError, main, parse_input
 from modconv_export.export.metadata import read_properties
@@ -211,7 +212,18 @@ def test_bare_state_dict_with_python_m_and_no_verify(work, decoder):
 def test_fp16_export_is_verified_at_the_fp16_tolerance(work, decoder):
     out = work / "half"
     out.mkdir()
-    proc = run_cli(work / "decoder.pt", out / "g.onnx", "--exporter", "torchscript", "--precision", "fp16", "--providers", "cpu", "--report", out / "g.json")
+    proc = run_cli(
+        work / "decoder.pt",
+        out / "g.onnx",
+        "--exporter",
+        "torchscript",
+        "--precision",
+        "fp16",
+        "--providers",
+        "cpu",
+        "--report",
+        out / "g.json",
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads((out / "g.json").read_text())
     assert report["export"]["precision"] == "fp16"
@@ -226,13 +238,24 @@ def test_fp16_export_is_verified_at_the_fp16_tolerance(work, decoder):
 def test_openvino_providers_verify_f32_and_bf16(work, decoder):
     out = work / "openvino"
     out.mkdir()
-    proc = run_cli(work / "decoder.pt", out / "g.onnx", "--exporter", "torchscript", "--providers", "cpu,openvino,openvino-bf16", "--report", out / "g.json")
+    proc = run_cli(
+        work / "decoder.pt",
+        out / "g.onnx",
+        "--exporter",
+        "torchscript",
+        "--providers",
+        "cpu,openvino,openvino-bf16",
+        "--report",
+        out / "g.json",
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = json.loads((out / "g.json").read_text())["parity"]["rows"]
     f32 = [r for r in rows if r["backend"] == "openvino-cpu"]
     bf16 = [r for r in rows if r["backend"] == "openvino-cpu-bf16"]
     assert len(f32) == 2 and all(r["status"] == "pass" and r["rel_l2"] < 1e-5 for r in f32)
-    assert len(bf16) == 2 and all(r["status"] == "pass" and r["precision"] == "bf16" and 1e-4 < r["rel_l2"] <= r["rel_l2_limit"] for r in bf16)
+    assert len(bf16) == 2 and all(
+        r["status"] == "pass" and r["precision"] == "bf16" and 1e-4 < r["rel_l2"] <= r["rel_l2_limit"] for r in bf16
+    )
     assert "openvino-cpu-bf16" in proc.stdout and "PSNR" in proc.stdout
 
 
@@ -277,7 +300,9 @@ def test_limits_and_debug_metadata_options(work, decoder):
     rows = json.loads((out / "g.json").read_text())["parity"]["rows"]
     assert {r["backend"] for r in rows} == {"eager-cpu", "torchscript-cpu", "ort-cpu"} and {r["batch"] for r in rows} == {2}
     assert all((r["rel_l2_limit"], r["rtol_limit"], r["atol_limit"], r["outside_band"]) == (1e-3, 1e-2, 1e-3, 0) for r in rows)
-    assert re.search(r"PASSED +\| ort-cpu +\| b=2 +\| image +\| rel-L2 \S+ ≤ 1e-03, 0/\d+ elements outside atol 1e-03 \+ rtol 1e-02·\|ref\|", proc.stdout)
+    assert re.search(
+        r"PASSED +\| ort-cpu +\| b=2 +\| image +\| rel-L2 \S+ ≤ 1e-03, 0/\d+ elements outside atol 1e-03 \+ rtol 1e-02·\|ref\|", proc.stdout
+    )
     data = (out / "g.onnx").read_bytes()
     assert b"pkg.torch.onnx.stack_trace" in data and str(Path(modconv_export.__file__).parent).encode() in data
     assert json.loads(read_properties(out / "g.onnx")["modconv_export.parity"])["passed"] is True
@@ -290,7 +315,11 @@ def test_limits_and_debug_metadata_options(work, decoder):
     "kind, exporter, pattern",
     [
         ("svd", "torchscript", r"torchscript export failed in module 'body\.1' \(SingularValues\): .*aten::linalg_svdvals"),
-        ("sign", "torchscript", r"graph capture \(torch\.export\) failed in module 'body\.1' \(SignGate\) at tricky_models\.py:\d+ `if x\.mean\(\) > 0:`: data-dependent"),
+        (
+            "sign",
+            "torchscript",
+            r"graph capture \(torch\.export\) failed in module 'body\.1' \(SignGate\) at tricky_models\.py:\d+ `if x\.mean\(\) > 0:`: data-dependent",
+        ),
     ],
 )
 def test_unexportable_module_is_named_with_its_op(work, foreign, good_onnx, kind, exporter, pattern):
@@ -474,7 +503,9 @@ def test_verbose_lists_near_misses_and_the_graph_rewrite_takes_them(work, foreig
     captured = capfd.readouterr()
     assert code == 0, captured.out + captured.err
     assert "rewrote 11 modules (equal_lr: 4, blur: 4, modulated_conv: 3)" in captured.out
-    assert "  near miss: up: looks like modulated_conv but its padding (ConstantPad2d) is not reflect/replicate/zero padding" in captured.out
+    assert (
+        "  near miss: up: looks like modulated_conv but its padding (ConstantPad2d) is not reflect/replicate/zero padding" in captured.out
+    )
     assert "rewrote 1 batch-grouped convolution in the traced graph" in captured.out
     assert "  up -> graph:batch_grouped_conv" in captured.out
     assert "PASSED" in captured.out and "FAILED" not in captured.out
@@ -496,7 +527,19 @@ def test_unfactorisable_batch_grouped_conv_names_the_module(work, foreign, good_
 def test_model_that_runs_at_one_batch_size_only_is_refused(work, foreign, capfd, monkeypatch):
     monkeypatch.syspath_prepend(str(FOREIGN_LAYERS))
     out = work / "fixed.onnx"
-    code = main([str(work / "fixed.pt"), str(out), "--trust-pickle", "--import-path", str(FOREIGN_LAYERS), "--input", "x=2x4", "--exporter", "torchscript"])
+    code = main(
+        [
+            str(work / "fixed.pt"),
+            str(out),
+            "--trust-pickle",
+            "--import-path",
+            str(FOREIGN_LAYERS),
+            "--input",
+            "x=2x4",
+            "--exporter",
+            "torchscript",
+        ]
+    )
     line = error_line(capfd.readouterr().err)
     assert code == 2
     assert "the model does not run at batch size 3, so its batch cannot be made dynamic: RuntimeError: shape '[2, 4]' is invalid" in line
@@ -533,7 +576,9 @@ def test_bad_input_in_a_subprocess(case, script, work, bad_inputs, good_onnx):
     assert not bad_inputs[1].exists()
 
 
-@pytest.mark.parametrize("text", ["latent", "latent=", "=1x16", "latent=1x", "latent=1x0", "latent=1,16", "latent=1x16x", "la tent=1x2", "latent=-1x2"])
+@pytest.mark.parametrize(
+    "text", ["latent", "latent=", "=1x16", "latent=1x", "latent=1x0", "latent=1,16", "latent=1x16x", "la tent=1x2", "latent=-1x2"]
+)
 def test_parse_input_is_strict(text):
     with pytest.raises(UsageError, match="malformed --input"):
         parse_input(text)

@@ -27,6 +27,7 @@ import onnx
 import pytest
 import torch
 import torch.nn as nn
+
 from modconv_export.cli import main
 
 from cli_inputs import FOREIGN_LAYERS, write_cli_inputs
@@ -38,7 +39,9 @@ FAST = ["--exporter", "torchscript", "--providers", "cpu"]
 CLEAN_CODES = {0, 1, 2, 129, 130, 143}
 TEMP_SUFFIXES = (".partial", ".probe", ".old")
 
-TOTALS: collections.Counter = collections.Counter({"clean exits": 0, "tracebacks": 0, "data lost or partial": 0, "pickle code executions": 0})
+TOTALS: collections.Counter = collections.Counter(
+    {"clean exits": 0, "tracebacks": 0, "data lost or partial": 0, "pickle code executions": 0}
+)
 PROBLEMS: list[str] = []
 
 
@@ -140,7 +143,13 @@ def _hostile(rng: random.Random, marker: Path) -> tuple[object, int]:
     elif how == "getattr":
         payload = Call(Attr(Call(G("importlib", "import_module"), module), name), *args(marker))
     elif how == "stack_global":
-        payload, protocol = Call(StackGlobal(rng.choice(["torch.serialization", "torch._utils_internal", module]), name if module != "os" else "os.system"), *args(marker)), 4
+        payload, protocol = (
+            Call(
+                StackGlobal(rng.choice(["torch.serialization", "torch._utils_internal", module]), name if module != "os" else "os.system"),
+                *args(marker),
+            ),
+            4,
+        )
     elif how == "nested_pickle":
         payload = Call(G("pickle", "loads"), plain_pickle(Call(G(module, name), *args(marker))))
     elif how == "build_setstate":
@@ -218,7 +227,9 @@ def test_fuzz_damaged_and_odd_model_files(base, tmp_path, capfd):
     (odd / "text.pt").write_text("weights\n")
     (odd / "random.pt").write_bytes(os.urandom(4096))
     specials = [*(str(p) for p in sorted(odd.iterdir())), "/dev/null", "/dev/zero", "/dev/urandom", "/proc/self/mem", "/"]
-    cases = [("special", s, []) for s in specials] + [("damaged", name, opts) for name in sources for opts in [sources[name]] for _ in range(20)]
+    cases = [("special", s, []) for s in specials] + [
+        ("damaged", name, opts) for name in sources for opts in [sources[name]] for _ in range(20)
+    ]
     for i, (kind, source, opts) in enumerate(cases):
         d = tmp_path / f"f{i}"
         d.mkdir()
@@ -250,7 +261,16 @@ OPTION_VALUES = {
     "--rtol": ["-1", "0", "nan", "inf", "-inf", "1e-400", "1e400", "x", "", "1e-3"],
     "--atol": ["-1", "0", "nan", "inf", "abc", "1e-2"],
     "--opset": ["-1", "0", "12", "13", "18", "99", "1e3", "x"],
-    "--input": ["latent=3000000000x64", "latent=1x100000000000", "latent=0x16", "latent=1x", "latent=1x16", "z=1x16", "latent=-1x16", "latent=2x16"],
+    "--input": [
+        "latent=3000000000x64",
+        "latent=1x100000000000",
+        "latent=0x16",
+        "latent=1x",
+        "latent=1x16",
+        "z=1x16",
+        "latent=-1x16",
+        "latent=2x16",
+    ],
     "--providers": ["", "tpu", "cpu,cpu", "cuda", "CPU", "cpu"],
     "--precision": ["fp8", "fp16", ""],
     "--exporter": ["onnx", "", "torchscript"],
@@ -298,11 +318,22 @@ def test_fuzz_signals_at_random_moments(base, tmp_path):
             paths = targets(d, rng, base)
             sig = rng.choice([signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
             delay = rng.choice([rng.uniform(0.05, 1.5), rng.uniform(1.5, 10.0)])  # start-up imports, or somewhere in the run
-            argv = [sys.executable, "-m", "modconv_export", base / "dec.pt", paths["OUT"], "--torchscript", paths["--torchscript"], "--report", paths["--report"], *FAST]
+            argv = [
+                sys.executable,
+                "-m",
+                "modconv_export",
+                base / "dec.pt",
+                paths["OUT"],
+                "--torchscript",
+                paths["--torchscript"],
+                "--report",
+                paths["--report"],
+                *FAST,
+            ]
             before = snapshot(paths.values())
             runs.append((d, before, sig, delay, subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)))
         start = time.monotonic()
-        for d, before, sig, delay, proc in sorted(runs, key=lambda r: r[3]):
+        for _d, _before, sig, delay, proc in sorted(runs, key=lambda r: r[3]):
             time.sleep(max(0.0, start + delay - time.monotonic()))
             proc.send_signal(sig)
         for d, before, sig, delay, proc in runs:
@@ -336,7 +367,16 @@ def test_fuzz_failing_writes(base, tmp_path, capfd, monkeypatch):
 
         patch_file_writes(monkeypatch, write)
         before = snapshot(paths.values())
-        argv = [str(base / "dec.pt"), str(paths["OUT"]), "--torchscript", str(paths["--torchscript"]), "--report", str(paths["--report"]), "--no-verify", *FAST]
+        argv = [
+            str(base / "dec.pt"),
+            str(paths["OUT"]),
+            "--torchscript",
+            str(paths["--torchscript"]),
+            "--report",
+            str(paths["--report"]),
+            "--no-verify",
+            *FAST,
+        ]
         code, err = run_main(argv, capfd)
         judge("failing write", code, err, before, [d])
         if code != 2 or snapshot(paths.values()) != before:

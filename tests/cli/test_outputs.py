@@ -22,6 +22,7 @@ import onnx
 import pytest
 import torch
 import torch.nn as nn
+
 from modconv_export import export_onnx
 from modconv_export._util import files as files_module
 from modconv_export._util.files import Outputs
@@ -235,7 +236,9 @@ def test_a_signal_in_any_step_leaves_the_old_files(step, work, out, capfd, monke
     monkeypatch.setattr(target, step_then_signal)
     before = snapshot(out)
     verified = step in ("parity check", "picture")
-    code = main([str(work / "dec.pt"), str(out / "g.onnx"), *(all_outputs(out) if verified else [*all_outputs(out)[:4], "--no-verify"]), *FAST])
+    code = main(
+        [str(work / "dec.pt"), str(out / "g.onnx"), *(all_outputs(out) if verified else [*all_outputs(out)[:4], "--no-verify"]), *FAST]
+    )
     line = one_line(capfd.readouterr().err)
     assert code == 128 + sig and f"interrupted by {signal.Signals(sig).name} (nothing written; existing files are untouched)" in line, line
     assert snapshot(out) == before
@@ -281,7 +284,12 @@ def test_sigint_while_verifying_as_a_user_sends_it(work, out):
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_during_the_start_up_imports_is_one_line(sig, code, work, tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "modconv_export", work / "dec.pt", tmp_path / "g.onnx"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modconv_export", work / "dec.pt", tmp_path / "g.onnx"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(0.3)  # the interpreter is up (~30 ms), torch is still importing (seconds)
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=60)

@@ -9,6 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+
 from modconv_export import DEFAULT_OPSET, ExportError, export_onnx, max_supported_opset
 from modconv_export.export.checks import computed_conv_weights, conv_nodes, dynamic_batch_axes, non_standard_ops
 
@@ -129,10 +130,14 @@ def test_batch_one_example_still_dynamic(tiny_decoder, tmp_path):
 
 def test_stock_legacy_export_of_seed_layer_fails(tiny_decoder, tiny_args, tmp_path):
     """The problem this toolkit solves: without the rewrite the seed layer does not export with a dynamic batch."""
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 (any exporter error is the point)
         torch.onnx.export(
-            tiny_decoder, tiny_args, str(tmp_path / "stock.onnx"), dynamo=False,
-            input_names=["image", "latent"], dynamic_axes={"image": {0: "b"}, "latent": {0: "b"}},
+            tiny_decoder,
+            tiny_args,
+            str(tmp_path / "stock.onnx"),
+            dynamo=False,
+            input_names=["image", "latent"],
+            dynamic_axes={"image": {0: "b"}, "latent": {0: "b"}},
         )
     with pytest.raises(ExportError):
         export_onnx(tiny_decoder, tiny_args, tmp_path / "norewrite.onnx", exporter="torchscript", rewrite=False)

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import modconv_export
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -16,6 +15,8 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn as nn
+
+import modconv_export
 from modconv_export import ExportError, export_onnx, rewrite_model
 from modconv_export.errors import ModconvExportError, plain_text
 from modconv_export.export.metadata import PREFIX, family_properties, graph_sha256, read_properties, record_parity, strip_debug_metadata

@@ -8,6 +8,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn as nn
+
 from modconv_export import ExportError, export_onnx
 from modconv_export.layers.seed import ModulatedConv2d, PixelNorm
 from modconv_export.rewrite import make_exportable
@@ -157,7 +158,9 @@ def test_fp16_row_for_every_family(name, tmp_path):
     family = get_family(name)
     config = family.preset("small")
     torch.manual_seed(7)
-    model = family.build(config) if name == "gfpgan" else randomize(family.build(config), seed=7)  # default init keeps GFPGAN's outputs bounded
+    model = (
+        family.build(config) if name == "gfpgan" else randomize(family.build(config), seed=7)
+    )  # default init keeps GFPGAN's outputs bounded
     specs = family.inputs(config)
     args = tuple(s.example((2, *s.shape[1:]), seed=3) for s in specs)
     path = export_onnx(model, args, tmp_path / f"{name}.onnx", exporter="torchscript", precision="fp16", output_names=list(family.outputs))

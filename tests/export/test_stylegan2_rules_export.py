@@ -14,6 +14,7 @@ import functools
 import onnx
 import pytest
 import torch
+
 from modconv_export import ExportError, export_onnx, export_torchscript
 from modconv_export.export.checks import computed_conv_weights, conv_nodes, dynamic_batch_axes
 
@@ -59,7 +60,9 @@ FORMATS = ("dynamo", "torchscript", "jit")
 
 def _params():
     for name in MODELS:
-        marks = [pytest.mark.skipif(UPSTREAM_MISSING is not None, reason=f"upstream archives: {UPSTREAM_MISSING}")] if name in UPSTREAM else []
+        marks = (
+            [pytest.mark.skipif(UPSTREAM_MISSING is not None, reason=f"upstream archives: {UPSTREAM_MISSING}")] if name in UPSTREAM else []
+        )
         for fmt in FORMATS:
             yield pytest.param((name, fmt), marks=marks, id=f"{name}-{fmt}")
 
@@ -79,7 +82,6 @@ def exported(request, built, tmp_path_factory):
     else:
         export_onnx(model, inputs(2, 0), path, exporter=fmt)
     return name, fmt, path, model, inputs
-
 
 
 @pytest.mark.parametrize("batch", [1, 3])

@@ -9,6 +9,7 @@ import textwrap
 
 import pytest
 import torch
+
 from modconv_export import ExportError, export_torchscript
 
 from fixtures.user_layers.my_stylegan import UserGenerator
@@ -35,7 +36,9 @@ def _run_isolated(ts_path, cases, tmp_path):
     script = tmp_path / "load_ts.py"
     script.write_text(LOADER)
     # -I: isolated mode (no PYTHONPATH, no user site, script dir not trusted); cwd without project files
-    result = subprocess.run([sys.executable, "-I", str(script), str(ts_path), str(data_path)], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-I", str(script), str(ts_path), str(data_path)], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
 

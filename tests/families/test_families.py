@@ -12,6 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+
 from modconv_export import export_onnx
 from modconv_export.families import UnknownFamilyError, get_family, recognize, registered_families
 from modconv_export.families.lats import LATSConfig, age_code

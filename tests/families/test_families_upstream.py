@@ -18,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+
 from modconv_export import export_onnx
 from modconv_export.families import recognize
 from modconv_export.families.lats import age_code

@@ -16,11 +16,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from PIL import Image
+
 from modconv_export import export_onnx
 from modconv_export.families import get_family
 from modconv_export.families.lats import age_code
 from modconv_export.load.checkpoint import load_checkpoint
-from PIL import Image
 
 from helpers import ROOT, relative_l2
 
@@ -80,7 +81,10 @@ def _tiles(png: Path, count: int, columns: int) -> np.ndarray:
     canvas = np.asarray(Image.open(png).convert("RGB"))
     rows = -(-count // columns)
     assert canvas.shape == (rows * (SIZE + 2) - 2, columns * (SIZE + 2) - 2, 3)
-    tiles = [canvas[r * (SIZE + 2) : r * (SIZE + 2) + SIZE, c * (SIZE + 2) : c * (SIZE + 2) + SIZE] for r, c in (divmod(i, columns) for i in range(count))]
+    tiles = [
+        canvas[r * (SIZE + 2) : r * (SIZE + 2) + SIZE, c * (SIZE + 2) : c * (SIZE + 2) + SIZE]
+        for r, c in (divmod(i, columns) for i in range(count))
+    ]
     return np.stack(tiles).astype(np.int16)
 
 

@@ -10,6 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+
 from modconv_export import export_onnx, rewrite_model
 from modconv_export.export.checks import computed_conv_weights
 from modconv_export.families import get_family, recognize
@@ -58,7 +59,11 @@ def test_upstream_state_dict_loads_strictly_and_matches(case, size, kw):
     state = upstream.state_dict()
     assert recognize(state) is FAMILY
     config = FAMILY.infer_config(state)
-    assert config["out_size"] == size and config["sft_half"] == kw.get("sft_half", True) and config["different_w"] == kw.get("different_w", True)
+    assert (
+        config["out_size"] == size
+        and config["sft_half"] == kw.get("sft_half", True)
+        and config["different_w"] == kw.get("different_w", True)
+    )
     ours = FAMILY.load(state)
     image = _images(2, size, seed=2)
     with torch.no_grad():

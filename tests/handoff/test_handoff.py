@@ -14,11 +14,12 @@ import polygraphy.json as polygraphy_json  # test-only dependencies (the `test` 
 import pytest
 import torch
 from google.protobuf import text_format
+from polygraphy.comparator import IterationResult, RunResults
+from tritonclient.grpc import model_config_pb2
+
 from modconv_export import save_checkpoint
 from modconv_export.families import get_family
 from modconv_export.handoff import GraphTensor, cuda_found, graph_io, save_polygraphy_inputs, save_polygraphy_outputs, triton_config
-from polygraphy.comparator import IterationResult, RunResults
-from tritonclient.grpc import model_config_pb2
 
 DECODER_CONFIG = {"latent_dim": 16, "n_mlp": 2, "channels": [8, 8], "output_nc": 3}
 POLYGRAPHY = Path(sys.executable).parent / "polygraphy"
@@ -52,7 +53,7 @@ def test_saved_inputs_and_outputs_load_in_polygraphy_and_are_the_reference(run):
     results = RunResults.load(str(d / "outputs.json"))
     assert [list(f) for f in feeds] == [["latent"]] * len(BATCHES)
     assert [f["latent"].shape for f in feeds] == [(b, 16) for b in BATCHES] and feeds[0]["latent"].dtype == np.float32
-    (runner, iterations), = results.items()
+    ((runner, iterations),) = results.items()
     assert runner == "eager-original-cpu" and len(iterations) == len(BATCHES)
     for feed, iteration in zip(feeds, iterations):
         with torch.no_grad():
@@ -74,7 +75,7 @@ def test_polygraphy_run_compares_onnxruntime_with_the_saved_reference(run):
     assert good.returncode == 0, good.stdout + good.stderr
     assert "PASSED | simple | All outputs matched" in good.stdout + good.stderr
     results = RunResults.load(str(d / "outputs.json"))  # the reference nudged by 1 %: Polygraphy must fail it
-    (runner, iterations), = results.items()
+    ((runner, iterations),) = results.items()
     wrong = [{"image": it["image"] * 1.01} for it in iterations]
     save_polygraphy_outputs(d / "wrong.json", runner, wrong, [it.runtime for it in iterations])
     bad = _polygraphy_run(d / "gen.onnx", d / "inputs.json", d / "wrong.json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from modconv_export.layers.ops import depthwise_conv2d
 from modconv_export.layers.seed import Blur, BlurFunction
 from modconv_export.layers.seed_forms import DepthwiseBlur

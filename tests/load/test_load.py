@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+
 from modconv_export import LoadError, ModconvExportError, load_checkpoint, load_model, save_checkpoint
 from modconv_export.families import Family, InputSpec, get_family, register_family
 from modconv_export.families import registry as family_registry
@@ -147,7 +148,10 @@ def test_trusted_pickle_imports_from_import_path_or_cwd_and_restores_sys_path(tm
     monkeypatch.delitem(sys.modules, "thirdparty_gan")  # a fresh process: the class is not imported yet
     sys.path.remove(str(FOREIGN_LAYERS))
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(LoadError, match=r"thirdparty_gan\.ToyGenerator \(module 'thirdparty_gan' is in no --import-path directory nor the current directory\)"):
+    with pytest.raises(
+        LoadError,
+        match=r"thirdparty_gan\.ToyGenerator \(module 'thirdparty_gan' is in no --import-path directory nor the current directory\)",
+    ):
         load_model(tmp_path / "g.pt", trust_pickle=True)
     before = list(sys.path)
     assert load_model(tmp_path / "g.pt", trust_pickle=True, import_paths=[FOREIGN_LAYERS]).kind == "pickle"

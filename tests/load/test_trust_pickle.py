@@ -14,13 +14,14 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+
 from modconv_export import LoadError, load_model
 from modconv_export.cli import main
 
@@ -34,7 +35,7 @@ ERROR = "modconv-export: error: "
 
 
 @torch.jit.script
-class _TouchOnLoad(object):  # a TorchScript class whose __setstate__ runs inside torch.jit.load
+class _TouchOnLoad:  # a TorchScript class whose __setstate__ runs inside torch.jit.load
     def __init__(self, path: str):
         self.path = path
 
@@ -187,7 +188,18 @@ def test_payload_is_refused_and_proven_live(kind, fmt, tmp_path, capfd, monkeypa
     out = tmp_path / "out"
     out.mkdir()
     capfd.readouterr()
-    code = main([str(model), str(out / "g.onnx"), "--trust-pickle", "--import-path", str(USER_CODE), "--no-verify", "--torchscript", str(out / "g.ts")])
+    code = main(
+        [
+            str(model),
+            str(out / "g.onnx"),
+            "--trust-pickle",
+            "--import-path",
+            str(USER_CODE),
+            "--no-verify",
+            "--torchscript",
+            str(out / "g.ts"),
+        ]
+    )
     line = one_error_line(capfd.readouterr().err)
     assert code == 2 and re.search(names, line) and "refused even with --trust-pickle" in line, line
     assert list(out.iterdir()) == []
@@ -332,13 +344,18 @@ def test_a_real_user_generator_still_exports_with_import_path(tmp_path):
     assert "pickled module (UserGenerator" in proc.stdout and re.search(r"parity +PASSED", proc.stdout)
 
 
-@pytest.mark.parametrize("kind", ["pydoc.pipepager inside a real state_dict", "STACK_GLOBAL torch.serialization + os.system", "REDUCE on a class from --import-path"])
+@pytest.mark.parametrize(
+    "kind",
+    ["pydoc.pipepager inside a real state_dict", "STACK_GLOBAL torch.serialization + os.system", "REDUCE on a class from --import-path"],
+)
 def test_payloads_through_the_console_script(kind, tmp_path):
     build, protocol, names = PAYLOADS[kind]
     ctx = Ctx(tmp_path)
     model = save(build(ctx), tmp_path / "payload.pt", protocol=protocol)
     script = Path(sys.executable).parent / "modconv-export"
-    proc = subprocess.run([script, model, tmp_path / "g.onnx", "--trust-pickle", "--import-path", USER_CODE], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [script, model, tmp_path / "g.onnx", "--trust-pickle", "--import-path", USER_CODE], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2 and re.search(names, one_error_line(proc.stderr))
     assert not ctx.marker.exists() and not (tmp_path / "g.onnx").exists()
 
@@ -377,8 +394,14 @@ def test_numpy_numbers_and_arrays_load_as_data(tmp_path):
 @pytest.mark.parametrize(
     "payload, message",
     [
-        (lambda: Call(G("numpy._core.multiarray", "scalar"), Call(G("numpy", "dtype"), "O", False, True), {"w": 1}), r"NumPy scalar of dtype\('O'\)"),
-        (lambda: Call(G("numpy._core.multiarray", "_reconstruct"), G("torch.nn.modules.linear", "Linear"), (0,), "b"), r"reconstructs .*Linear.* as a NumPy array"),
+        (
+            lambda: Call(G("numpy._core.multiarray", "scalar"), Call(G("numpy", "dtype"), "O", False, True), {"w": 1}),
+            r"NumPy scalar of dtype\('O'\)",
+        ),
+        (
+            lambda: Call(G("numpy._core.multiarray", "_reconstruct"), G("torch.nn.modules.linear", "Linear"), (0,), "b"),
+            r"reconstructs .*Linear.* as a NumPy array",
+        ),
     ],
     ids=["object-scalar", "reconstruct-other-class"],
 )

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
 from modconv_export import RewriteError, export_onnx, make_exportable, rewrite_report
 from modconv_export.rewrite import registry
 
@@ -58,7 +59,10 @@ ARGS = (torch.randn(1, 3, 8, 8), torch.randn(1, 6))
         # a per-sample factor along the kernel's rows, not a channel axis
         (lambda k, s: k[None] * s[:, None, None, :, None], "does not scale input or output channels"),
         # a factor per (output, input) pair of each sample: not one scale per channel
-        (lambda k, s: k[None] * (s[:, :, None] * s[:, None, :]).repeat(1, 2, 1)[:, :4, :, None, None], "does not scale input or output channels"),
+        (
+            lambda k, s: k[None] * (s[:, :, None] * s[:, None, :]).repeat(1, 2, 1)[:, :4, :, None, None],
+            "does not scale input or output channels",
+        ),
     ],
     ids=["additive", "spatial-factor", "channel-pairs"],
 )

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+
 from modconv_export import export_onnx, export_torchscript, make_exportable, rewrite_report
 from modconv_export.export.checks import computed_conv_weights, conv_nodes, dynamic_batch_axes
 from modconv_export.rewrite import registry
@@ -85,7 +86,9 @@ UPSTREAM = {"gfpgan-clean"}
 
 def _case_params(formats=None):
     for name in CASES:
-        marks = [pytest.mark.skipif(UPSTREAM_MISSING is not None, reason=f"upstream archives: {UPSTREAM_MISSING}")] if name in UPSTREAM else []
+        marks = (
+            [pytest.mark.skipif(UPSTREAM_MISSING is not None, reason=f"upstream archives: {UPSTREAM_MISSING}")] if name in UPSTREAM else []
+        )
         for fmt in formats or [None]:
             yield pytest.param(name if fmt is None else (name, fmt), marks=marks, id=name if fmt is None else f"{name}-{fmt}")
 
@@ -123,7 +126,6 @@ def exported(request, built, tmp_path_factory):
     return fmt, path, model, inputs
 
 
-
 @pytest.mark.parametrize("batch", [1, 3, 8])
 def test_exported_file_matches_eager_at_any_batch(exported, batch):
     fmt, path, model, inputs = exported
@@ -147,7 +149,11 @@ def test_exported_graph_has_constant_weights_and_no_per_sample_weight(exported):
     # groups are per-channel constants (depthwise blurs) or 1; nothing grouped by the batch survives
     assert all(c.group == 1 or c.group == c.weight_shape[0] for c in conv_nodes(proto))
     inferred = onnx.shape_inference.infer_shapes(proto)
-    shapes = [[d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim] for v in inferred.graph.value_info if v.type.tensor_type.HasField("shape")]
+    shapes = [
+        [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]
+        for v in inferred.graph.value_info
+        if v.type.tensor_type.HasField("shape")
+    ]
     # the demodulation no longer builds [B, Cout, Cin, k, k]: 5-D values are per-channel vectors at most
     assert shapes and all(sum(d != 1 for d in dims[1:]) <= 1 for dims in shapes if len(dims) == 5)
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
 from modconv_export import RewriteError, export_onnx, export_torchscript, make_exportable, rewrite_report
 from modconv_export.export.checks import computed_conv_weights, conv_nodes, dynamic_batch_axes
 from modconv_export.rewrite import registry

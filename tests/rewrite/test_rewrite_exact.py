@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 import torch
+
 from modconv_export import make_exportable, rewrite_report
 from modconv_export.layers.seed import Blur, ModulatedConv2d
 from modconv_export.layers.seed_forms import DepthwiseBlur, SeedModulatedConvForm
@@ -25,7 +26,9 @@ class Wrap(torch.nn.Module):
 # kernel, padding, upsample, downsample, normalize_mlp
 VARIANTS = [
     (k, pad, up, down, norm)
-    for k, pad, (up, down), norm in itertools.product((1, 3), ("reflect", "zero"), ((False, False), (True, False), (False, True)), (False, True))
+    for k, pad, (up, down), norm in itertools.product(
+        (1, 3), ("reflect", "zero"), ((False, False), (True, False), (False, True)), (False, True)
+    )
 ]
 
 
@@ -34,7 +37,9 @@ def test_modulated_conv_variants_equal_seed(kernel, padding, upsample, downsampl
     torch.manual_seed(kernel * 7 + upsample * 3 + downsample)
     c_in = 5
     c_out = c_in if downsample else 7  # the seed's downsample blur has c_out channels and runs on the input
-    layer = ModulatedConv2d(c_in, c_out, kernel, padding_type=padding, upsample=upsample, downsample=downsample, latent_dim=12, normalize_mlp=normalize_mlp)
+    layer = ModulatedConv2d(
+        c_in, c_out, kernel, padding_type=padding, upsample=upsample, downsample=downsample, latent_dim=12, normalize_mlp=normalize_mlp
+    )
     seed_model = randomize(Wrap(layer), seed=kernel + 10 * upsample + 20 * downsample)
     exportable = make_exportable(seed_model)
     assert isinstance(exportable.layer, SeedModulatedConvForm)

@@ -10,6 +10,7 @@ import warnings
 import pytest
 import torch
 import torch.nn as nn
+
 from modconv_export import RewriteError, rewrite_model
 from modconv_export.layers.seed import Blur, EqualConv2d, EqualLinear, ModulatedConv2d
 from modconv_export.layers.seed_forms import DepthwiseBlur, SeedModulatedConvForm
@@ -44,7 +45,12 @@ class RenamedBlur(nn.Module):
 # rule name -> list of (case id, module factory, inputs factory, expected export-form type or None)
 RULE_CASES = {
     "modulated_conv": [
-        ("seed", lambda: ModulatedConv2d(3, 5, 3, latent_dim=4), lambda: (torch.randn(2, 3, 6, 6), torch.randn(2, 4)), SeedModulatedConvForm),
+        (
+            "seed",
+            lambda: ModulatedConv2d(3, 5, 3, latent_dim=4),
+            lambda: (torch.randn(2, 3, 6, 6), torch.randn(2, 4)),
+            SeedModulatedConvForm,
+        ),
         ("user-copy", lambda: StyleConv(3, 3, 3, down=True), lambda: (torch.randn(2, 3, 8, 8), torch.randn(2, 8)), SeedModulatedConvForm),
     ],
     "blur": [
@@ -65,36 +71,89 @@ from modconv_export.layers.stylegan2_forms import BiasLeakyReLU, NoisyStyleConv,
 
 from fixtures.stylegan2 import layers as sg2  # noqa: E402
 
-RULE_CASES.update({
-    "stylegan2_clean_modulated_conv": [
-        (mode or "same", lambda mode=mode: sg2.CleanModulatedConv2d(3, 5, 3, 4, sample_mode=mode), lambda: (torch.randn(2, 3, 8, 8), torch.randn(2, 4)), StyleGAN2ModulatedConvForm)
-        for mode in (None, "upsample", "downsample")
-    ] + [("no-demod-1x1", lambda: sg2.CleanModulatedConv2d(4, 3, 1, 4, demodulate=False), lambda: (torch.randn(2, 4, 5, 5), torch.randn(2, 4)), StyleGAN2ModulatedConvForm)],
-    "stylegan2_modulated_conv": [
-        (mode or "same", lambda mode=mode: sg2.ModulatedConv2d(3, 5, 3, 4, sample_mode=mode), lambda: (torch.randn(2, 3, 8, 8), torch.randn(2, 4)), StyleGAN2ModulatedConvForm)
-        for mode in (None, "upsample", "downsample")
-    ] + [("no-demod-1x1", lambda: sg2.ModulatedConv2d(4, 3, 1, 4, demodulate=False), lambda: (torch.randn(2, 4, 5, 5), torch.randn(2, 4)), StyleGAN2ModulatedConvForm)],
-    "upfirdn2d": [
-        ("upsample", lambda: sg2.UpFirDnUpsample(), lambda: (torch.randn(2, 3, 5, 6),), UpFirDn2d),
-        ("downsample", lambda: sg2.UpFirDnDownsample(), lambda: (torch.randn(2, 3, 8, 7),), UpFirDn2d),
-        ("smooth-up", lambda: sg2.UpFirDnSmooth(upsample_factor=2, kernel_size=3), lambda: (torch.randn(2, 3, 9, 9),), UpFirDn2d),
-        ("smooth-down-k5", lambda: sg2.UpFirDnSmooth((1, 2, 3, 2, 1), downsample_factor=2, kernel_size=3), lambda: (torch.randn(2, 3, 8, 8),), UpFirDn2d),
-    ],
-    "fused_leaky_relu": [
-        ("4d", lambda: sg2.FusedLeakyReLU(5), lambda: (torch.randn(2, 5, 4, 3),), BiasLeakyReLU),
-        ("2d", lambda: sg2.FusedLeakyReLU(5, negative_slope=0.1, scale=1.5), lambda: (torch.randn(3, 5),), BiasLeakyReLU),
-    ],
-    "scaled_equal_linear": [
-        ("plain", lambda: sg2.EqualLinear(6, 4, bias_init_val=1), lambda: (torch.randn(2, 6),), ScaledLinear),
-        ("fused-lrelu", lambda: sg2.EqualLinear(6, 4, lr_mul=0.01, activation="fused_lrelu"), lambda: (torch.randn(2, 6),), ScaledLinear),
-        ("no-bias", lambda: sg2.EqualLinear(6, 4, bias=False), lambda: (torch.randn(2, 6),), ScaledLinear),
-    ],
-    "style_conv_noise": [
-        ("clean-up", lambda: sg2.CleanStyleConv(3, 4, 3, 5, sample_mode="upsample"), lambda: (torch.randn(2, 3, 6, 6), torch.randn(2, 5), torch.randn(2, 1, 12, 12)), NoisyStyleConv),
-        ("basicsr-up", lambda: sg2.StyleConv(3, 4, 3, 5, sample_mode="upsample"), lambda: (torch.randn(2, 3, 6, 6), torch.randn(2, 5), torch.randn(1, 1, 12, 12)), NoisyStyleConv),
-        ("basicsr-same", lambda: sg2.StyleConv(4, 4, 3, 5), lambda: (torch.randn(2, 4, 6, 6), torch.randn(2, 5), torch.randn(2, 1, 6, 6)), NoisyStyleConv),
-    ],
-})
+RULE_CASES.update(
+    {
+        "stylegan2_clean_modulated_conv": [
+            (
+                mode or "same",
+                lambda mode=mode: sg2.CleanModulatedConv2d(3, 5, 3, 4, sample_mode=mode),
+                lambda: (torch.randn(2, 3, 8, 8), torch.randn(2, 4)),
+                StyleGAN2ModulatedConvForm,
+            )
+            for mode in (None, "upsample", "downsample")
+        ]
+        + [
+            (
+                "no-demod-1x1",
+                lambda: sg2.CleanModulatedConv2d(4, 3, 1, 4, demodulate=False),
+                lambda: (torch.randn(2, 4, 5, 5), torch.randn(2, 4)),
+                StyleGAN2ModulatedConvForm,
+            )
+        ],
+        "stylegan2_modulated_conv": [
+            (
+                mode or "same",
+                lambda mode=mode: sg2.ModulatedConv2d(3, 5, 3, 4, sample_mode=mode),
+                lambda: (torch.randn(2, 3, 8, 8), torch.randn(2, 4)),
+                StyleGAN2ModulatedConvForm,
+            )
+            for mode in (None, "upsample", "downsample")
+        ]
+        + [
+            (
+                "no-demod-1x1",
+                lambda: sg2.ModulatedConv2d(4, 3, 1, 4, demodulate=False),
+                lambda: (torch.randn(2, 4, 5, 5), torch.randn(2, 4)),
+                StyleGAN2ModulatedConvForm,
+            )
+        ],
+        "upfirdn2d": [
+            ("upsample", lambda: sg2.UpFirDnUpsample(), lambda: (torch.randn(2, 3, 5, 6),), UpFirDn2d),
+            ("downsample", lambda: sg2.UpFirDnDownsample(), lambda: (torch.randn(2, 3, 8, 7),), UpFirDn2d),
+            ("smooth-up", lambda: sg2.UpFirDnSmooth(upsample_factor=2, kernel_size=3), lambda: (torch.randn(2, 3, 9, 9),), UpFirDn2d),
+            (
+                "smooth-down-k5",
+                lambda: sg2.UpFirDnSmooth((1, 2, 3, 2, 1), downsample_factor=2, kernel_size=3),
+                lambda: (torch.randn(2, 3, 8, 8),),
+                UpFirDn2d,
+            ),
+        ],
+        "fused_leaky_relu": [
+            ("4d", lambda: sg2.FusedLeakyReLU(5), lambda: (torch.randn(2, 5, 4, 3),), BiasLeakyReLU),
+            ("2d", lambda: sg2.FusedLeakyReLU(5, negative_slope=0.1, scale=1.5), lambda: (torch.randn(3, 5),), BiasLeakyReLU),
+        ],
+        "scaled_equal_linear": [
+            ("plain", lambda: sg2.EqualLinear(6, 4, bias_init_val=1), lambda: (torch.randn(2, 6),), ScaledLinear),
+            (
+                "fused-lrelu",
+                lambda: sg2.EqualLinear(6, 4, lr_mul=0.01, activation="fused_lrelu"),
+                lambda: (torch.randn(2, 6),),
+                ScaledLinear,
+            ),
+            ("no-bias", lambda: sg2.EqualLinear(6, 4, bias=False), lambda: (torch.randn(2, 6),), ScaledLinear),
+        ],
+        "style_conv_noise": [
+            (
+                "clean-up",
+                lambda: sg2.CleanStyleConv(3, 4, 3, 5, sample_mode="upsample"),
+                lambda: (torch.randn(2, 3, 6, 6), torch.randn(2, 5), torch.randn(2, 1, 12, 12)),
+                NoisyStyleConv,
+            ),
+            (
+                "basicsr-up",
+                lambda: sg2.StyleConv(3, 4, 3, 5, sample_mode="upsample"),
+                lambda: (torch.randn(2, 3, 6, 6), torch.randn(2, 5), torch.randn(1, 1, 12, 12)),
+                NoisyStyleConv,
+            ),
+            (
+                "basicsr-same",
+                lambda: sg2.StyleConv(4, 4, 3, 5),
+                lambda: (torch.randn(2, 4, 6, 6), torch.randn(2, 5), torch.randn(2, 1, 6, 6)),
+                NoisyStyleConv,
+            ),
+        ],
+    }
+)
 
 
 def test_every_registered_rule_has_cases():

@@ -12,6 +12,7 @@ import warnings
 import pytest
 import torch
 import torch.nn as nn
+
 from modconv_export import RewriteError, rewrite_model
 from modconv_export.layers.stylegan2_forms import ZERO_NOISE_NOTE, BiasLeakyReLU, NoisyStyleConv, StyleGAN2ModulatedConvForm, UpFirDn2d
 
@@ -90,25 +91,61 @@ def _upstream_cases():
     x8, s16 = (lambda: torch.randn(2, 6, 8, 8)), (lambda: torch.randn(2, 16))
     clean, bsr = "stylegan2_clean_arch", "stylegan2_arch"
     cases = []
-    for mode, out in ((None, 8), ("upsample", 16), ("downsample", 4)):
+    for mode, _out in ((None, 8), ("upsample", 16), ("downsample", 4)):
         name = mode or "same"
         cases += [
-            (f"clean-modconv-{name}", clean, lambda a, m=mode: a.ModulatedConv2d(6, 5, 3, 16, sample_mode=m), lambda: (x8(), s16()), "stylegan2_clean_modulated_conv"),
-            (f"basicsr-modconv-{name}", bsr, lambda a, m=mode: a.ModulatedConv2d(6, 5, 3, 16, sample_mode=m), lambda: (x8(), s16()), "stylegan2_modulated_conv"),
+            (
+                f"clean-modconv-{name}",
+                clean,
+                lambda a, m=mode: a.ModulatedConv2d(6, 5, 3, 16, sample_mode=m),
+                lambda: (x8(), s16()),
+                "stylegan2_clean_modulated_conv",
+            ),
+            (
+                f"basicsr-modconv-{name}",
+                bsr,
+                lambda a, m=mode: a.ModulatedConv2d(6, 5, 3, 16, sample_mode=m),
+                lambda: (x8(), s16()),
+                "stylegan2_modulated_conv",
+            ),
         ]
     for mode, out in ((None, 8), ("upsample", 16)):
         noise = lambda o=out: torch.randn(2, 1, o, o)  # noqa: E731
         cases += [
-            (f"clean-styleconv-{mode}", clean, lambda a, m=mode: a.StyleConv(6, 5, 3, 16, sample_mode=m), lambda n=noise: (x8(), s16(), n()), "style_conv_noise"),
-            (f"basicsr-styleconv-{mode}", bsr, lambda a, m=mode: a.StyleConv(6, 5, 3, 16, sample_mode=m), lambda n=noise: (x8(), s16(), n()), "style_conv_noise"),
+            (
+                f"clean-styleconv-{mode}",
+                clean,
+                lambda a, m=mode: a.StyleConv(6, 5, 3, 16, sample_mode=m),
+                lambda n=noise: (x8(), s16(), n()),
+                "style_conv_noise",
+            ),
+            (
+                f"basicsr-styleconv-{mode}",
+                bsr,
+                lambda a, m=mode: a.StyleConv(6, 5, 3, 16, sample_mode=m),
+                lambda n=noise: (x8(), s16(), n()),
+                "style_conv_noise",
+            ),
         ]
     cases += [
         ("basicsr-torgb-skip", bsr, lambda a: a.ToRGB(6, 16), lambda: (x8(), s16(), torch.randn(2, 3, 4, 4)), "upfirdn2d"),
         ("basicsr-upsample", bsr, lambda a: a.UpFirDnUpsample((1, 3, 3, 1)), lambda: (x8(),), "upfirdn2d"),
         ("basicsr-downsample", bsr, lambda a: a.UpFirDnDownsample((1, 3, 3, 1)), lambda: (x8(),), "upfirdn2d"),
-        ("basicsr-smooth-down-1x1", bsr, lambda a: a.UpFirDnSmooth((1, 3, 3, 1), downsample_factor=2, kernel_size=1), lambda: (x8(),), "upfirdn2d"),
+        (
+            "basicsr-smooth-down-1x1",
+            bsr,
+            lambda a: a.UpFirDnSmooth((1, 3, 3, 1), downsample_factor=2, kernel_size=1),
+            lambda: (x8(),),
+            "upfirdn2d",
+        ),
         ("basicsr-equal-linear", bsr, lambda a: a.EqualLinear(16, 6, bias_init_val=1), lambda: (s16(),), "scaled_equal_linear"),
-        ("basicsr-equal-linear-fused", bsr, lambda a: a.EqualLinear(16, 6, lr_mul=0.01, activation="fused_lrelu"), lambda: (s16(),), "scaled_equal_linear"),
+        (
+            "basicsr-equal-linear-fused",
+            bsr,
+            lambda a: a.EqualLinear(16, 6, lr_mul=0.01, activation="fused_lrelu"),
+            lambda: (s16(),),
+            "scaled_equal_linear",
+        ),
     ]
     return cases
 

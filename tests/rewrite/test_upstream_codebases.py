@@ -24,6 +24,7 @@ import sys
 import onnx
 import pytest
 import torch
+
 from modconv_export import export_onnx, export_torchscript, make_exportable, rewrite_report
 from modconv_export.export.checks import computed_conv_weights, conv_nodes
 from modconv_export.rewrite import registry
@@ -114,7 +115,9 @@ def test_cli_exports_a_pickled_generator(generator, tmp_path):
     # the upstream import-time stubs (CUDA builds, requests) reach the subprocess as a sitecustomize
     site = tmp_path / "site"
     site.mkdir()
-    (site / "sitecustomize.py").write_text(f"import sys\nsys.path.insert(0, {str(WRAPPERS)!r})\nimport stylegan2_wrappers\nstylegan2_wrappers.install_stubs()\n")
+    (site / "sitecustomize.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(WRAPPERS)!r})\nimport stylegan2_wrappers\nstylegan2_wrappers.install_stubs()\n"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run(
         [sys.executable, "-m", "modconv_export", str(tmp_path / f"{name}.pt"), str(tmp_path / "out.onnx"), "--trust-pickle",

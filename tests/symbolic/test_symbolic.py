@@ -12,6 +12,7 @@ import onnxscript.optimizer
 import pytest
 import torch
 import torch.nn as nn
+
 from modconv_export import LoweringError, export_onnx, register_function_lowering, unregister_function_lowering
 from modconv_export.export.checks import conv_nodes, non_standard_ops
 from modconv_export.layers.seed import Blur, BlurFunction
@@ -51,8 +52,10 @@ def test_legacy_symbolic_for_unrewritten_seed_blur_without_inlining():
     model = TwoBlurs().eval()
     x = torch.randn(2, 4, 6, 6)
     # Without the toolkit, a Function without symbolic cannot be exported when inlining is off.
-    with pytest.raises(Exception):
-        torch.onnx.export(model, (x,), io.BytesIO(), dynamo=False, autograd_inlining=False, operator_export_type=torch.onnx.OperatorExportTypes.ONNX)
+    with pytest.raises(Exception):  # noqa: B017 (any exporter error is the point)
+        torch.onnx.export(
+            model, (x,), io.BytesIO(), dynamo=False, autograd_inlining=False, operator_export_type=torch.onnx.OperatorExportTypes.ONNX
+        )
         raise AssertionError("exported a PythonOp")  # pragma: no cover  (ensures the block fails either way)
     assert BlurFunction not in [lw.function for lw in lowerings_for(model, (x,))]  # nothing says which modules are blurs
     lowerings = lowerings_for(model, (x,), registered_rule("blur").looks_like)

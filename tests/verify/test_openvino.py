@@ -12,6 +12,8 @@ import sys
 
 import pytest
 import torch
+from torch import nn
+
 from modconv_export import export_onnx
 from modconv_export.verify import check_parity, resolve_tolerance
 from modconv_export.verify import openvino_options as ovo
@@ -19,7 +21,6 @@ from modconv_export.verify.metrics import compare
 from modconv_export.verify.openvino_runner import OpenVINORunner
 from modconv_export.verify.runners import RunnerUnavailable
 from modconv_export.verify.tolerances import BF16_MIN_PSNR, BF16_REL_L2
-from torch import nn
 
 from helpers import TinyDecoder, randomize, tiny_inputs
 
@@ -53,7 +54,12 @@ def tiny(tmp_path_factory):
     model = randomize(TinyDecoder(), seed=0)
     args = tiny_inputs(2, 1)
     d = tmp_path_factory.mktemp("openvino")
-    return model, args, export_onnx(model, args, d / "tiny.onnx", exporter="torchscript"), export_onnx(randomize(TinyDecoder(), seed=5), args, d / "other.onnx", exporter="torchscript")
+    return (
+        model,
+        args,
+        export_onnx(model, args, d / "tiny.onnx", exporter="torchscript"),
+        export_onnx(randomize(TinyDecoder(), seed=5), args, d / "other.onnx", exporter="torchscript"),
+    )
 
 
 @needs_openvino
@@ -149,7 +155,9 @@ def test_without_openvino_the_rows_say_how_to_install_it(tiny, monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
     report = check_parity(model, args, onnx_path=path, providers=("cpu", "openvino", "openvino-bf16"))
     ov_rows = [r for r in report.rows if r.backend.startswith("openvino")]
-    assert len(ov_rows) == 2 and all(r.status == "not run" and "OpenVINO not installed" in r.reason and "[openvino]" in r.reason for r in ov_rows)
+    assert len(ov_rows) == 2 and all(
+        r.status == "not run" and "OpenVINO not installed" in r.reason and "[openvino]" in r.reason for r in ov_rows
+    )
     assert report.passed and report.versions["openvino"]
 
 

@@ -16,13 +16,24 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn as nn
+from onnx import numpy_helper
+
 from modconv_export import ModconvExportError, export_onnx, export_torchscript, make_exportable
 from modconv_export.export.checks import conv_nodes
 from modconv_export.layers.seed import Blur, ModulatedConv2d
-from modconv_export.verify import DEFAULT_REL_L2, EagerRunner, OnnxRuntimeRunner, ParityReport, RunnerUnavailable, TorchScriptRunner, check_parity, compare, resolve_tolerance
+from modconv_export.verify import (
+    DEFAULT_REL_L2,
+    EagerRunner,
+    OnnxRuntimeRunner,
+    ParityReport,
+    RunnerUnavailable,
+    TorchScriptRunner,
+    check_parity,
+    compare,
+    resolve_tolerance,
+)
 from modconv_export.verify.report import ParityRow
 from modconv_export.verify.testing import assert_parity
-from onnx import numpy_helper
 
 LATENT = 16
 CUDA_HERE = torch.cuda.is_available()
@@ -66,7 +77,9 @@ def files(model, args, tmp_path_factory) -> dict:
         "torchscript": export_torchscript(model, args, d / "model.pt"),
         "other_seed": export_onnx(build(1), args, d / "other_seed.onnx", exporter="torchscript"),
         "fixed_batch": export_onnx(model, args, d / "fixed.onnx", exporter="torchscript", dynamic_batch=False),
-        "fp16": export_onnx(make_exportable(model).half(), tuple(a.half() for a in args), d / "fp16.onnx", exporter="torchscript", rewrite=False),
+        "fp16": export_onnx(
+            make_exportable(model).half(), tuple(a.half() for a in args), d / "fp16.onnx", exporter="torchscript", rewrite=False
+        ),
     }
 
 
@@ -262,7 +275,9 @@ def test_make_inputs_callable_and_seeds(model, args, files):
     assert report.passed, report.format_table()
     assert [b for b, _ in calls] == [1, 3] and len({s for _, s in calls}) == 2
     again = check_parity(model, args, onnx_path=files["legacy"], providers=("cpu",), seed=5)
-    assert [r.rel_l2 for r in again.rows] == [r.rel_l2 for r in check_parity(model, args, onnx_path=files["legacy"], providers=("cpu",), seed=5).rows]
+    assert [r.rel_l2 for r in again.rows] == [
+        r.rel_l2 for r in check_parity(model, args, onnx_path=files["legacy"], providers=("cpu",), seed=5).rows
+    ]
 
 
 def test_usage_errors(model, args, tmp_path):

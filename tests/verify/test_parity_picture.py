@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+
 from modconv_export.verify import ImageSample, MissingExtraError, ParityRow, write_report_image
 from modconv_export.verify.picture import LINE, PAD, TILE, report_image_size
 

@@ -36,7 +36,17 @@ from .facts import analyze
 from .grouped_conv import find_grouped_convs, rewrite_grouped_conv
 from .noise import zero_gaussian_draws
 
-__all__ = ["CaptureError", "GraphCapture", "GraphExportForm", "GRAPH_RULES", "HALF_TOLERANCE", "PROBE_BATCH", "captured_form", "half_form", "rewrite_graph"]
+__all__ = [
+    "CaptureError",
+    "GraphCapture",
+    "GraphExportForm",
+    "GRAPH_RULES",
+    "HALF_TOLERANCE",
+    "PROBE_BATCH",
+    "captured_form",
+    "half_form",
+    "rewrite_graph",
+]
 
 #: Batch size of the probe run that proves each replacement (distinct from the capture's 2).
 PROBE_BATCH = 3
@@ -80,7 +90,13 @@ def rewrite_graph(model: nn.Module, args: tuple, report: Any) -> GraphExportForm
     gm = captured.module
     draws = zero_gaussian_draws(gm.graph)
     for path, op in draws:
-        report.notes.append((path, GRAPH_RULES["noise"], f"draws Gaussian noise ({op}); the export adds zero noise there (pass noise explicitly to keep other values)"))
+        report.notes.append(
+            (
+                path,
+                GRAPH_RULES["noise"],
+                f"draws Gaussian noise ({op}); the export adds zero noise there (pass noise explicitly to keep other values)",
+            )
+        )
     facts = analyze(gm.graph)
     convs, misses = find_grouped_convs(gm.graph, facts, captured.symbol)
     report.near_misses.extend((path, GRAPH_RULES["conv"], reason) for path, reason, _ in misses)
@@ -100,7 +116,9 @@ def rewrite_graph(model: nn.Module, args: tuple, report: Any) -> GraphExportForm
                 reference = expected if batch == PROBE_BATCH else _flat(gm(*inputs))
                 error = _compare(reference, _flat(model(*inputs)))
                 if not error <= GRAPH_TOLERANCE:
-                    raise RewriteError(f"the model's graph, generalised from fixed batch sizes, does not reproduce it at batch size {batch} (relative L2 {error:.2e})")
+                    raise RewriteError(
+                        f"the model's graph, generalised from fixed batch sizes, does not reproduce it at batch size {batch} (relative L2 {error:.2e})"
+                    )
 
     failed = []
     for site in convs:
@@ -155,5 +173,7 @@ def half_form(form: GraphExportForm, args: tuple) -> GraphExportForm:
         raise RewriteError("in float16 the model's outputs are not finite on the probe inputs")
     error = _compare(actual, expected)
     if not error <= HALF_TOLERANCE:
-        raise RewriteError(f"in float16 the model's outputs differ from float32 by relative L2 {error:.2e} on the probe (limit {HALF_TOLERANCE:.0e})")
+        raise RewriteError(
+            f"in float16 the model's outputs differ from float32 by relative L2 {error:.2e} on the probe (limit {HALF_TOLERANCE:.0e})"
+        )
     return half

@@ -47,7 +47,9 @@ def _is_identity(node: fx.Node) -> bool:
     if node.target not in _IDENTITY_OPS or not isinstance(node.args[0], fx.Node) or node.args[0].op != "get_attr":
         return False
     before, after = node.args[0].meta.get("val"), node.meta.get("val")
-    return isinstance(before, torch.Tensor) and isinstance(after, torch.Tensor) and before.dtype == after.dtype and before.shape == after.shape
+    return (
+        isinstance(before, torch.Tensor) and isinstance(after, torch.Tensor) and before.dtype == after.dtype and before.shape == after.shape
+    )
 
 
 def _is_conv_weight(node: fx.Node) -> bool:

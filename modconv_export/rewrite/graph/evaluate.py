@@ -8,7 +8,8 @@ for some nodes (e.g. ones for the per-sample factors of a modulated weight) -- w
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.fx as fx

@@ -9,8 +9,9 @@ evaluated once and stored (a scaled, flipped or transposed kernel). Random ops a
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 import torch.fx as fx

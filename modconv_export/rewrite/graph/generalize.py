@@ -93,7 +93,9 @@ def generalize(module: fx.GraphModule, other: fx.GraphModule, sizes: tuple[int, 
     for i, (a, b) in enumerate(zip(nodes, others)):
         if a.op != b.op or a.target != b.target:
             where = _where(a) if a.op != "output" else _where(nodes[i - 1])
-            raise RewriteError(f"the model computes differently at batch sizes {sizes[0]} and {sizes[1]} (from {where}): its batch cannot be made dynamic")
+            raise RewriteError(
+                f"the model computes differently at batch sizes {sizes[0]} and {sizes[1]} (from {where}): its batch cannot be made dynamic"
+            )
         found: list = []
         try:
             args = _compare(a.args, b.args, mapping, sizes, found)

@@ -152,7 +152,9 @@ def _channel_index(kernel: torch.Tensor, groups: int, transposed: bool) -> tuple
     return (r // (rows // groups)) * cols + c, r  # weight [C_out, C_in / groups, *k]
 
 
-def _role(weights: torch.Tensor, kernel: torch.Tensor, factor: torch.Tensor, index: dict[str, torch.Tensor], widths: dict[str, int]) -> str | None:
+def _role(
+    weights: torch.Tensor, kernel: torch.Tensor, factor: torch.Tensor, index: dict[str, torch.Tensor], widths: dict[str, int]
+) -> str | None:
     """Whether ``weights`` (``[B, *kernel.shape]``) equal ``kernel`` scaled by ``factor`` per input channel,
     per output channel or as a whole; ``None`` when none of these holds.
 
@@ -280,7 +282,16 @@ def rewrite_grouped_conv(gm: fx.GraphModule, site: GroupedConv, values: dict[fx.
         if call.transposed:
             conv = build(transposed, folded, const, None, call.stride, call.padding, call.output_padding, groups, call.dilation)
         else:
-            conv = build(plain_padding if isinstance(call.padding, str) else plain, folded, const, None, call.stride, call.padding, call.dilation, groups)
+            conv = build(
+                plain_padding if isinstance(call.padding, str) else plain,
+                folded,
+                const,
+                None,
+                call.stride,
+                call.padding,
+                call.dilation,
+                groups,
+            )
         demod = _scale(build, roles["out"] + roles["scalar"], out.dtype)
         if demod is not None:
             width = c_out if roles["out"] else 1

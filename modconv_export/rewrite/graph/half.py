@@ -91,7 +91,8 @@ def to_half_graph(gm: fx.GraphModule) -> fx.GraphModule:
         if node.op == "get_attr":
             continue
         if node.op == "output":
-            def to_float(value: Any) -> Any:
+
+            def to_float(value: Any, node: fx.Node = node) -> Any:
                 if isinstance(value, fx.Node) and dtype.get(value) == _HALF:
                     return _cast(graph, value, _FLOAT, node, casts)
                 return value
@@ -109,7 +110,7 @@ def to_half_graph(gm: fx.GraphModule) -> fx.GraphModule:
             wanted = _HALF if any(dtype.get(n) == _HALF for n in inputs) else _FLOAT
         dtype[node] = wanted
 
-        def convert(value: Any) -> Any:
+        def convert(value: Any, node: fx.Node = node, wanted: torch.dtype = wanted) -> Any:
             if not isinstance(value, fx.Node) or not _float_value(value):
                 return value
             if value.op == "get_attr":

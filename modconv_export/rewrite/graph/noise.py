@@ -36,7 +36,9 @@ def zero_gaussian_draws(graph: fx.Graph) -> list[tuple[str, str]]:
                 kwargs = {k: v for k, v in node.kwargs.items() if k in ("dtype", "layout", "device", "pin_memory")}
                 zeros = graph.call_function(aten.zeros.default, (node.args[0],), kwargs)
             else:
-                raise RewriteError(f"{module_path(node) or 'the model'} draws random numbers ({target_name(node)}) that an export cannot reproduce")
+                raise RewriteError(
+                    f"{module_path(node) or 'the model'} draws random numbers ({target_name(node)}) that an export cannot reproduce"
+                )
         zeros.meta.update({k: node.meta[k] for k in ("nn_module_stack", "stack_trace", "val") if k in node.meta})
         node.replace_all_uses_with(zeros)
         graph.erase_node(node)

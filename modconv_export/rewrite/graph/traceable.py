@@ -11,7 +11,8 @@ plain convolution it is, so a saved file needs nothing from this package.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -70,7 +71,12 @@ def _select_scatter(input: torch.Tensor, src: torch.Tensor, dim: int, index: int
 
 
 #: ATen ops the legacy exporter cannot convert, as the Python it can.
-_AS_PYTHON = {aten._to_copy.default: _cast, aten.copy.default: _copy, aten.slice_scatter.default: _slice_scatter, aten.select_scatter.default: _select_scatter}
+_AS_PYTHON = {
+    aten._to_copy.default: _cast,
+    aten.copy.default: _copy,
+    aten.slice_scatter.default: _slice_scatter,
+    aten.select_scatter.default: _select_scatter,
+}
 
 
 def _python_binding(target: Any) -> Callable | None:

@@ -27,7 +27,9 @@ def modconv_weight(module: nn.Module) -> torch.Tensor | None:
 
 
 def looks_like_modconv(module: nn.Module) -> bool:
-    return modconv_weight(module) is not None and isinstance(getattr(module, "modulation", None), nn.Module) and hasattr(module, "sample_mode")
+    return (
+        modconv_weight(module) is not None and isinstance(getattr(module, "modulation", None), nn.Module) and hasattr(module, "sample_mode")
+    )
 
 
 def style_width(modulation: nn.Module, out_features: int) -> int | None:

@@ -35,7 +35,12 @@ def looks_like_blur(module: nn.Module) -> bool:
     buffers = [b for b in module._buffers.values() if b is not None]
     kernels = _kernels(module)
     # every buffer a kernel of one common shape (the seed: weight and weight_flip), and a small one
-    return bool(kernels) and len(kernels) == len(buffers) and len({tuple(k.shape) for k in kernels}) == 1 and max(kernels[0].shape[-2:]) <= MAX_KERNEL
+    return (
+        bool(kernels)
+        and len(kernels) == len(buffers)
+        and len({tuple(k.shape) for k in kernels}) == 1
+        and max(kernels[0].shape[-2:]) <= MAX_KERNEL
+    )
 
 
 def _check(module: nn.Module) -> str | None:

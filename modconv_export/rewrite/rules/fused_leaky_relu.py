@@ -21,7 +21,9 @@ def _looks_like(module: nn.Module) -> bool:
     if isinstance(module, BiasLeakyReLU) or module._modules or module._buffers or set(module._parameters) != {"bias"}:
         return False
     bias = module._parameters["bias"]
-    return bias is not None and bias.dim() == 1 and number(getattr(module, "negative_slope", None)) and number(getattr(module, "scale", None))
+    return (
+        bias is not None and bias.dim() == 1 and number(getattr(module, "negative_slope", None)) and number(getattr(module, "scale", None))
+    )
 
 
 def _check(module: nn.Module) -> str | None:
