@@ -16,7 +16,17 @@ from ..errors import ExportError, MissingExtraError, ModconvExportError, UsageEr
 from ..families import registered_families
 from .console import PROG
 
-__all__ = ["build_parser", "check_targets", "parse_batch_sizes", "parse_input", "parse_providers", "real_path", "shape_text", "triton_name"]
+__all__ = [
+    "build_parser",
+    "check_targets",
+    "generator_options",
+    "parse_batch_sizes",
+    "parse_input",
+    "parse_providers",
+    "real_path",
+    "shape_text",
+    "triton_name",
+]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -114,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--atol", type=tolerance_value, metavar="X", help="absolute part of that element-wise check (alone: bounds the largest difference)"
     )
+    gen = p.add_argument_group("generator files (rosinality checkpoints, NVlabs pickles)")
+    gen.add_argument(
+        "--network", metavar="NAME", help="which network of a file that holds several (default: the file's own, g_ema / G_ema)"
+    )
+    gen.add_argument("--latent", choices=("z", "w"), default="z",
+                     help="z: mapping + synthesis on z [B, z_dim] (default); w: the synthesis network alone on ws [B, num_ws, w_dim]")  # fmt: skip
+    gen.add_argument("--truncation", metavar="PSI|input",
+                     help="truncation psi towards the file's average latent, baked in; 'input': psi a graph input truncation_psi [B] (default: psi = 1)")  # fmt: skip
     p.add_argument("--trust-pickle", action="store_true", help="allow a pickled module, under an allowlist (see below)")
     p.add_argument(
         "--import-path", action="append", default=[], metavar="DIR", help="directory to import a pickled model's classes from (repeatable)"
@@ -208,6 +226,21 @@ def parse_providers(text: str) -> tuple[str, ...]:
     except ModconvExportError:
         accepted = ", ".join(PROVIDERS[:-1]) + f" or {PROVIDERS[-1]}"
         raise UsageError(f"--providers takes {accepted}, comma-separated, got {text!r}") from None
+
+
+def generator_options(args: argparse.Namespace):
+    """``--network``, ``--latent`` and ``--truncation`` as :class:`~modconv_export.load.GeneratorOptions`."""
+    from ..load.options import GeneratorOptions, parse_truncation
+
+    truncation = None
+    if args.truncation is not None:
+        try:
+            truncation = parse_truncation(args.truncation)
+        except ValueError:
+            raise UsageError(f"--truncation takes a finite number (psi) or 'input', got {args.truncation!r}") from None
+    if args.network is not None and not args.network.strip():
+        raise UsageError("--network takes a network name, e.g. g_ema or G_ema")
+    return GeneratorOptions(network=args.network, latent=args.latent, truncation=truncation)
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:

@@ -29,7 +29,16 @@ from ..export import resolve_opset
 from ..export.metadata import graph_sha256, record_parity
 from ..load import load_model
 from . import steps
-from .arguments import build_parser, check_targets, parse_batch_sizes, parse_input, parse_providers, real_path, shape_text
+from .arguments import (
+    build_parser,
+    check_targets,
+    generator_options,
+    parse_batch_sizes,
+    parse_input,
+    parse_providers,
+    real_path,
+    shape_text,
+)
 from .console import PROG, Console, error, file_size
 from .inputs import outputs_of, resolve_inputs, run_eager
 
@@ -43,13 +52,16 @@ def _run(args: argparse.Namespace, console: Console, files: Outputs) -> int:
     parse_providers(args.providers)
     parse_batch_sizes(args.batch_sizes)
     check_targets(args)
+    generator = generator_options(args)
     resolve_opset(args.opset, args.exporter)  # a bad --opset fails now, not after loading
     for directory in reversed(args.import_path):  # keep the user's classes importable for the whole run (main restores)
         sys.path.insert(0, str(real_path(directory)))
 
     start = time.perf_counter()
     console.progress(f"loading {args.model} ...")
-    loaded = load_model(args.model, trust_pickle=args.trust_pickle, import_paths=args.import_path, allow_globals=args.allow_global)
+    loaded = load_model(
+        args.model, trust_pickle=args.trust_pickle, import_paths=args.import_path, allow_globals=args.allow_global, generator=generator
+    )
     console.say(f"loaded {args.model}: {loaded.describe()} in {time.perf_counter() - start:.1f} s")
     inputs = resolve_inputs(loaded, given)
     outputs = outputs_of(run_eager(loaded.module, inputs))

@@ -6,5 +6,6 @@ pickled modules under the allowlist of :mod:`.allowlist`, whose globals :mod:`.p
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .loader import LoadedModel, load_model
+from .options import GeneratorOptions
 
-__all__ = ["LoadedModel", "load_checkpoint", "load_model", "save_checkpoint"]
+__all__ = ["GeneratorOptions", "LoadedModel", "load_checkpoint", "load_model", "save_checkpoint"]
