@@ -35,6 +35,7 @@ from .evaluate import record
 from .facts import analyze
 from .grouped_conv import find_grouped_convs, rewrite_grouped_conv
 from .noise import zero_gaussian_draws
+from .selections import push_selections
 
 __all__ = [
     "CaptureError",
@@ -98,6 +99,8 @@ def rewrite_graph(model: nn.Module, args: tuple, report: Any) -> GraphExportForm
             )
         )
     facts = analyze(gm.graph)
+    if push_selections(gm.graph, facts):  # (K * s)[:, :out, :in] -> K[:, :out, :in] * s[:, :, :in]
+        facts = analyze(gm.graph)
     convs, misses = find_grouped_convs(gm.graph, facts, captured.symbol)
     report.near_misses.extend((path, GRAPH_RULES["conv"], reason) for path, reason, _ in misses)
     blocking = [(path, reason) for path, reason, blocks in misses if blocks]

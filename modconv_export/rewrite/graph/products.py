@@ -7,6 +7,11 @@ from a value through multiplications, divisions and layout ops and returns the *
 meets: the value-dependent nodes that are not themselves products. Everything else on the way (constant
 kernels, scales, shape arithmetic) is left to :func:`~.evaluate.evaluate`, so the walk needs no knowledge
 of how a codebase spells its reshapes: the numbers decide what each factor multiplies.
+
+A *selection* (:data:`SELECTIONS`: ``s[:, :, :in]``, ``narrow``, ``select``, ``index_select``) is where the
+walk stops: the selected value is the factor (a sliced style has the conv's own width; the value it was
+cut from does not), unless it keeps every element (``x[:, :]``, :func:`is_whole_slice`). A selection of a
+product is pushed into its operands first (:mod:`.selections`).
 """
 
 from __future__ import annotations
@@ -15,12 +20,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
+from torch.fx.operator_schemas import normalize_function
 
 from .facts import GraphFacts
 
 aten = torch.ops.aten
 
-__all__ = ["Factor", "product_factors"]
+__all__ = ["LAYOUT_OPS", "SELECTIONS", "Factor", "is_whole_slice", "product_factors", "recorded_shape", "selection_arguments"]
 
 #: Ops that rearrange, select or copy elements of their first argument without mixing them: a product
 #: stays a product through them, with the factors rearranged the same way.
@@ -45,13 +51,38 @@ LAYOUT_OPS = {
     aten.to.dtype,
     aten.to.dtype_layout,
     aten.lift_fresh_copy.default,
-    aten.slice.Tensor,
-    aten.select.int,
-    aten.narrow.default,
     aten.mul.Scalar,
     aten.div.Scalar,
     aten.neg.default,
 }
+
+#: Ops that keep some elements of their first argument along one axis (``dim``, their second argument).
+SELECTIONS = frozenset({aten.slice.Tensor, aten.narrow.default, aten.select.int, aten.index_select.default})
+#: The ``end`` torch writes for an open slice (``x[2:]``): ``sys.maxsize``.
+_OPEN_END = 2**63 - 1
+
+
+def selection_arguments(node: fx.Node) -> list:
+    """A selection's arguments in schema order with defaults filled in (``slice(x)``: ``[x, 0, None, None, 1]``)."""
+    normalized = normalize_function(node.target, node.args, node.kwargs, normalize_to_only_use_kwargs=True)
+    return list(normalized.kwargs.values()) if normalized is not None else list(node.args)
+
+
+def recorded_shape(node: object) -> tuple | None:
+    """The shape recorded for ``node`` at capture (sizes may be symbolic), or ``None``."""
+    value = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else None
+
+
+def is_whole_slice(node: fx.Node) -> bool:
+    """``x[:, :]``: a slice that keeps every element (export writes one for each ``:`` before an index)."""
+    if node.op != "call_function" or node.target is not aten.slice.Tensor:
+        return False
+    _, dim, start, end, step = selection_arguments(node)
+    shape = recorded_shape(node.args[0])
+    size = shape[dim % len(shape)] if shape and isinstance(dim, int) else None
+    open_end = end is None or (isinstance(end, int) and (end >= _OPEN_END or (isinstance(size, int) and end >= size)))
+    return start in (None, 0) and step == 1 and open_end
 
 
 @dataclass(frozen=True)
@@ -115,7 +146,7 @@ def product_factors(root: fx.Node, facts: GraphFacts) -> list[Factor] | str:
                 stack.append((numerator, sign))
             if isinstance(denominator, fx.Node):
                 stack.append((denominator, -sign))
-        elif target in LAYOUT_OPS:
+        elif target in LAYOUT_OPS or is_whole_slice(node):
             if isinstance(node.args[0], fx.Node):
                 stack.append((node.args[0], sign))
         elif (power := _integer_power(node)) is not None:
