@@ -18,6 +18,7 @@ from ..errors import ExportError, RewriteError
 from ..layers.graph_form import GraphExportForm
 from ..rewrite import RewriteReport, copy_module, rewrite_model
 from ..rewrite.graph import captured_form, half_form, rewrite_graph
+from ..rewrite.recorded import failing_module
 from ..symbolic import lowerings_installed, registered_lowerings
 from ..symbolic.install import function_of_op
 
@@ -43,13 +44,42 @@ class Prepared:
     fp32: nn.Module | None = None
 
 
+def _shapes(args: tuple) -> list[tuple]:
+    return [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
+
+
 def _run_eager(module: nn.Module, args: tuple) -> Any:
     try:
         with torch.no_grad():
             return module(*args)
     except Exception as exc:
+        raise ExportError(f"the model rejects the example inputs {_shapes(args)}: {first_line(exc)}") from exc
+
+
+def _accepts(model: nn.Module, args: tuple) -> bool:
+    try:
+        with torch.no_grad():
+            copy_module(model).eval()(*args)
+    except Exception:
+        return False
+    return True
+
+
+def _run_rewritten(module: nn.Module, model: nn.Module, args: tuple, report: RewriteReport | None) -> Any:
+    """:func:`_run_eager` on the module rules' result; where it fails on inputs the user's ``model`` accepts,
+    the error says that the rewrite is at fault and names the first rule applied where it fails."""
+    try:
+        return _run_eager(module, args)
+    except ExportError as exc:
+        if report is None or not report.rewritten or not _accepts(model, args):
+            raise
+        path = failing_module(module, args)
+        culprit = report.first_rewrite_at(path) if path is not None else None
+        where = f" in {path or '<root>'}" if path is not None else ""
+        blame = f"; the module rule {culprit[1]} rewrote {culprit[0] or '<root>'} first there" if culprit else ""
         raise ExportError(
-            f"the model rejects the example inputs {[tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]}: {first_line(exc)}"
+            f"the rewritten model (not the model itself, which accepts them) rejects the example inputs {_shapes(args)}{where}: "
+            f"{first_line(exc.__cause__ or exc)}{blame}"
         ) from exc
 
 
@@ -79,10 +109,10 @@ def prepare_export(
     if isinstance(model, GraphExportForm):  # prepared earlier: exported as it is
         return Prepared(model, args, _run_eager(model, args), None, source=model, fp32=None if precision == "fp16" else model)
     if rewrite:
-        module, report = rewrite_model(model, strict=strict)
+        module, report = rewrite_model(model, strict=strict, example_inputs=args, graph=False)
     else:
         module, report = copy_module(model).eval(), None
-    _run_eager(module, args)  # a model that rejects its inputs says so before the slower capture
+    _run_rewritten(module, model, args, report)  # a model that rejects its inputs says so before the slower capture
     if not rewrite and precision == "fp32":
         return Prepared(module, args, _run_eager(module, args), None, source=module, fp32=module)
     # The capture traces through every autograd Function's forward, except those the user registered an

@@ -1,14 +1,17 @@
-"""Applies the registered rules to a model: a deep copy, children first, each replacement self-checked.
+"""Applies the registered rules to a model: a deep copy, children first, each replacement proven on numbers.
 
 Children are rewritten before their parent, so a parent rule (the modulated conv) receives children
 that are already in export form (its folded style MLP, its depthwise blur) and simply keeps them.
-Every replacement that declares probe inputs is run against the module it replaces; a replacement
-that disagrees is rejected and reported as a near miss rather than silently changing the model.
+Every replacement of a rule with a probe is run against the module it replaces on the inputs the model
+gives that module -- recorded from one forward pass of the whole model on the example inputs
+(:mod:`.recorded`) -- or, for a module that pass did not reach, on the rule's synthetic probe inputs. A
+replacement that disagrees is rejected and reported as a near miss rather than silently changing the model.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,11 +21,14 @@ import torch.nn as nn
 
 from .._util import as_tuple, exception_line, relative_l2
 from ..errors import RewriteError
+from .recorded import ModuleCall, Recording, is_plain_torch, record_calls
 from .registry import Replacement, Rule, registered_rules
 
 __all__ = ["RewriteReport", "copy_module", "rewrite_model", "make_exportable", "rewrite_report"]
 
 _REPORT_ATTR = "_modconv_export_report"
+#: Batch size of the forward pass the module rules' inputs are recorded from.
+RECORD_BATCH = 2
 
 
 @dataclass
@@ -34,6 +40,9 @@ class RewriteReport:
     #: (path, rule, note): what a user should know about a replacement (its :class:`Replacement` note), e.g.
     #: that random noise became zero noise or that the original could not be run for the probe.
     notes: list[tuple[str, str, str]] = field(default_factory=list)
+    #: (path, rule, inputs): what each module rule's replacement was compared on -- ``"recorded"`` (the
+    #: inputs the model gives the module), ``"synthetic"`` (built from its parameters) or ``"none"``.
+    proofs: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def paths(self) -> list[str]:
@@ -52,6 +61,17 @@ class RewriteReport:
     def describe_near_misses(self) -> list[str]:
         return [f"{path or '<root>'}: looks like {rule} but {reason}" for path, rule, reason in self.near_misses]
 
+    def first_rewrite_at(self, path: str) -> tuple[str, str] | None:
+        """``(path, rule)``: the first module rule applied to the module at ``path``, else to the nearest module
+        around it, else to one inside it -- where to look when the rewritten model fails at ``path``."""
+        applied = [(p, r) for p, r in self.rewritten if not r.startswith("graph:")]
+        around = [(p, r) for p, r in applied if p == "" or path == p or path.startswith(p + ".")]
+        inside = [(p, r) for p, r in applied if path == "" or p.startswith(path + ".")]
+        if around:
+            nearest = max(len(p) for p, _ in around)
+            return next((p, r) for p, r in around if len(p) == nearest)
+        return inside[0] if inside else None
+
     def describe_notes(self) -> list[str]:
         """One line per distinct (rule, note), naming the modules it applies to."""
         grouped: dict[tuple[str, str], list[str]] = {}
@@ -60,61 +80,117 @@ class RewriteReport:
         return [f"{rule} ({len(paths)}: {', '.join(paths)}): {note}" for (rule, note), paths in grouped.items()]
 
 
-def _probe_error(rule: Rule, before: nn.Module, after: nn.Module) -> str | None:
-    """Run both modules on the rule's probe inputs; the reason for rejecting ``after``, if any."""
-    inputs = rule.probe_inputs(before) if rule.probe_inputs else None
-    if inputs is None:
-        return None
-    with torch.no_grad():
-        try:
-            expected = as_tuple(before(*inputs))
-        except Exception as exc:  # the original cannot run on a well-formed probe: not our pattern
-            return f"it fails on a probe input ({exception_line(exc, 200)})"
-        try:
-            actual = as_tuple(after(*inputs))
-        except Exception as exc:
-            return f"its export form fails on a probe input ({type(exc).__name__}: {exc})"
+def _probe_calls(rule: Rule, module: nn.Module, recorded: list[ModuleCall] | None) -> list[ModuleCall]:
+    """What ``rule``'s replacement of ``module`` is compared on: the calls the model makes (adapted by the
+    rule), else the rule's synthetic probe, else nothing (a rule without a probe)."""
+    if rule.probe_inputs is None:
+        return []
+    if recorded:
+        adapt = rule.adapt_call
+        return [ModuleCall(*adapt(module, c.args, c.kwargs)) if adapt else c for c in recorded]
+    inputs = rule.probe_inputs(module)
+    return [] if inputs is None else [ModuleCall(tuple(inputs), {}, source="synthetic")]
+
+
+def _mismatch(actual: tuple, expected: tuple, where: str, tolerance: float) -> str | None:
     if len(actual) != len(expected):
         return "its export form returns a different number of outputs"
     for a, e in zip(actual, expected):
         if a.shape != e.shape:
-            return f"its export form gives shape {tuple(a.shape)} instead of {tuple(e.shape)}"
+            return f"its export form gives shape {tuple(a.shape)} instead of {tuple(e.shape)} on {where}"
         err = relative_l2(a, e)
-        if not err <= rule.probe_tolerance:
-            return f"its export form differs on a probe input (relative L2 {err:.2e} > {rule.probe_tolerance:.0e})"
+        if not err <= tolerance:
+            return f"its export form differs on {where} (relative L2 {err:.2e} > {tolerance:.0e})"
     return None
 
 
-def _apply_rules(module: nn.Module, path: str, report: RewriteReport) -> nn.Module:
+def _proof_error(rule: Rule, before: nn.Module, after: nn.Module, calls: list[ModuleCall]) -> tuple[str | None, str | None]:
+    """Run both modules on every call: the reason for rejecting ``after`` (or ``None``) and a note for the report."""
+    for call in calls:
+        with torch.no_grad():
+            try:
+                expected = as_tuple(call.run(before))
+            except Exception as exc:  # the original cannot run where the model runs it
+                if not rule.replaces_unrunnable:
+                    return f"it fails on {call.where} ({exception_line(exc, 200)})", None
+                failure = exception_line(exc, 160)
+                try:
+                    call.run(after)
+                except Exception as other:
+                    return f"its export form fails on {call.where} ({exception_line(other, 200)})", None
+                return None, f"not compared numerically: the original cannot run here ({failure})"
+            try:
+                actual = as_tuple(call.run(after))
+            except Exception as exc:
+                return f"its export form fails on {call.where} ({exception_line(exc, 200)})", None
+        reason = _mismatch(actual, expected, call.where, rule.probe_tolerance)
+        if reason is not None:
+            return reason, None
+    return None, None
+
+
+def _apply_rules(module: nn.Module, path: str, report: RewriteReport, recorded: list[ModuleCall] | None) -> nn.Module:
     for rule in registered_rules():
         if not rule.looks_like(module):
             continue
-        reason = rule.check(module)
+        reason, note, calls = rule.check(module), None, []
+        if reason is None:
+            try:
+                calls = _probe_calls(rule, module, recorded)
+            except Exception as exc:
+                reason = f"its probe inputs cannot be made ({exception_line(exc, 160)})"
+        if reason is None and rule.skip_plain_torch and calls and all(is_plain_torch(module, c) for c in calls):
+            continue  # already plain torch: the graph stage handles it, whatever it computes
         if reason is None:
             try:
                 result = rule.replace(module)
                 result = result if isinstance(result, Replacement) else Replacement(result)
             except Exception as exc:
-                reason = f"its replacement failed ({type(exc).__name__}: {exc})"
+                reason = f"its replacement failed ({exception_line(exc, 200)})"
             else:
                 replacement = result.module
-                reason = _probe_error(rule, module, replacement)
+                reason, note = _proof_error(rule, module, replacement, calls)
         if reason is not None:
             report.near_misses.append((path, rule.name, reason))
             continue
         report.rewritten.append((path, rule.name))
-        if result.note:
-            report.notes.append((path, rule.name, result.note))
+        report.proofs.append((path, rule.name, calls[0].source if calls else "none"))
+        report.notes.extend((path, rule.name, text) for text in (result.note, note) if text)
         module = replacement
     return module
 
 
-def _rewrite_tree(module: nn.Module, path: str, report: RewriteReport) -> nn.Module:
+def _rewrite_tree(module: nn.Module, path: str, report: RewriteReport, recording: Recording | None) -> nn.Module:
+    recorded = recording.calls.get(module) if recording is not None else None
     for name, child in list(module.named_children()):
-        new_child = _rewrite_tree(child, f"{path}.{name}" if path else name, report)
+        new_child = _rewrite_tree(child, f"{path}.{name}" if path else name, report, recording)
         if new_child is not child:
             module._modules[name] = new_child
-    return _apply_rules(module, path, report)
+    return _apply_rules(module, path, report, recorded)
+
+
+def _stand_in(rule: Rule, module: nn.Module) -> nn.Module:
+    result = rule.replace(module)
+    return result.module if isinstance(result, Replacement) else result
+
+
+def _record(model: nn.Module, args: tuple) -> Recording:
+    """The calls of every module a rule looks at, from one forward pass of ``model`` at batch 2 (distinct
+    samples, as the graph stage's probe), else at the example's own batch. A module a rule may replace
+    where it cannot run (a CUDA-only op) has that replacement stand in for it where it fails."""
+    from .graph.capture import at_batch
+
+    rules = registered_rules()
+    chosen = [m for m in model.modules() if any(rule.looks_like(m) for rule in rules)]
+    stand_ins = {}
+    for module in chosen:
+        rule = next((r for r in rules if r.replaces_unrunnable and r.looks_like(module) and r.check(module) is None), None)
+        if rule is not None:
+            stand_ins[module] = functools.partial(_stand_in, rule, module)
+    recording = record_calls(model, at_batch(args, RECORD_BATCH, seed=0), chosen, stand_ins)
+    if recording.error is not None:
+        recording = record_calls(model, args, chosen, stand_ins)
+    return recording
 
 
 def copy_module(model: nn.Module) -> nn.Module:
@@ -131,24 +207,30 @@ def copy_module(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def rewrite_model(model: nn.Module, *, strict: bool = False, example_inputs: Any = None) -> tuple[nn.Module, RewriteReport]:
+def rewrite_model(
+    model: nn.Module, *, strict: bool = False, example_inputs: Any = None, graph: bool = True
+) -> tuple[nn.Module, RewriteReport]:
     """Return an export-ready deep copy of ``model`` (eval mode) and the report of what changed.
 
-    The module rules run first (known layer families, folds). With ``example_inputs`` (a tensor or a
-    tuple in ``forward`` order, axis 0 the batch) the model is then captured as a graph and every
-    convolution grouped by the batch is rewritten there (:mod:`.graph`): the result is a
-    :class:`~modconv_export.rewrite.graph.GraphExportForm` that runs at any batch size, whatever code the
-    model comes from. ``strict=True`` raises :class:`RewriteError` on any near miss instead of warning.
+    The module rules run first (known layer families, folds), each replacement proven on the inputs the
+    model gives that module in one forward pass on ``example_inputs`` (a tensor or a tuple in ``forward``
+    order, axis 0 the batch; without them, on synthetic probes). With ``example_inputs`` the model is then
+    captured as a graph and every convolution grouped by the batch is rewritten there (:mod:`.graph`; not
+    with ``graph=False``): the result is a :class:`~modconv_export.rewrite.graph.GraphExportForm` that runs
+    at any batch size, whatever code the model comes from. ``strict=True`` raises :class:`RewriteError` on
+    any near miss instead of warning.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
     report = RewriteReport()
     copied = copy_module(model).eval()
-    rewritten = _rewrite_tree(copied, "", report).eval()
-    if example_inputs is not None:
+    args = as_tuple(example_inputs) if example_inputs is not None else None
+    recording = _record(copied, args) if args is not None else None
+    rewritten = _rewrite_tree(copied, "", report, recording).eval()
+    if args is not None and graph:
         from .graph import rewrite_graph
 
-        rewritten = rewrite_graph(rewritten, as_tuple(example_inputs), report)
+        rewritten = rewrite_graph(rewritten, args, report)
     _settle(report, strict)
     object.__setattr__(rewritten, _REPORT_ATTR, report)
     return rewritten, report

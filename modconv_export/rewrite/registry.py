@@ -7,7 +7,14 @@ A rule has three parts, as onnxscript's rewriter rules do:
 * ``check(module)`` -- returns ``None`` when the module fits the pattern exactly, otherwise the reason
   it does not. A module that looks like the layer but fails the check is a *near miss* and is reported;
 * ``replace(module)`` -- builds the export form: a module, or a :class:`Replacement` that carries a
-  note for the report along with it (e.g. "not compared numerically: the original cannot run here").
+  note for the report along with it (e.g. that random noise became zero noise).
+
+Every replacement is then proven on numbers (:mod:`.engine`): run against the module it replaces on the
+inputs the model gives that module -- recorded from one forward pass of the whole model
+(:mod:`.recorded`) -- or, where there are none (no example inputs, a module the model does not call), on
+the rule's synthetic ``probe_inputs``. A rule for code torch cannot run or trace here declares it
+(``skip_plain_torch``, ``replaces_unrunnable``): where such a module turns out to be plain torch, the graph
+stage handles it whatever it computes, and a replacement could only add risk.
 
 Order is declared, not implied: every rule belongs to a :data:`STAGES` entry -- ``"fold"`` rules
 (re-parameterisations such as EqualLR's weight hook) run on a module before ``"layer"`` rules replace it
@@ -28,6 +35,9 @@ import torch.nn as nn
 __all__ = ["STAGES", "Replacement", "Rule", "register_rule", "registered_rule", "registered_rules", "unregister_rule"]
 
 ProbeFn = Callable[[nn.Module], tuple | None]
+#: Makes a recorded call comparable between a module and its replacement (e.g. explicit noise for a layer
+#: the model lets draw its own): ``(module, args, kwargs) -> (args, kwargs)``.
+AdaptFn = Callable[[nn.Module, tuple, dict], tuple[tuple, dict]]
 
 #: The order in which rules run on one module: folds first, then layer replacements.
 STAGES = ("fold", "layer")
@@ -47,9 +57,17 @@ class Rule:
     looks_like: Callable[[nn.Module], bool]
     check: Callable[[nn.Module], str | None]
     replace: Callable[[nn.Module], nn.Module | Replacement]
-    #: Example inputs for a numerical self-check of the replacement, or ``None`` to skip it
-    #: (for rules whose replacement is the same arithmetic by construction).
+    #: Synthetic inputs for the numerical check of a replacement where the model's own are not recorded,
+    #: or ``None`` to skip the check (for rules whose replacement is the same arithmetic by construction).
     probe_inputs: ProbeFn | None = None
+    #: Adapts each recorded call before the comparison (see :data:`AdaptFn`), or ``None``.
+    adapt_call: AdaptFn | None = None
+    #: The rule exists for code torch cannot run or trace (a CUDA kernel): a module that is plain torch on
+    #: its probe inputs is left to the graph stage.
+    skip_plain_torch: bool = False
+    #: A module that cannot run on its probe inputs here (a CUDA-only op on the CPU) is replaced all the
+    #: same, without a comparison, and the report notes it; otherwise that is a near miss.
+    replaces_unrunnable: bool = False
     #: Relative L2 error above which the replacement is rejected as inexact.
     probe_tolerance: float = 1e-5
     #: Which of :data:`STAGES` the rule belongs to.
@@ -68,6 +86,9 @@ def register_rule(
     probe_inputs: ProbeFn | None = None,
     probe_tolerance: float = 1e-5,
     stage: str = "layer",
+    adapt_call: AdaptFn | None = None,
+    skip_plain_torch: bool = False,
+    replaces_unrunnable: bool = False,
 ) -> Callable[[Callable[[nn.Module], nn.Module]], Callable[[nn.Module], nn.Module]]:
     """Decorator registering ``replace`` (module -> module or :class:`Replacement`) as the rule ``name``."""
 
@@ -76,6 +97,9 @@ def register_rule(
     for part, value in (("looks_like", looks_like), ("check", check)):
         if not callable(value):
             raise TypeError(f"rule {name!r}: {part} must be callable")
+    for part, value in (("probe_inputs", probe_inputs), ("adapt_call", adapt_call)):
+        if value is not None and not callable(value):
+            raise TypeError(f"rule {name!r}: {part} must be callable or None")
     if stage not in STAGES:
         raise ValueError(f"rule {name!r}: stage must be one of {', '.join(STAGES)}, got {stage!r}")
 
@@ -92,6 +116,9 @@ def register_rule(
             probe_inputs=probe_inputs,
             probe_tolerance=probe_tolerance,
             stage=stage,
+            adapt_call=adapt_call,
+            skip_plain_torch=skip_plain_torch,
+            replaces_unrunnable=replaces_unrunnable,
             description=(replace.__doc__ or "").strip().splitlines()[0] if replace.__doc__ else "",
         )
         return replace

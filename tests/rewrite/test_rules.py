@@ -1,6 +1,11 @@
 """Rules match by structure: users' own copies are rewritten, near misses are reported with reasons.
 
-Table-driven: every registered rule must appear in RULE_CASES (a new rule without a test fails here).
+Table-driven: every registered rule must appear in RULE_CASES (a new rule without a test fails here). Each
+case is a model using the layer, rewritten on example inputs: the rule's replacement must be proven on the
+inputs recorded from that model's forward pass. The sliced-input cases feed a layer fewer channels than its
+parameters hold (as slimmable generators do, slicing a bias or weight to ``x.shape[1]``): a replacement
+that is only right at full width must be rejected there, and a layer that is plain torch already is left
+to the graph stage by a rule that exists for CUDA-only code.
 """
 
 from __future__ import annotations
@@ -11,13 +16,18 @@ import pytest
 import torch
 import torch.nn as nn
 
-from modconv_export import RewriteError, rewrite_model
+from modconv_export import ExportError, RewriteError, export_onnx, rewrite_model
 from modconv_export.layers.seed import Blur, EqualConv2d, EqualLinear, ModulatedConv2d
 from modconv_export.layers.seed_forms import DepthwiseBlur, SeedModulatedConvForm
 from modconv_export.rewrite import registered_rules
 
+from fixtures.foreign_layers.width_dial import Clasp
 from fixtures.user_layers.my_stylegan import Smooth, SmoothFn, StyleConv, StyleLinear, UserGenerator
 from helpers import randomize, relative_l2
+
+#: Expected outcomes besides an export-form type (checked) or ``None`` (rewritten, type not checked):
+LEFT = "left to the graph stage"  # the rule does not replace it, and that is no near miss
+REJECTED = "rejected on the model's inputs"  # a near miss: the replacement is wrong where the model runs it
 
 
 class OneLayer(nn.Module):
@@ -42,6 +52,14 @@ class RenamedBlur(nn.Module):
         return SmoothFn.apply(x, self.k_fwd, self.k_back)
 
 
+class WidthBlur(RenamedBlur):
+    """A slimmable blur: it keeps one kernel per channel of the widest setting and uses those it is fed."""
+
+    def forward(self, x):
+        c = x.shape[1]
+        return SmoothFn.apply(x, self.k_fwd[:c], self.k_back[:c])
+
+
 # rule name -> list of (case id, module factory, inputs factory, expected export-form type or None)
 RULE_CASES = {
     "modulated_conv": [
@@ -57,6 +75,7 @@ RULE_CASES = {
         ("seed", lambda: Blur(4), lambda: (torch.randn(2, 4, 5, 5),), DepthwiseBlur),
         ("user-copy", lambda: Smooth(4), lambda: (torch.randn(2, 4, 5, 5),), DepthwiseBlur),
         ("other-buffer-names", lambda: RenamedBlur(3), lambda: (torch.randn(2, 3, 6, 5),), DepthwiseBlur),
+        ("sliced-input", lambda: WidthBlur(6), lambda: (torch.randn(2, 4, 6, 5),), REJECTED),
     ],
     "equal_lr": [
         ("linear", lambda: EqualLinear(6, 3), lambda: (torch.randn(2, 6),), None),
@@ -70,6 +89,14 @@ RULE_CASES = {
 from modconv_export.layers.stylegan2_forms import BiasLeakyReLU, NoisyStyleConv, ScaledLinear, StyleGAN2ModulatedConvForm, UpFirDn2d  # noqa: E402
 
 from fixtures.stylegan2 import layers as sg2  # noqa: E402
+
+
+class WidthLinear(sg2.EqualLinear):
+    """A slimmable copy of basicsr's ``EqualLinear``: its weight sliced to the features it is fed."""
+
+    def forward(self, x):
+        return nn.functional.linear(x, self.weight[:, : x.shape[1]] * self.scale, self.bias * self.lr_mul)
+
 
 RULE_CASES.update(
     {
@@ -121,6 +148,8 @@ RULE_CASES.update(
         "fused_leaky_relu": [
             ("4d", lambda: sg2.FusedLeakyReLU(5), lambda: (torch.randn(2, 5, 4, 3),), BiasLeakyReLU),
             ("2d", lambda: sg2.FusedLeakyReLU(5, negative_slope=0.1, scale=1.5), lambda: (torch.randn(3, 5),), BiasLeakyReLU),
+            ("sliced-bias", lambda: Clasp(8), lambda: (torch.randn(2, 5, 4, 3),), LEFT),  # plain torch: bias[:x.shape[1]]
+            ("plain-torch", lambda: Clasp(5), lambda: (torch.randn(2, 5, 4, 3),), LEFT),
         ],
         "scaled_equal_linear": [
             ("plain", lambda: sg2.EqualLinear(6, 4, bias_init_val=1), lambda: (torch.randn(2, 6),), ScaledLinear),
@@ -131,6 +160,7 @@ RULE_CASES.update(
                 ScaledLinear,
             ),
             ("no-bias", lambda: sg2.EqualLinear(6, 4, bias=False), lambda: (torch.randn(2, 6),), ScaledLinear),
+            ("sliced-input", lambda: WidthLinear(6, 4), lambda: (torch.randn(2, 4),), REJECTED),
         ],
         "style_conv_noise": [
             (
@@ -161,21 +191,30 @@ def test_every_registered_rule_has_cases():
 
 
 @pytest.mark.parametrize(
-    "rule,case,factory,inputs,expected_type",
+    "rule,case,factory,inputs,expected",
     [(rule, *case) for rule, cases in RULE_CASES.items() for case in cases],
     ids=[f"{rule}-{case[0]}" for rule, cases in RULE_CASES.items() for case in cases],
 )
-def test_rule_case(rule, case, factory, inputs, expected_type):
+def test_rule_case(rule, case, factory, inputs, expected):
     torch.manual_seed(0)
     model = randomize(OneLayer(factory(), 0), seed=1)
     args = inputs()
-    exportable, report = rewrite_model(model)
-    assert rule in {r for _, r in report.rewritten}
-    if expected_type is not None:
-        assert isinstance(exportable.layer, expected_type)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore" if expected == REJECTED else "error")
+        exportable, report = rewrite_model(model, example_inputs=args, graph=False)
     with torch.no_grad():
         assert relative_l2(exportable(*args), model(*args)) <= 1e-5
-    assert report.near_misses == []
+    misses = [why for path, r, why in report.near_misses if r == rule]
+    if expected in (LEFT, REJECTED):
+        assert rule not in {r for _, r in report.rewritten} and type(exportable.layer) is type(model.layer)
+        assert len(misses) == (expected == REJECTED) and all("on the input the model gives it" in why for why in misses), misses
+        return
+    assert misses == [] and report.near_misses == []
+    # proven on what the model gives the layer (recorded from its forward), unless the rule has no probe
+    has_probe = next(r for r in registered_rules() if r.name == rule).probe_inputs is not None
+    assert {how for _, r, how in report.proofs if r == rule} == {"recorded" if has_probe else "none"}
+    if expected is not None:
+        assert isinstance(exportable.layer, expected)
 
 
 def test_user_generator_in_unknown_module_is_rewritten():
@@ -268,3 +307,94 @@ def test_noise_buffers_are_not_taken_for_a_blur():
         exportable, report = rewrite_model(OneLayer(NoiseHolder(), 1))
     assert report.rewritten == [] and report.near_misses == []
     assert isinstance(exportable.layer, NoiseHolder)
+
+
+def test_a_synthetic_probe_cannot_see_a_sliced_input_but_the_recorded_one_does():
+    """The failure the recorded inputs exist for: a probe built from the parameters feeds the full width,
+    so the full-width replacement passes it -- and the rewritten model then rejects its own inputs."""
+    model = randomize(OneLayer(WidthLinear(6, 4), 1), seed=3)
+    args = (torch.randn(2, 4),)
+    blind, report = rewrite_model(model)
+    assert report.proofs == [("layer", "scaled_equal_linear", "synthetic")]
+    with pytest.raises(RuntimeError), torch.no_grad():
+        blind(*args)
+    with pytest.warns(UserWarning, match="layer: looks like scaled_equal_linear but its export form fails on the input the model gives it"):
+        exportable, report = rewrite_model(model, example_inputs=args, graph=False)
+    assert report.rewritten == [] and type(exportable.layer) is WidthLinear
+
+
+class KernelOnlyAct(nn.Module):
+    """A fused bias + leaky ReLU whose only code is a CUDA kernel that is not built here (as basicsr 1.4.2's on CPU)."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.bias = nn.Parameter(torch.randn(channels))
+        self.negative_slope, self.scale = 0.2, 2**0.5
+
+    def forward(self, x):
+        raise NameError("name 'fused_act_ext' is not defined")
+
+
+class ActThenConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.act = KernelOnlyAct(3)
+        self.conv = ModulatedConv2d(3, 4, 3, latent_dim=4)
+
+    def forward(self, x, latent):
+        return self.conv(self.act(x), latent)
+
+
+def test_a_module_that_cannot_run_here_stands_in_by_its_replacement_while_recording():
+    """The model cannot run on the CPU at all; the forward pass that records the rules' inputs goes on with
+    the replacement of the CUDA-only module, so the layers after it are still proven on the model's inputs."""
+    model = randomize(ActThenConv(), seed=4)
+    x, latent = torch.randn(2, 3, 6, 6), torch.randn(2, 4)
+    with pytest.raises(NameError):
+        model(x, latent)
+    exportable, report = rewrite_model(model, example_inputs=(x, latent), graph=False)
+    assert {p: how for p, _, how in report.proofs if p in ("act", "conv")} == {"act": "recorded", "conv": "recorded"}
+    [(path, rule, note)] = report.notes
+    assert (path, rule) == ("act", "fused_leaky_relu") and "not compared numerically" in note and "fused_act_ext" in note
+    expected = model.conv(nn.functional.leaky_relu(x + model.act.bias.view(1, -1, 1, 1), 0.2) * 2**0.5, latent)
+    with torch.no_grad():
+        assert relative_l2(exportable(x, latent), expected) <= 1e-5
+    assert "forward" not in vars(model.act)  # the stand-in lived on the rewrite's copy only
+
+
+class Doubler(nn.Module):
+    def forward(self, x):
+        return x * 2
+
+
+class BatchOfTwoDoubler(nn.Module):
+    """Right at batch 2 only: a replacement the recorded forward (batch 2) cannot catch."""
+
+    def forward(self, x):
+        return (x * 2).reshape(2, *x.shape[1:])
+
+
+class Wrapped(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Sequential(nn.Identity(), Doubler())
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+def test_a_rewritten_model_that_rejects_the_inputs_names_the_rule(monkeypatch, tmp_path):
+    from modconv_export.rewrite import register_rule, registry
+
+    monkeypatch.setattr(registry, "_RULES", {})
+    register_rule("batch_of_two_doubler", looks_like=lambda m: type(m) is Doubler, check=lambda m: None, probe_inputs=lambda m: None)(
+        lambda m: BatchOfTwoDoubler()
+    )
+    with pytest.raises(ExportError) as caught:
+        export_onnx(Wrapped(), (torch.randn(1, 4),), tmp_path / "m.onnx")
+    message = str(caught.value)
+    assert message.startswith(
+        "the rewritten model (not the model itself, which accepts them) rejects the example inputs [(1, 4)] in inner.1: "
+    )
+    assert message.endswith("; the module rule batch_of_two_doubler rewrote inner.1 first there")
+    assert not (tmp_path / "m.onnx").exists()

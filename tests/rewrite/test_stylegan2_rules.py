@@ -42,9 +42,10 @@ class One(nn.Module):
 
 def _rewritten_equal(layer: nn.Module, args: tuple, rule: str, tol: float = 1e-5):
     model = One(layer).eval()
-    exportable, report = rewrite_model(model)
+    exportable, report = rewrite_model(model, example_inputs=args, graph=False)
     assert rule in {r for _, r in report.rewritten}, report.rewritten
     assert report.near_misses == []
+    assert {how for _, r, how in report.proofs if r == rule} == {"recorded"}  # on what the model gives the layer
     with torch.no_grad():
         assert relative_l2(exportable(*args), model(*args)) <= tol
     return exportable, report
@@ -178,6 +179,9 @@ def test_basicsr_fused_activation_without_cpu_code_is_replaced_and_says_so(up):
     assert (path, rule) == ("layer", "fused_leaky_relu") and "not compared numerically" in note and "fused_act_ext" in note
     with torch.no_grad():
         assert relative_l2(exportable(x), reference_ops.fused_leaky_relu(x, real.bias)) <= 1e-6
+    # on example inputs: the model cannot run, so the replacement stands in while the inputs are recorded
+    _, report = rewrite_model(One(real), example_inputs=(x,), graph=False)
+    assert report.proofs == [("layer", "fused_leaky_relu", "recorded")] and report.notes[0][2] == note
 
 
 # ---------------------------------------------------------------- near misses, with reasons
@@ -245,6 +249,10 @@ def test_missing_noise_becomes_zero_noise_and_is_reported(flavour):
         exportable, report = rewrite_model(model)
     assert report.notes == [("layer", "style_conv_noise", ZERO_NOISE_NOTE)]
     assert report.describe_notes() == [f"style_conv_noise (1: layer): {ZERO_NOISE_NOTE}"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # recorded without noise: compared with explicit noise, no near miss
+        _, recorded = rewrite_model(model, example_inputs=(x, style), graph=False)
+    assert ("layer", "style_conv_noise", "recorded") in recorded.proofs and recorded.notes == report.notes
     with torch.no_grad(), pytest.warns(UserWarning, match="zero noise"):
         out = exportable(x, style)
     with torch.no_grad():

@@ -11,10 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..._util import exception_line
 from ..registry import conv_shape_mismatch, probe_tensor
 
-__all__ = ["modconv_weight", "looks_like_modconv", "check_modconv", "style_width", "original_failure", "number", "modconv_probe"]
+__all__ = ["modconv_weight", "looks_like_modconv", "check_modconv", "style_width", "number", "modconv_probe"]
 
 
 def number(value) -> bool:
@@ -69,14 +68,4 @@ def check_modconv(module: nn.Module, modes: tuple, children: set[str]) -> str | 
         return f"it has modules besides {', '.join(sorted(children))} ({', '.join(sorted(extra_children))})"
     if style_width(module.modulation, c_in) is None:
         return f"its modulation has no linear layer with {c_in} outputs"
-    return None
-
-
-def original_failure(module: nn.Module, inputs: tuple) -> str | None:
-    """Why ``module`` cannot run on ``inputs`` here (basicsr's fused activation has no CPU code), or ``None``."""
-    try:
-        with torch.no_grad():
-            module(*inputs)
-    except Exception as exc:
-        return exception_line(exc, 160)
     return None

@@ -4,7 +4,7 @@
 Structure: a leaf with a 2-D ``weight`` parameter, a 1-D ``bias`` parameter or none, float ``scale``
 and ``lr_mul``, and ``activation`` in ``{None, "fused_lrelu"}``. ``fused_lrelu`` calls basicsr's
 CUDA-only ``fused_leaky_relu(out, bias)`` with its defaults (slope 0.2, gain sqrt(2)); the export form
-computes it in plain torch. The probe compares both where the original can run; where it cannot
+computes it in plain torch. The engine compares both where the original can run; where it cannot
 (``fused_lrelu`` on CPU), the rewrite report says so.
 """
 
@@ -15,8 +15,8 @@ from math import sqrt
 import torch.nn as nn
 
 from ...layers.stylegan2_forms import BiasLeakyReLU, ScaledLinear
-from ..registry import Replacement, probe_tensor, register_rule
-from ._stylegan2 import number, original_failure
+from ..registry import probe_tensor, register_rule
+from ._stylegan2 import number
 
 _ACTIVATIONS = (None, "fused_lrelu")
 
@@ -40,21 +40,14 @@ def _check(module: nn.Module) -> str | None:
     return None
 
 
-def _inputs(module: nn.Module) -> tuple:
+def _probe(module: nn.Module):
     return (probe_tensor(module, 2, module.weight.shape[1], seed=5),)
 
 
-def _probe(module: nn.Module):
-    inputs = _inputs(module)
-    return None if original_failure(module, inputs) else inputs
-
-
-@register_rule("scaled_equal_linear", looks_like=_looks_like, check=_check, probe_inputs=_probe)
+@register_rule("scaled_equal_linear", looks_like=_looks_like, check=_check, probe_inputs=_probe, replaces_unrunnable=True)
 def replace_scaled_equal_linear(module: nn.Module) -> nn.Module:
     """basicsr ``EqualLinear`` -> linear layer with folded scales (and plain-torch fused leaky ReLU)."""
     bias = module._parameters.get("bias")
     bias = None if bias is None else bias.detach() * float(module.lr_mul)
     activation = BiasLeakyReLU(bias, 0.2, sqrt(2)) if module.activation == "fused_lrelu" else None
-    replacement = ScaledLinear(module.weight.detach() * float(module.scale), bias, activation)
-    failure = original_failure(module, _inputs(module))
-    return Replacement(replacement, f"not compared numerically: the original cannot run here ({failure})" if failure else None)
+    return ScaledLinear(module.weight.detach() * float(module.scale), bias, activation)

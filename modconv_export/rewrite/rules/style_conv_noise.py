@@ -4,7 +4,8 @@ Structure: a ``modulated_conv`` child (already in export form), a one-value ``we
 noise strength), an ``activate`` child and a ``forward(x, style, noise=None)`` that draws
 ``new_empty(...).normal_()`` when no noise is passed. GFPGAN's clean variant multiplies the conv by
 sqrt(2) and adds its own ``[1, Cout, 1, 1]`` ``bias`` before a leaky ReLU; basicsr's adds the bias
-inside ``FusedLeakyReLU``. Given noise is kept exactly (the probe passes noise and compares); missing
+inside ``FusedLeakyReLU``. Given noise is kept exactly (compared with explicit noise, also where the
+model's call passes none); missing
 noise becomes zero noise, never a random op in the graph, and the rewrite report says so (unless the
 original's ``noise`` argument has no default, so that it never draws noise).
 """
@@ -68,7 +69,18 @@ def _probe(module: nn.Module):
     return x, style, probe_tensor(module, 2, 1, *out.shape[2:], seed=8)
 
 
-@register_rule("style_conv_noise", looks_like=_looks_like, check=_check, probe_inputs=_probe)
+def _with_noise(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """A recorded call with explicit noise where the model passed none (the original would draw it)."""
+    bound = inspect.signature(module.forward).bind(*args, **kwargs)
+    if bound.arguments.get("noise") is None:
+        feature, style = list(bound.arguments.values())[:2]  # forward(x, style, noise=None), whatever the names
+        with torch.no_grad():
+            out = module.modulated_conv(feature, style)
+        bound.arguments["noise"] = probe_tensor(module, out.shape[0], 1, *out.shape[2:], seed=8)
+    return bound.args, bound.kwargs
+
+
+@register_rule("style_conv_noise", looks_like=_looks_like, check=_check, probe_inputs=_probe, adapt_call=_with_noise)
 def replace_style_conv(module: nn.Module) -> nn.Module:
     """``StyleConv`` -> modulated conv + given noise (zero when none) + bias + activation, no random op."""
     bias = module._parameters.get("bias")
