@@ -16,6 +16,7 @@ errors that name the module a rule changed.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,9 +62,24 @@ class Recording:
     error: str | None = None
 
 
-def _kept(value: Any) -> Any:
-    """A copy of a call's arguments that later in-place ops of the forward pass cannot change."""
-    return pytree.tree_map(lambda v: v.detach().clone() if isinstance(v, torch.Tensor) else v, value)
+class _Copies:
+    """Copies of call arguments that later in-place ops of the forward pass cannot change, one per tensor:
+    a layer and the sublayer it hands its input to share the copy (a weak reference tells a tensor that
+    is still alive from a new one at a reused address)."""
+
+    def __init__(self) -> None:
+        self._made: dict[int, tuple[weakref.ref, torch.Tensor]] = {}
+
+    def __call__(self, value: Any) -> Any:
+        return pytree.tree_map(lambda v: self._copy(v) if isinstance(v, torch.Tensor) else v, value)
+
+    def _copy(self, tensor: torch.Tensor) -> torch.Tensor:
+        made = self._made.get(id(tensor))
+        if made is not None and made[0]() is tensor:
+            return made[1]
+        copy = tensor.detach().clone()
+        self._made[id(tensor)] = (weakref.ref(tensor), copy)
+        return copy
 
 
 def _standing_in(module: nn.Module, make: Callable[[], nn.Module], recording: Recording) -> Callable[..., Any]:
@@ -93,11 +109,12 @@ def record_calls(
     """
     recording = Recording()
     chosen = set(modules)
+    kept = _Copies()
 
     def keep(module: nn.Module, call_args: tuple, call_kwargs: dict) -> None:
         calls = recording.calls.setdefault(module, [])
         if len(calls) < CALLS_KEPT:
-            calls.append(ModuleCall(_kept(tuple(call_args)), _kept(dict(call_kwargs))))
+            calls.append(ModuleCall(kept(tuple(call_args)), kept(dict(call_kwargs))))
 
     handles = [m.register_forward_pre_hook(keep, with_kwargs=True, prepend=True) for m in chosen]
     patched = []
@@ -123,8 +140,8 @@ def is_plain_torch(module: nn.Module, call: ModuleCall) -> bool:
 
     An extension call outside autograd leaves the output without history; a Function leaves its own node.
     """
-    inputs = pytree.tree_map(
-        lambda v: v.detach().requires_grad_() if isinstance(v, torch.Tensor) and v.is_floating_point() else v, call.args
+    inputs = pytree.tree_map(  # non-leaf copies of leaves that require grad: in-place ops on them stay legal
+        lambda v: v.detach().requires_grad_().clone() if isinstance(v, torch.Tensor) and v.is_floating_point() else v, call.args
     )
     try:
         with torch.enable_grad():
