@@ -169,17 +169,19 @@ class Checkout:
 
     # -- restoring ---------------------------------------------------------------------------------------
 
-    def restore(self, record: PersistentRecord, where: str) -> Any:
+    def restore(self, record: PersistentRecord, where: str, depth: int = 0) -> Any:
         """``record`` as an object of its checkout class, its children first (each record built once)."""
         if id(record) in self._built:
             return self._built[id(record)]
+        if depth > _MAX_DEPTH:  # also a record that holds itself
+            raise LoadError(f"{self.label}: {where}: nests data deeper than {_MAX_DEPTH} levels")
         source = self.source_of(record, where)
-        if source not in self.used and not source.identical:
+        if not source.identical and source.describe() not in {s.describe() for s in self.used}:
             warnings.warn(f"{self.label}: classes restored from {source.describe()}", stacklevel=2)
         classes = self.used.setdefault(source, [])
         if source.cls.__name__ not in classes:
             classes.append(source.cls.__name__)
-        state = {k: self._value(v, where if k == "_modules" else f"{where}.{k}", 1) for k, v in record.state.items()}
+        state = {k: self._value(v, where if k == "_modules" else f"{where}.{k}", depth + 1) for k, v in record.state.items()}
         self._check(source, state, where)
         cls = source.cls
         try:
@@ -195,7 +197,7 @@ class Checkout:
         if depth > _MAX_DEPTH:
             raise LoadError(f"{self.label}: {where}: nests data deeper than {_MAX_DEPTH} levels")
         if isinstance(value, PersistentRecord):
-            return self.restore(value, where)
+            return self.restore(value, where, depth + 1)
         if isinstance(value, dict):
             out = OrderedDict() if isinstance(value, OrderedDict) else {}
             for k, v in value.items():
@@ -213,8 +215,10 @@ class Checkout:
 
         def walk(value: Any, where: str, depth: int) -> Any:
             if isinstance(value, PersistentRecord):
-                return self.restore(value, where or value.class_name)
-            if id(value) in seen or depth > _MAX_DEPTH or isinstance(value, (str, bytes, int, float, torch.Tensor, type)):
+                return self.restore(value, where or value.class_name, depth)
+            if depth > _MAX_DEPTH:
+                raise LoadError(f"{self.label}: {where}: nests objects deeper than {_MAX_DEPTH} levels")
+            if id(value) in seen or isinstance(value, (str, bytes, int, float, torch.Tensor, type)):
                 return value
             seen.add(id(value))
             items = value if isinstance(value, dict) else vars(value) if hasattr(value, "__dict__") else None

@@ -77,7 +77,10 @@ def read_nvlabs_pickle(f: IO[bytes], path: Path, dirs: Sequence[Path], allowed: 
         if is_allocation_failure(exc):
             raise
         raise LoadError(f"{path}: is truncated or corrupt ({exception_line(exc)})") from exc
-    return restore_classes(obj)
+    try:
+        return restore_classes(obj)
+    except RecursionError:
+        raise LoadError(f"{path}: nests data too deeply to be a network") from None
 
 
 def _networks(obj: Any) -> dict[str, PersistentRecord]:

@@ -227,6 +227,12 @@ def _huge_opcode(_c, _snap) -> bytes:
     return b"\x80\x04ctorch_utils.persistence\n_reconstruct_persistent_obj\n" + b"\x8e" + struct.pack("<Q", 2**40) + b"\0" * 64
 
 
+def _deeply_nested(_c, _snap) -> bytes:
+    """The persistence global (pushed, then popped), then ``{'G_ema': [[[...]]]}`` 100,000 lists deep."""
+    lists = b"]" * 100_000 + b"a" * 99_999
+    return b"\x80\x04ctorch_utils.persistence\n_reconstruct_persistent_obj\n0}\x8c\x05G_ema" + lists + b"s."
+
+
 def _truncated(_c, snap) -> bytes:
     data = nv.dumps(snap)
     return data[: len(data) * 3 // 5]
@@ -262,6 +268,7 @@ HOSTILE: dict[str, tuple[Callable, str | None, bool]] = {
     "a view repeating one element 2**40 times": (lambda m, s: _with(s, "G_ema.mapping", "w_avg2", _tensor(Call(G("torch.storage", "_load_from_bytes"), _storage_blob(1, b"\0" * 4)), (2**40,), (0,))), r"a tensor of shape \[1099511627776\] \(stride \[0\], offset 0\) needs more than its storage's 1 elements", False),
     "an opcode declaring 2**40 bytes": (_huge_opcode, r"an opcode declares 1,099,511,627,776 bytes, but the file has \d+ left", False),
     "a truncated network pickle": (_truncated, r"is truncated or corrupt", False),
+    "data nested 100,000 lists deep": (_deeply_nested, r"nests data too deeply to be a network", False),
     "the state sets forward (a method of the class)": (lambda m, s: _with(s, "G_ema.synthesis", "forward", G("torch.nn.functional", "relu")), r"G_ema\.synthesis \(Synthesis from .*\): its state sets 'forward', which the class defines as a method", False),
     "the state registers a forward hook": (lambda m, s: _with(s, "G_ema.synthesis.torgb", "_forward_hooks", {0: G("torch.nn.functional", "relu")}), r"G_ema\.synthesis\.torgb .*registers hooks \(_forward_hooks\)", False),
     "the state lacks an attribute the checkout's class sets": (_no_up, r"G_ema\.synthesis\.up8 \(ModulatedConv from .*\) does not restore strictly: the checkout's class sets up, which the file's state lacks", False),
@@ -299,7 +306,8 @@ def test_hostile_file_is_refused_and_nothing_runs(kind, files, tmp_path, capfd):
     capfd.readouterr()
     start = time.perf_counter()
     if refusal is None:  # a genuine state under hostile source: built from the checkout, the source never run
-        loaded = load_model(path, import_paths=[nv.FORMAT, USER_CODE])
+        with pytest.warns(UserWarning, match="differs from the source embedded in the file"):
+            loaded = load_model(path, import_paths=[nv.FORMAT, USER_CODE])
         (z,) = _args(2, 0)
         assert torch.equal(_run(loaded.module, z), nv.reference(files["plain"]["G_ema"], z, None))
         assert "Generator restored from" in loaded.notes[0] and "differs from the source embedded" in loaded.notes[0]
