@@ -11,6 +11,8 @@ every w towards ``mapping.w_avg`` per sample, ``w_avg + ψ (w - w_avg)``, as NVl
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 
@@ -32,7 +34,7 @@ class NVlabsGenerator(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         rest = list(inputs)
-        generator = self.generator
+        generator: Any = self.generator  # the user's network: mapping, synthesis, mapping.w_avg
         if self.latent == "z":
             z = rest.pop(0)
             c = rest.pop(0) if self.conditional else None

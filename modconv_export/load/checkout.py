@@ -93,6 +93,7 @@ class Checkout:
         self._index: dict[str, list[tuple[Path, str]]] | None = None
         self._sources: dict[tuple[str, str], ClassSource] = {}
         self._built: dict[int, Any] = {}
+        self._texts: dict[Path, tuple[str | None, Counter]] = {}
         #: The checkout classes restored so far, by the file they came from.
         self.used: dict[ClassSource, list[str]] = {}
 
@@ -129,7 +130,7 @@ class Checkout:
 
     def _find(self, record: PersistentRecord, where: str) -> ClassSource:
         name = record.class_name
-        candidates = [(file, module, _read(file)) for file, module in self._files().get(name, [])]
+        candidates = [(file, module, self._text(file)) for file, module in self._files().get(name, [])]
         candidates = [c for c in candidates if c[2] is not None]
         if not candidates:
             dirs = ", ".join(map(str, self.dirs))
@@ -138,7 +139,8 @@ class Checkout:
             )
         embedded = record.module_src
         same = [c for c in candidates if c[2] == embedded]
-        file, module_name, text = same[0] if same else max(candidates, key=lambda c: _common(embedded, c[2]))
+        lines = _lines(embedded)
+        file, module_name, text = same[0] if same else max(candidates, key=lambda c: _common(lines, self._lines(c[0])))
         module = self._import(module_name, file)
         cls = vars(module).get(name)
         if not isinstance(cls, type):
@@ -148,7 +150,18 @@ class Checkout:
             raise LoadError(
                 f"{self.label}: {where}: class {name} of {file} derives from {culprit}, which is not a class of the checkout or torch.nn"
             )
-        return ClassSource(cls, file, bool(same), 1.0 if same else _common(embedded, text))
+        return ClassSource(cls, file, bool(same), 1.0 if same else _common(lines, self._lines(file)))
+
+    def _text(self, file: Path) -> str | None:
+        """A candidate file's text, read once however many records name its classes."""
+        if file not in self._texts:
+            text = _read(file)
+            self._texts[file] = (text, _lines(text or ""))
+        return self._texts[file][0]
+
+    def _lines(self, file: Path) -> Counter:
+        self._text(file)
+        return self._texts[file][1]
 
     def _import(self, module_name: str, file: Path) -> types.ModuleType:
         module = sys.modules.get(module_name)
@@ -183,7 +196,7 @@ class Checkout:
             classes.append(source.cls.__name__)
         state = {k: self._value(v, where if k == "_modules" else f"{where}.{k}", depth + 1) for k, v in record.state.items()}
         self._check(source, state, where)
-        cls = source.cls
+        cls: Any = source.cls
         try:
             obj = cls.__new__(cls)
             setstate = getattr(obj, "__setstate__", None)
@@ -221,13 +234,17 @@ class Checkout:
             if id(value) in seen or isinstance(value, (str, bytes, int, float, torch.Tensor, type)):
                 return value
             seen.add(id(value))
-            items = value if isinstance(value, dict) else vars(value) if hasattr(value, "__dict__") else None
+            if type(value) is tuple:
+                items = tuple(walk(v, where, depth + 1) for v in value)
+                return items if any(a is not b for a, b in zip(items, value)) else value
             if isinstance(value, list):
                 value[:] = [walk(v, where, depth + 1) for v in value]
-            for key, item in list(items.items()) if items is not None else ():
+                return value
+            table: Any = value if isinstance(value, dict) else getattr(value, "__dict__", None)
+            for key, item in list(table.items()) if isinstance(table, dict) else ():
                 new = walk(item, where if key == "_modules" else f"{where}.{key}".lstrip("."), depth + 1)
                 if new is not item:
-                    items[key] = new
+                    table[key] = new
             return value
 
         return walk(obj, "", 0)
@@ -356,8 +373,10 @@ def _read(file: Path) -> str | None:
         return None
 
 
-def _common(embedded: str, text: str) -> float:
-    """The share of the embedded source's non-blank lines that ``text`` also has (as a multiset)."""
-    a = Counter(line.strip() for line in embedded.splitlines() if line.strip())
-    b = Counter(line.strip() for line in text.splitlines() if line.strip())
-    return sum((a & b).values()) / max(sum(a.values()), sum(b.values()), 1)
+def _lines(text: str) -> Counter:
+    return Counter(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _common(embedded: Counter, text: Counter) -> float:
+    """The share of the embedded source's non-blank lines that the file also has (as multisets; of the longer one)."""
+    return sum((embedded & text).values()) / max(sum(embedded.values()), sum(text.values()), 1)

@@ -56,6 +56,7 @@ def load_model(
     unsafe or unrecognised file, a strict-load mismatch, complex weights, or weights with NaN/Inf.
     ``generator`` says which network, latent space and truncation to export from a generator file
     (:class:`~modconv_export.load.options.GeneratorOptions`); other files refuse anything but the default.
+    An NVlabs network pickle needs no ``trust_pickle`` (nothing in it runs) but its checkout in ``import_paths``.
     """
     generator = generator or GeneratorOptions()
     path = Path(path).expanduser()

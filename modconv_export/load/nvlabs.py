@@ -127,7 +127,8 @@ def _dimensions(network: nn.Module, where: str, path: Path) -> dict[str, int]:
 
 def _mapped_ws(network: nn.Module, config: dict) -> InputSpec:
     """``ws`` examples as the mapping network makes them (two z per sample, mixed half way, as style mixing does)."""
-    mapping, z_dim, c_dim, num_ws = network.mapping, config["z_dim"], config["c_dim"], config["num_ws"]
+    mapping: Any = network.mapping
+    z_dim, c_dim, num_ws = config["z_dim"], config["c_dim"], config["num_ws"]
 
     def make(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
         batch = shape[0]

@@ -114,7 +114,7 @@ def is_nvlabs_pickle(f: IO[bytes]) -> bool:
     finally:
         f.seek(start)
     strings: list[Any] = []
-    memo: dict[int, Any] = {}
+    memo: dict[Any, Any] = {}
     try:
         for op, arg, _ in pickletools.genops(head):
             if op.name in ("GLOBAL", "INST") and str(arg).replace(" ", ".") == PERSISTENT_OBJ:
@@ -126,9 +126,9 @@ def is_nvlabs_pickle(f: IO[bytes]) -> bool:
             elif op.name == "MEMOIZE":
                 memo[len(memo)] = strings[-1] if strings else None
             elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                memo[int(arg)] = strings[-1] if strings else None
+                memo[arg] = strings[-1] if strings else None
             elif op.name in ("BINGET", "LONG_BINGET", "GET"):
-                strings.append(memo.get(int(arg)))
+                strings.append(memo.get(arg))
             elif op.name not in ("FRAME", "PROTO"):
                 strings.append(None)
     except (ValueError, EOFError, IndexError, KeyError, UnicodeDecodeError):  # the head ends mid-opcode, or garbage

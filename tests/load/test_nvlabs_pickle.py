@@ -153,7 +153,7 @@ def test_a_checkout_that_differs_from_the_embedded_source(files, tmp_path):
         args = _args(2, 3)
         assert torch.equal(_run(loaded.module, *args), nv.reference(files["snap"]["G_ema"], *args))
     source.write_text(text.replace("self.bias_gain = lr_multiplier", "self.bias_gain = lr_multiplier\n        self.extra_scale = 1.0"))
-    with nv.packages_set_aside(), pytest.raises(LoadError, match=r"\(Dense from .*tiny_networks\.py\) does not restore strictly: the "
+    with nv.packages_set_aside(), pytest.warns(UserWarning, match="differs"), pytest.raises(LoadError, match=r"\(Dense from .*tiny_networks\.py\) does not restore strictly: the "
                                         r"checkout's class sets extra_scale, which the file's state lacks; the file was written by other "
                                         r"code \(\d+% of its lines in common\)"):  # fmt: skip
         load_model(files[4], import_paths=[checkout])
@@ -167,7 +167,8 @@ def test_a_torch_save_file_holding_nvlabs_networks_needs_no_allow_global(files, 
     with nv.fixture_on_path():
         path = tmp_path / "g.pt"
         torch.save({"G_ema": nv.persisted(G, module_src=_payload_source(G, marker))}, path, pickle_module=_RAW, pickle_protocol=2)
-    loaded = load_model(path, trust_pickle=True, import_paths=[nv.FORMAT])
+    with pytest.warns(UserWarning, match="differs from the source embedded in the file"):
+        loaded = load_model(path, trust_pickle=True, import_paths=[nv.FORMAT])
     (z,) = _args(2, 0)
     assert type(loaded.module).__name__ == "Generator" and loaded.module is not G
     assert torch.equal(nv.reference(loaded.module, z, None), nv.reference(G, z, None))
