@@ -115,7 +115,7 @@ def test_the_files_equal_the_checkouts_network(exported, fmt):
         assert error <= 1e-5, (name, fmt, batch, error)
 
 
-@pytest.mark.skipif(_missing(Config("ada", "auto")) or _missing(Config("stylegan3", "stylegan3-t")), reason="needs both checkouts")
+@pytest.mark.skipif(bool(_missing(Config("ada", "auto")) or _missing(Config("stylegan3", "stylegan3-t"))), reason="needs both checkouts")
 def test_a_stylegan2_ada_pickle_with_the_stylegan3_checkout_is_refused_strictly(tmp_path):
     """StyleGAN3's networks_stylegan2.py is StyleGAN2-ADA's networks.py with more attributes: the strict restore says so."""
     snapshots.write_snapshot(Config("ada", "auto", resolution=16, cbase=256, cmax=16), tmp_path / "ada.pkl", 3)
