@@ -9,7 +9,7 @@ and skip without it (pins in ``tests/fixtures/upstream_codebases/stylegan2_wrapp
 Each configuration is what NVlabs' train.py builds (:mod:`nvlabs_snapshots`), pickled as its training loop does.
 ``modconv-export SNAPSHOT.pkl OUT.onnx --import-path CHECKOUT`` must export it and pass its own check, and the ONNX
 (ONNX Runtime CPU) and TorchScript files must equal the checkout's ``G_ema(z, c, noise_mode='const',
-force_fp32=True)`` at batch 1 and 3 within relative L2 1e-5. The 1024 px config-f check is heavy (about 10 GB, minutes
+force_fp32=True)`` at batch 1 and 3 within relative L2 1e-5 (an fp16 ONNX file: the toolkit's fp16 limit, 1e-2). The 1024 px config-f check is heavy (about 10 GB, minutes
 on 2 cores): it runs only with ``MODCONV_FULL_SIZE=1``, under ``flock /tmp/modconv-heavy.lock`` on a shared machine.
 """
 
@@ -43,7 +43,10 @@ CASES = {
     "stylegan3-stylegan2": (Config("stylegan3", "stylegan2"), 4, ()),
     "ada-conditional, truncation 0.7": (Config("ada", "stylegan2", c_dim=10), 3, ("--truncation", "0.7")),
     "stylegan3-t, latent w": (Config("stylegan3", "stylegan3-t"), 4, ("--latent", "w")),
+    "ada, fp16": (Config("ada", "auto"), 3, ("--precision", "fp16")),
 }
+#: The toolkit's float16 limit on the CPU (verify/tolerances.py); the TorchScript file stays float32.
+FP16_REL_L2 = 1e-2
 FULL_SIZE = Config("ada", "paper1024", resolution=1024, cbase=32768, cmax=512)  # config-f
 
 
@@ -112,7 +115,7 @@ def test_the_files_equal_the_checkouts_network(exported, fmt):
         assert actual.shape == (batch, 3, cfg.resolution, cfg.resolution)
         error = relative_l2(actual, expected)
         print(f"{name}: {fmt} batch {batch}: relative L2 {error:.2e} against the checkout's G_ema")  # pytest -s shows it
-        assert error <= 1e-5, (name, fmt, batch, error)
+        assert error <= (FP16_REL_L2 if fmt == "onnx" and "fp16" in name else 1e-5), (name, fmt, batch, error)
 
 
 @pytest.mark.skipif(bool(_missing(Config("ada", "auto")) or _missing(Config("stylegan3", "stylegan3-t"))), reason="needs both checkouts")
