@@ -55,7 +55,6 @@ examples:
   modconv-export samples/out/lats_small.pt out.onnx --report-image parity.png
   modconv-export latest_net_g_running.pth lats.onnx --torchscript lats.pt --batch-sizes 1,4 --providers CPUExecutionProvider,CUDAExecutionProvider
   modconv-export generator.pt g.onnx --trust-pickle --input latent=1x512 --save-inputs in.json --save-outputs ref.json --triton-repo models
-  modconv-export ffhq.pkl ffhq.onnx --import-path ~/stylegan3 --truncation input
 """
 
 
