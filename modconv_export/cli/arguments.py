@@ -41,6 +41,8 @@ MODEL may be:
   a pickled nn.Module (torch.save(model)): only with --trust-pickle, and only torch.nn classes,
     pure math functions and classes defined in --import-path directories or the current directory;
     any other global is refused before anything is built (--allow-global MODULE.NAME adds one)
+  an NVlabs network pickle (StyleGAN2-ADA, StyleGAN3: ffhq.pkl, network-snapshot-*.pkl) with
+    --import-path <checkout>: its classes come from the checkout, the code inside the file never runs
 
 model families (a bare state_dict is recognised by its keys):
 {families}
@@ -134,7 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="truncation psi towards the file's average latent, baked in; 'input': psi a graph input truncation_psi [B] (default: psi = 1)")  # fmt: skip
     p.add_argument("--trust-pickle", action="store_true", help="allow a pickled module, under an allowlist (see below)")
     p.add_argument(
-        "--import-path", action="append", default=[], metavar="DIR", help="directory to import a pickled model's classes from (repeatable)"
+        "--import-path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="directory to import a pickled model's classes from (repeatable); for an NVlabs pickle, the checkout",
     )
     p.add_argument(
         "--allow-global", action="append", default=[], metavar="MODULE.NAME", help="also allow this global in a trusted pickle (repeatable)"

@@ -63,6 +63,8 @@ def _run(args: argparse.Namespace, console: Console, files: Outputs) -> int:
         args.model, trust_pickle=args.trust_pickle, import_paths=args.import_path, allow_globals=args.allow_global, generator=generator
     )
     console.say(f"loaded {args.model}: {loaded.describe()} in {time.perf_counter() - start:.1f} s")
+    for note in loaded.notes:  # e.g. which checkout files an NVlabs pickle's classes came from
+        console.say(f"  note: {note}")
     inputs = resolve_inputs(loaded, given)
     outputs = outputs_of(run_eager(loaded.module, inputs))
     shapes = ", ".join(f"{n}={shape_text(s)}" for n, s in zip(inputs.names, inputs.shapes))

@@ -186,6 +186,7 @@ def summary(args: argparse.Namespace, loaded: LoadedModel, inputs: Inputs, rewri
             "family": loaded.family.name if loaded.family else None,
             "config": loaded.config,
             "class": type(loaded.module).__name__,
+            "notes": list(loaded.notes),
         },  # fmt: skip
         "inputs": {n: list(s) for n, s in zip(inputs.names, inputs.shapes)},
         "rewrite": {

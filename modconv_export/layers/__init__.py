@@ -5,5 +5,6 @@
 * :mod:`.stylegan2_forms` -- export forms of the GFPGAN / basicsr StyleGAN2 layers;
 * :mod:`.gfpgan` -- GFPGAN's clean StyleGAN2 layers, key-compatible with upstream;
 * :mod:`.graph_form` -- :class:`~.graph_form.GraphExportForm`, the export form of a graph-level rewrite;
+* :mod:`.nvlabs` -- :class:`~.nvlabs.NVlabsGenerator`, an NVlabs generator with its exported calling convention;
 * :mod:`.ops` -- the toolkit's one custom op (the blur's depthwise convolution).
 """

@@ -20,6 +20,8 @@ How it is enforced:
   Torch's own default allowlist (tensors, storages, ``torch.Size``, ``OrderedDict``, ...) is unchanged.
 * ``getattr`` is never allowed; pickle spells ``torch.tanh`` as ``getattr(torch._C._VariableFunctionsClass,
   "tanh")``, so that one pattern is served by :func:`_torch_function`, for the pure names only.
+* NumPy data (:mod:`.numpy_data`) and NVlabs' persistence protocol (:mod:`.persistence`: a persistence object
+  becomes a record, its embedded source code is never run) are data.
 
 Modules are never imported on a pickle's say-so, except a file under a trusted directory whose source
 defines the class the pickle names (found by its file, not by a name prefix).
@@ -45,7 +47,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["Decision", "PURE_FUNCTIONS", "Allowlist", "decide", "restore_classes", "torch_classes"]
+from .numpy_data import NUMPY_DATA, numpy_instance_classes, numpy_value
+from .persistence import PERSISTENCE_GLOBALS
+
+__all__ = [
+    "Decision",
+    "PURE_FUNCTIONS",
+    "Allowlist",
+    "decide",
+    "for_python_unpickler",
+    "restore_classes",
+    "top_level_classes",
+    "torch_classes",
+    "untrusted_base",
+]
 
 #: Functions a model may hold as attributes (``self.conv = F.conv2d``, ``self.act = torch.tanh``), by module:
 #: tensor math and plain arithmetic. All are pure: they compute a value from their arguments and touch
@@ -103,13 +118,6 @@ _TORCH_HELPER_CLASSES = (
     "torch.nn.modules.module._WrappedHook",
     "torch.nn.parallel.data_parallel.DataParallel",
 )
-#: NumPy data as pickled models hold it (NVlabs keeps ``weight_gain = lr / np.sqrt(n)``, StyleGAN3 filter
-#: parameters as arrays): dtypes, scalars from their bytes, arrays restored from their saved state. All
-#: build plain data; a scalar of a dtype holding Python objects is refused.
-_NUMPY_DATA = (
-    "numpy._core.multiarray.scalar", "numpy.core.multiarray.scalar", "numpy.dtype",
-    "numpy._core.multiarray._reconstruct", "numpy.core.multiarray._reconstruct", "numpy.ndarray",
-)  # fmt: skip
 _PACKAGE_DIR = Path(__file__).resolve().parent
 #: The reason given for a global that is simply not on the list.
 OUTSIDE = "outside the allowlist"
@@ -173,6 +181,18 @@ class _ClassGuard:
     def __repr__(self) -> str:
         return f"<guarded class {self.name}>"
 
+    def as_type(self) -> type:
+        """The guard as a class, for Python's own unpickler (its ``NEWOBJ`` takes types only): creating it
+        yields an empty instance of the guarded class, calling it with arguments is refused the same way."""
+        guard = self
+
+        def __new__(cls: type, *args: Any, **kwargs: Any) -> Any:  # noqa: N807
+            if args or kwargs:
+                guard(*args, **kwargs)  # raises
+            return guard.cls.__new__(guard.cls)
+
+        return type(f"Guarded{guard.cls.__name__}", (), {"__new__": __new__, "_modconv_guard": guard})
+
 
 _TORCH_FUNCTIONS_TOKEN = _ClassGuard(torch._C._VariableFunctionsClass, _TORCH_FUNCTIONS_CLASS)
 
@@ -212,20 +232,21 @@ def _trusted_module(module: ModuleType | None, dirs: Sequence[Path]) -> bool:
     return own or _under(file, dirs)
 
 
-def _defines_class(source: Path, name: str) -> bool:
-    """Whether ``source`` defines ``class name`` at top level (also under a top-level ``if``/``try``)."""
+def top_level_classes(source: Path) -> set[str]:
+    """The classes ``source`` defines at top level (also under a top-level ``if``/``try``), read without running it."""
     try:
         tree = ast.parse(source.read_bytes())
-    except (SyntaxError, ValueError, OSError):
-        return False
+    except (SyntaxError, ValueError, OSError, RecursionError, MemoryError):
+        return set()
+    found = set()
     todo = list(tree.body)
     while todo:
         node = todo.pop()
-        if isinstance(node, ast.ClassDef) and node.name == name:
-            return True
+        if isinstance(node, ast.ClassDef):
+            found.add(node.name)
         if isinstance(node, (ast.If, ast.Try)):
             todo += [*node.body, *node.orelse, *getattr(node, "finalbody", []), *[s for h in getattr(node, "handlers", []) for s in h.body]]
-    return False
+    return found
 
 
 def _source_of(modname: str, dirs: Sequence[Path]) -> Path | None:
@@ -243,7 +264,7 @@ def _source_of(modname: str, dirs: Sequence[Path]) -> Path | None:
 def _user_module(modname: str, first: str, dirs: Sequence[Path]) -> ModuleType | None:
     """The module ``modname`` if its file lives under ``dirs`` and defines class ``first``; imported only then."""
     source = _source_of(modname, dirs)
-    if source is None or not _defines_class(source, first):
+    if source is None or first not in top_level_classes(source):
         return None
     module = sys.modules.get(modname)
     if module is None:
@@ -260,7 +281,7 @@ def _user_module(modname: str, first: str, dirs: Sequence[Path]) -> ModuleType |
     return module if file and Path(file).resolve() == source.resolve() else None
 
 
-def _plain(cls: type, dirs: Sequence[Path], allowed_torch: Iterable[type]) -> str | None:
+def untrusted_base(cls: type, dirs: Sequence[Path], allowed_torch: Iterable[type] = ()) -> str | None:
     """``None`` if every base of ``cls`` is ``object``, an allowed torch class or a trusted class; else the culprit."""
     torch_ok = set(allowed_torch)
     for base in cls.__mro__[1:]:
@@ -283,52 +304,24 @@ def _user_class(name: str, dirs: Sequence[Path]) -> Decision | None:
             obj = vars(obj).get(part) if hasattr(obj, "__dict__") else None
         if not isinstance(obj, type) or _name_of(obj) != name:
             return Decision(name, refused=f"not a class defined in {modname}")
-        culprit = _plain(obj, dirs, torch_classes().values())
+        culprit = untrusted_base(obj, dirs, torch_classes().values())
         if culprit is not None:
             return Decision(name, refused=f"derives from {culprit}")
         return Decision(name, _ClassGuard(obj, name))
     return None
 
 
-def _numpy_scalar(dtype: Any, data: Any = None) -> Any:
-    import numpy as np
-
-    if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, (bytes, type(None))):
-        raise UnpicklingError(f"the file builds a NumPy scalar of {dtype!r} from {type(data).__name__} (only numbers are restored)")
-    scalar = (getattr(np, "_core", None) or np.core).multiarray.scalar
-    return scalar(dtype, data) if data is not None else scalar(dtype)
-
-
-def _numpy_array(cls: Any, shape: Any, code: Any) -> Any:
-    """An empty array for the unpickler to give its saved state (how ``ndarray.__reduce__`` pickles)."""
-    import numpy as np
-
-    if cls is not np.ndarray:
-        raise UnpicklingError(f"the file reconstructs {cls!r} as a NumPy array (only numpy.ndarray is restored)")
-    return np.ndarray.__new__(np.ndarray, shape, code)
-
-
-def numpy_dtype_classes() -> list[tuple[type, str]]:
-    """The dtype classes NumPy dtypes are instances of (the unpickler checks them when it restores a dtype's
-    state), under names no pickle can spell."""
-    import numpy as np
-
-    return [
-        (cls, f"numpy.dtypes.{cls.__name__}\n(instances only)")
-        for cls in vars(np.dtypes).values()
-        if isinstance(cls, type) and issubclass(cls, np.dtype)
-    ]
-
-
 def decide(name: str, dirs: Sequence[Path], allowed: dict[str, Any] | None = None) -> Decision:
-    """Whether a pickle may use global ``name`` (``module.qualname``), and what it gets for it."""
+    """Whether a pickle may use global ``name`` (``module.qualname``), and what it gets for it.
+
+    NVlabs' persistence globals are read as data (:mod:`.persistence`) whatever ``allowed`` says: the code
+    embedded in such a file is never run."""
+    if name in PERSISTENCE_GLOBALS:
+        return Decision(name, PERSISTENCE_GLOBALS[name])
     if allowed and name in allowed:
         return Decision(name, allowed[name])
-    if name in _NUMPY_DATA and importlib.util.find_spec("numpy") is not None:
-        import numpy as np
-
-        kind = name.rpartition(".")[2]
-        return Decision(name, {"dtype": np.dtype, "ndarray": np.ndarray, "scalar": _numpy_scalar, "_reconstruct": _numpy_array}[kind])
+    if name in NUMPY_DATA and importlib.util.find_spec("numpy") is not None:
+        return Decision(name, numpy_value(name))
     if name == _GETATTR:
         return Decision(name, _torch_function)
     if name == _TORCH_FUNCTIONS_CLASS:
@@ -344,6 +337,11 @@ def decide(name: str, dirs: Sequence[Path], allowed: dict[str, Any] | None = Non
     if found is None and top.isidentifier() and top not in sys.modules and importlib.util.find_spec(top) is None:
         found = Decision(name, refused=f"module {top!r} is in no --import-path directory nor the current directory")
     return found or Decision(name, refused=OUTSIDE)
+
+
+def for_python_unpickler(value: Any) -> Any:
+    """A decided value as Python's own unpickler takes it (a guarded class as a type; see :meth:`_ClassGuard.as_type`)."""
+    return value.as_type() if isinstance(value, _ClassGuard) else value
 
 
 def resolve_allowed(names: Sequence[str]) -> dict[str, Any]:
@@ -379,8 +377,8 @@ class Allowlist:
         entries = []
         for d in self.decisions:
             entries.append((d.value, d.name))
-            if d.name == "numpy.dtype" and not d.refused:
-                entries += numpy_dtype_classes()
+            if d.name in NUMPY_DATA and not d.refused:
+                entries += numpy_instance_classes(d.name)
             if isinstance(d.value, _ClassGuard):
                 # BUILD checks ``type(instance)`` against the allowed values: the real class goes in under a
                 # name no pickle can spell (GLOBAL names end at a newline), so it is reachable only that way.
@@ -395,6 +393,8 @@ def restore_classes(obj: Any) -> Any:
     def walk(value: Any) -> Any:
         if isinstance(value, _ClassGuard):
             return value.cls
+        if isinstance(value, type) and isinstance(vars(value).get("_modconv_guard"), _ClassGuard):
+            return value._modconv_guard.cls
         if id(value) in seen or isinstance(value, (str, bytes, int, float, bool, type(None), torch.Tensor, type)):
             return value
         seen.add(id(value))

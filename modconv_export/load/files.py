@@ -15,12 +15,15 @@ from pathlib import Path
 from typing import IO
 
 from ..errors import LoadError
+from .persistence import is_nvlabs_pickle
 from .pickle_scan import is_legacy_torch_file
 
-__all__ = ["ZIP_MAGIC", "check_zip", "open_regular", "sniff"]
+__all__ = ["NVLABS", "ZIP_MAGIC", "check_zip", "open_regular", "sniff"]
 
 ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = 0x80
+#: :func:`sniff`'s name for a plain pickle of NVlabs persistence objects (read by :mod:`.nvlabs`, not by torch).
+NVLABS = "nvlabs"
 
 
 @contextlib.contextmanager
@@ -57,7 +60,7 @@ def open_regular(path: Path) -> Iterator[IO[bytes]]:
 
 
 def sniff(f: IO[bytes], path: Path) -> str:
-    """``"zip"`` or ``"pickle"``; a clear error for everything torch.load cannot possibly read."""
+    """``"zip"``, ``"pickle"`` or :data:`NVLABS`; a clear error for everything else."""
     try:
         head = f.read(4096)
         f.seek(0)
@@ -69,6 +72,8 @@ def sniff(f: IO[bytes], path: Path) -> str:
         check_zip(f, path)
         return "zip"
     if head[0] == _PICKLE_PROTO:
+        if is_nvlabs_pickle(f):  # StyleGAN2-ADA / StyleGAN3 network pickles: pickle.dump, not torch.save
+            return NVLABS
         if not is_legacy_torch_file(f):  # torch.load cannot read it, and a full unpickle would run it first
             raise LoadError(f"{path}: is a plain pickle (pickle.dump) or a damaged file, not a model saved with torch.save")
         return "pickle"

@@ -17,16 +17,19 @@ class LoadedModel:
     """What :func:`~modconv_export.load.load_model` returns; ``module`` is in eval mode with the original layers."""
 
     module: nn.Module
-    kind: str  # "checkpoint" | "state_dict" | "pickle"
+    kind: str  # "checkpoint" | "state_dict" | "pickle" | "nvlabs"
     family: Family | None
     config: dict = field(default_factory=dict)
     #: Example inputs in forward order when known (from the family), else ``None``.
     inputs: list[InputSpec] | None = None
     path: Path | None = None
+    #: What the user should know about how the model was loaded (e.g. which files its classes came from).
+    notes: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
-        what = {"checkpoint": "modconv-export checkpoint", "state_dict": "state_dict", "pickle": "pickled module"}[self.kind]
-        cls = type(self.module).__name__
+        what = {"checkpoint": "modconv-export checkpoint", "state_dict": "state_dict", "pickle": "pickled module",
+                "nvlabs": "NVlabs network pickle"}[self.kind]  # fmt: skip
+        cls = f"{self.config['network']}: {self.config['class']}" if self.kind == "nvlabs" else type(self.module).__name__
         fam = f", family {self.family.name!r}" if self.family else ""
         return f"{what} ({cls}{fam}, {count_parameters(self.module):,} parameters)"
 

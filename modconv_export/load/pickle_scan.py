@@ -19,7 +19,7 @@ from typing import IO
 
 import torch
 
-__all__ = ["COMPUTED", "is_legacy_torch_file", "unsafe_globals"]
+__all__ = ["COMPUTED", "is_legacy_torch_file", "pickle_globals", "unsafe_globals"]
 
 #: Name given to a ``STACK_GLOBAL`` whose module or name is computed while unpickling.
 COMPUTED = "<a global whose name is computed while unpickling>"
@@ -104,6 +104,38 @@ def unsafe_globals(f: IO[bytes], fmt: str) -> list[str]:
         safe = _default_safe()
         return sorted({g for g in found if g not in safe})
     except (ValueError, EOFError, StopIteration, zipfile.BadZipFile, OSError, IndexError, KeyError, RuntimeError) as exc:
+        raise ValueError(f"{type(exc).__name__}: {exc}") from None
+    finally:
+        f.seek(start)
+
+
+class _SizeChecked:
+    """A file as :mod:`pickletools` reads it, refusing a read longer than what is left (a declared length of
+    2**40 bytes is refused, not allocated)."""
+
+    def __init__(self, f: IO[bytes], size: int) -> None:
+        self._f, self._size = f, size
+
+    def read(self, n: int = -1) -> bytes:
+        left = self._size - self._f.tell()
+        if n > left:
+            raise ValueError(f"an opcode declares {n:,} bytes, but the file has {max(left, 0):,} left")
+        return self._f.read(n)
+
+    def readline(self) -> bytes:
+        return self._f.readline()
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+
+def pickle_globals(f: IO[bytes], size: int) -> list[str]:
+    """Every global one plain pickle at ``f`` names (as torch names them), every declared length checked against
+    the file's ``size`` bytes; ``f`` is rewound. ``ValueError`` for data that cannot be parsed."""
+    start = f.tell()
+    try:
+        return sorted(set(_scan(_SizeChecked(f, size))[0]))  # type: ignore[arg-type]
+    except (ValueError, EOFError, OSError, IndexError, KeyError, UnicodeDecodeError) as exc:
         raise ValueError(f"{type(exc).__name__}: {exc}") from None
     finally:
         f.seek(start)

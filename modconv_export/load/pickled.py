@@ -21,7 +21,9 @@ from .._util.memory import is_allocation_failure
 from ..errors import LoadError, ModconvExportError
 from ..families import Family, InputSpec, recognize
 from .allowlist import OUTSIDE, Allowlist, Decision, decide, resolve_allowed, restore_classes
+from .checkout import Checkout
 from .loaded import LoadedModel
+from .persistence import PERSISTENT_OBJ
 from .pickle_scan import unsafe_globals
 from .state_dicts import from_data
 
@@ -113,11 +115,16 @@ def from_trusted_pickle(
                 raise
             raise LoadError(f"{path}: unpickling failed ({exception_line(exc)})") from exc
     obj = restore_classes(obj)
+    notes: list[str] = []
+    if any(d.name == PERSISTENT_OBJ for d in allowlist.decisions):  # NVlabs networks inside: their classes from the checkout
+        checkout = Checkout(dirs, str(path))
+        obj = checkout.restore_within(obj)
+        notes = checkout.notes()
     module = single_module(obj)
     if module is None:
         return from_data(obj, path)
     family, config, inputs = family_of_module(module)
-    return LoadedModel(module, "pickle", family, config, inputs)
+    return LoadedModel(module, "pickle", family, config, inputs, notes=notes)
 
 
 def single_module(obj: Any) -> nn.Module | None:

@@ -30,6 +30,7 @@ import torch.nn as nn
 
 from modconv_export.cli import main
 
+import nvlabs_pickles
 from cli_inputs import FOREIGN_LAYERS, write_cli_inputs
 from helpers import FIXTURES, patch_file_writes
 from pickle_payloads import Attr, Build, Call, G, NewObj, StackGlobal, plain_pickle, save
@@ -245,6 +246,30 @@ def test_fuzz_damaged_and_odd_model_files(base, tmp_path, capfd):
         judge(f"{kind} model file", code, err, before, [d])
         if code != 2:
             PROBLEMS.append(f"{kind} {source}: exit {code}, expected 2")
+
+
+def test_fuzz_damaged_nvlabs_pickles(base, tmp_path, capfd):
+    """NVlabs network pickles whose embedded source would touch a marker, damaged at random: each run ends in one
+    line (a damaged file refused, or one that still loads stopped by a wrong --input) and the source never runs."""
+    rng = random.Random(3303)
+    marker = tmp_path / "marker"
+    snap = nvlabs_pickles.snapshot(c_dim=2, seed=1)
+    snap["G_ema"] = nvlabs_pickles.persisted(
+        snap["G_ema"], module_src=f"open({str(marker)!r}, 'w').close()\n" + snap["G_ema"]._module_source
+    )
+    data = nvlabs_pickles.dumps(snap, protocol=rng.choice([3, 4]))
+    for i in range(16):
+        d = tmp_path / f"n{i}"
+        d.mkdir()
+        model = d / "network-snapshot.pkl"
+        model.write_bytes(_mutate(data, rng))
+        paths = targets(d, rng, base)
+        before = snapshot(paths.values())
+        argv = [str(model), str(paths["OUT"]), "--import-path", str(nvlabs_pickles.FORMAT), "--input", "latent=1x17", "--no-verify", *FAST]
+        code, err = run_main(argv, capfd)
+        judge("damaged NVlabs pickle", code, err, before, [d], [marker])
+        if code != 2:
+            PROBLEMS.append(f"damaged NVlabs pickle {i}: exit {code}, expected 2")
 
 
 # -- 3. odd paths and option values ----------------------------------------------------------------------

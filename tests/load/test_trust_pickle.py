@@ -8,6 +8,7 @@ and must see the marker, which proves the payload live. Both torch.save formats 
 
 from __future__ import annotations
 
+import io
 import pickle
 import re
 import subprocess
@@ -360,14 +361,23 @@ def test_payloads_through_the_console_script(kind, tmp_path):
     assert not ctx.marker.exists() and not (tmp_path / "g.onnx").exists()
 
 
-def test_pickle_module_is_not_used_for_loading():
-    """Nothing in the toolkit unpickles with the full unpickler (every load goes through weights_only=True)."""
+def test_pickle_module_is_not_used_for_loading(tmp_path):
+    """Nothing in the toolkit unpickles with the full unpickler: torch files go through weights_only=True, plain
+    pickles (NVlabs') through the one restricted unpickler, whose globals come from its table only."""
+    from modconv_export.load.plain_pickle import RestrictedUnpickler
+
     root = TESTS.parent / "modconv_export"
     for path in root.rglob("*.py"):
         text = path.read_text()
         assert "weights_only=False" not in text, path
-        assert not re.search(r"pickle\.loads?\(|Unpickler\(", text), path
-    assert pickle.HIGHEST_PROTOCOL >= 4
+        assert not re.search(r"pickle\.loads?\(|(?<!Restricted)Unpickler\(", text), path
+        assert len(re.findall(r"\(pickle\.Unpickler\)", text)) == (path.name == "plain_pickle.py"), path
+    assert {"find_class", "persistent_load"} <= set(vars(RestrictedUnpickler))
+    ctx = Ctx(tmp_path)
+    for payload in (Call(G("os", "system"), ctx.sh), Persistent(("storage", 0))):
+        with pytest.raises(pickle.UnpicklingError):
+            RestrictedUnpickler(io.BytesIO(plain_pickle(payload)), {"builtins.print": print}).load()
+    assert not ctx.marker.exists() and pickle.HIGHEST_PROTOCOL >= 4
 
 
 # -- NumPy data, as NVlabs' and StyleGAN3's pickles hold it ------------------------------------------------
