@@ -86,6 +86,12 @@ def file_size(path: str | os.PathLike) -> str:
     return ""
 
 
+#: An error line is cut here: whatever a file or a library puts in a message, the line stays readable.
+ERROR_LIMIT = 1000
+
+
 def error(message: str, prefix: str = "error: ") -> None:
-    """One line on stderr: ``modconv-export: error: <message>`` (whitespace folded)."""
-    print(printable(f"{PROG}: {prefix}{' '.join(message.split())}"), file=sys.stderr, flush=True)
+    """One line on stderr: ``modconv-export: error: <message>`` (whitespace folded, at most ``ERROR_LIMIT`` characters)."""
+    line = " ".join(message.split())
+    line = line if len(line) <= ERROR_LIMIT else line[: ERROR_LIMIT - 4] + " ..."
+    print(printable(f"{PROG}: {prefix}{line}"), file=sys.stderr, flush=True)

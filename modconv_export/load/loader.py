@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO
 
 import torch
 import torch.nn as nn
@@ -56,16 +57,10 @@ def load_model(
     path = Path(path).expanduser()
     with open_regular(path) as f:
         fmt = sniff(f, path)
-        obj, refusal = load_weights_only(f, path, fmt)
-        if refusal is None:
-            loaded = from_data(obj, path)
-        elif not trust_pickle:
-            raise LoadError(
-                f"{path}: {refusal}: it holds pickled Python objects and loading it would run code; "
-                "if you trust its source, re-run with --trust-pickle (Python: trust_pickle=True)"
-            )
-        else:
-            loaded = from_trusted_pickle(f, path, fmt, import_paths, allow_globals)
+        try:
+            loaded = _read(f, path, fmt, trust_pickle, import_paths, allow_globals)
+        except RecursionError:  # nested deeper than the scan could see (built through the memo): walking it failed
+            raise LoadError(f"{path}: is malformed: its data nests too deeply to be read") from None
     refused = generator.refusal(loaded.describe())
     if refused is not None:
         raise LoadError(f"{path}: {refused}")
@@ -73,6 +68,20 @@ def load_model(
     loaded.path = path
     check_weights(loaded.module, path)
     return loaded
+
+
+def _read(
+    f: IO[bytes], path: Path, fmt: str, trust_pickle: bool, import_paths: Sequence[str | os.PathLike], allow_globals: Sequence[str]
+) -> LoadedModel:
+    obj, refusal = load_weights_only(f, path, fmt)
+    if refusal is None:
+        return from_data(obj, path)
+    if not trust_pickle:
+        raise LoadError(
+            f"{path}: {refusal}: it holds pickled Python objects and loading it would run code; "
+            "if you trust its source, re-run with --trust-pickle (Python: trust_pickle=True)"
+        )
+    return from_trusted_pickle(f, path, fmt, import_paths, allow_globals)
 
 
 def check_weights(module: nn.Module, path: Path) -> None:
