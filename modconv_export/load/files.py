@@ -18,7 +18,16 @@ from .._util.memory import format_bytes
 from ..errors import LoadError
 from .pickle_scan import PickleFacts, TooDeep, is_legacy_torch_file, record_folder, scan_legacy, scan_zip
 
-__all__ = ["ZIP_MAGIC", "check_declared_storages", "check_legacy", "check_zip", "check_zip_entries", "open_regular", "sniff"]
+__all__ = [
+    "ZIP_MAGIC",
+    "check_declared_storages",
+    "check_legacy",
+    "check_model_file",
+    "check_zip",
+    "check_zip_entries",
+    "open_regular",
+    "sniff",
+]
 
 ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = 0x80
@@ -79,6 +88,8 @@ def sniff(f: IO[bytes], path: Path) -> str:
             raise LoadError(f"{path}: is a plain pickle (pickle.dump) or a damaged file, not a model saved with torch.save")
         check_legacy(f, path)
         return "pickle"
+    if _is_onnx(head):
+        raise LoadError(f"{path}: is an ONNX model, not a PyTorch file: give the checkpoint it was exported from")
     if b"\x00" not in head:
         try:
             head.decode("utf-8")
@@ -87,6 +98,30 @@ def sniff(f: IO[bytes], path: Path) -> str:
                 raise LoadError(f"{path}: is not a PyTorch file (unknown binary format)") from None
         raise LoadError(f"{path}: is a text file, not a model saved with torch.save")
     raise LoadError(f"{path}: is not a PyTorch file (unknown binary format)")
+
+
+#: ONNX's ModelProto: field 1 (ir_version, a varint) first, then one of its other fields (producer_name,
+#: producer_version, domain, model_version, doc_string, graph, opset_import, ...), as every writer orders them.
+_ONNX_FIELDS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72}
+
+
+def _is_onnx(head: bytes) -> bool:
+    """Whether ``head`` starts like a serialized ONNX model (``ir_version`` 3..15, then a ModelProto field)."""
+    return len(head) > 3 and head[0] == 0x08 and 3 <= head[1] <= 15 and head[2] in _ONNX_FIELDS
+
+
+def check_model_file(path: str | os.PathLike) -> None:
+    """What can be said of ``path`` without torch: a readable regular file in a format torch.save writes
+    (zip or legacy pickle; their contents are checked when the file is loaded). One :class:`LoadError` line else."""
+    path = Path(path).expanduser()
+    with open_regular(path) as f:
+        try:
+            head = f.read(4096)
+        except OSError as exc:
+            raise LoadError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+        if not (head.startswith(ZIP_MAGIC) or head[:1] == bytes([_PICKLE_PROTO])):
+            f.seek(0)
+            sniff(f, path)  # names what it is instead
 
 
 def _file_size(f: IO[bytes]) -> int:

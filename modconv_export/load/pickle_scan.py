@@ -24,8 +24,6 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import IO
 
-import torch
-
 __all__ = [
     "COMPUTED",
     "MAX_DEPTH",
@@ -117,6 +115,8 @@ def _depth(value: object) -> int:
 @functools.lru_cache(maxsize=1)
 def _element_sizes() -> dict[str, int]:
     """Bytes per element of each storage class a pickle may name (``torch.FloatStorage`` -> 4), as torch maps them."""
+    import torch
+
     sizes = {f"torch.{name}": dtype.itemsize for dtype, name in torch.storage._dtype_to_storage_type_map().items()}
     return {**sizes, "torch.UntypedStorage": 1}
 
@@ -308,6 +308,8 @@ def unsafe_globals(f: IO[bytes], fmt: str) -> list[str]:
     start = f.tell()
     try:
         if fmt == "zip":
+            import torch
+
             try:
                 return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(f))
             except pickle.UnpicklingError:  # an opcode torch's parser (and its unpickler) does not read

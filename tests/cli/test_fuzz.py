@@ -37,7 +37,7 @@ from helpers import FIXTURES, patch_file_writes
 from pickle_payloads import Attr, Build, Call, G, NewObj, StackGlobal, deep, legacy_bomb, plain_pickle, save, tensor, zip_bomb
 
 USER_CODE = FIXTURES / "user_code"
-FAST = ["--exporter", "torchscript", "--providers", "cpu"]
+FAST = ["--exporter", "legacy", "--providers", "cpu"]
 CLEAN_CODES = {0, 1, 2, 129, 130, 143}
 TEMP_SUFFIXES = (".partial", ".probe", ".old")
 
