@@ -1,7 +1,11 @@
 """Reading a model file's bytes: only regular files are opened, and the format is named before torch reads it.
 
-A FIFO, device or directory is refused before anything blocks on it; an empty file, text, a plain pickle,
-a TorchScript archive or a damaged zip is named as what it is, in one line, before any unpickling.
+A FIFO, device or directory is refused before anything blocks on it; an empty file, text, an ONNX model, a
+plain pickle, a TorchScript archive or a damaged zip is named as what it is, in one line, before any
+unpickling (:func:`check_model_file` says as much without importing torch). Then the file is measured
+against what it declares (:func:`check_zip_entries`, :func:`check_declared_storages`, :func:`check_legacy`):
+a compressed tensor record, storages beyond the bytes present, data nested beyond reason -- a resource bomb
+is a malformed file, refused before torch allocates anything.
 """
 
 from __future__ import annotations
