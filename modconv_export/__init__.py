@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"  # first: the modules record it in what they write
+__version__ = "0.1.0"  # the one place the version is set (pyproject.toml reads it); the modules record it in what they write
 
 #: public name -> the submodule that defines it
 _EXPORTS = {

@@ -1,12 +1,16 @@
 """Run an exported generator in ONNX Runtime and write a PNG grid -- no PyTorch needed.
 
-    python samples/deploy_onnxruntime.py OUT.onnx [--out grid.png] [--image PATH] [--provider auto|cuda|cpu]
+    python samples/deploy_onnxruntime.py OUT.onnx [--out out/grid.png] [--image PATH] [--provider auto|cuda|cpu]
 
 The model kind is read from the graph's input names:
 
 * ``image`` + ``target_age`` (LATS): one image -- ``--image`` or a synthetic one -- rendered at each
-  of the 6 age classes in a single batch; the grid is the input followed by the 6 outputs.
-* ``latent`` (the styled decoder): a batch of seeded random latents; the grid shows the batch.
+  of the 6 age classes in a single batch; the grid is the input followed by the 6 outputs, each labelled
+  ("input", then the age group: "0-2", "3-6", ..., "50-69").
+* ``latent`` (the styled decoder): a batch of seeded random latents; the grid shows the batch, each
+  labelled with its latent's index.
+
+The grid goes to ``out/grid.png`` by default (``out/`` is ignored by git, beside the exported files).
 
 ``auto`` uses CUDA when ONNX Runtime's CUDA provider actually starts (``session.get_providers()``;
 an installed onnxruntime-gpu without a GPU or CUDA libraries silently runs on CPU), else the CPU,
@@ -24,7 +28,10 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-LATS_CLASSES = 6  # LATS's age groups: 0-2, 3-6, 7-9, 15-19, 30-39, 50-69
+LATS_AGES = ("0-2", "3-6", "7-9", "15-19", "30-39", "50-69")  # LATS's age classes, in target_age order
+LATS_CLASSES = len(LATS_AGES)
+LABEL = 14  # height of the label band above each tile
+TILE_MIN = 96  # smaller outputs are enlarged (by an integer factor) to at least this, so a label fits above each
 
 
 def open_session(path: Path, provider: str) -> ort.InferenceSession:
@@ -90,14 +97,27 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return (np.clip((images + 1) * 127.5, 0, 255) + 0.5).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
-def grid(tiles: np.ndarray, columns: int, gap: int = 2) -> Image.Image:
+def grid(tiles: np.ndarray, columns: int, labels: list[str], gap: int = 2) -> Image.Image:
+    """The tiles in rows of ``columns``, each under its label (enlarged to ``TILE_MIN`` px, nearest: the pixels
+    stay what the model produced)."""
+    from PIL import ImageDraw
+
     n, h, w, _ = tiles.shape
+    k = max(1, -(-TILE_MIN // max(h, w)))
+    tiles = tiles.repeat(k, axis=1).repeat(k, axis=2)
+    h, w = h * k, w * k
     rows = -(-n // columns)
-    canvas = np.full((rows * (h + gap) - gap, columns * (w + gap) - gap, 3), 255, np.uint8)
+    canvas = np.full((rows * (LABEL + h + gap) - gap, columns * (w + gap) - gap, 3), 255, np.uint8)
     for i, tile in enumerate(tiles):
         r, c = divmod(i, columns)
-        canvas[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = tile
-    return Image.fromarray(canvas)
+        top = r * (LABEL + h + gap) + LABEL
+        canvas[top : top + h, c * (w + gap) : c * (w + gap) + w] = tile
+    picture = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(picture)
+    for i, label in enumerate(labels):
+        r, c = divmod(i, columns)
+        draw.text((c * (w + gap) + 2, r * (LABEL + h + gap) + 1), label, fill=(0, 0, 0))
+    return picture
 
 
 def run_lats(specs, args, rng):
@@ -106,13 +126,14 @@ def run_lats(specs, args, rng):
     style_dim = static_dim(specs["target_age"].shape[1], "target_age width")
     image = load_image(args.image, h, w) if args.image else synthetic_image(h, w)
     feeds = {"image": np.repeat(image[None], LATS_CLASSES, axis=0), "target_age": age_codes(style_dim, args.noise, rng)}
-    return feeds, lambda out: grid(to_uint8(np.concatenate([image[None], out])), columns=1 + LATS_CLASSES)
+    labels = ["input", *(f"age {age}" for age in LATS_AGES)]
+    return feeds, lambda out: grid(to_uint8(np.concatenate([image[None], out])), columns=1 + LATS_CLASSES, labels=labels)
 
 
 def run_decoder(specs, args, rng):
     latent_dim = static_dim(specs["latent"].shape[1], "latent width")
     feeds = {"latent": rng.standard_normal((args.batch, latent_dim)).astype(np.float32)}
-    return feeds, lambda out: grid(to_uint8(out), columns=min(args.batch, 4))
+    return feeds, lambda out: grid(to_uint8(out), columns=min(args.batch, 4), labels=[f"latent #{i}" for i in range(len(out))])
 
 
 KINDS = {frozenset({"image", "target_age"}): ("LATS", run_lats), frozenset({"latent"}): ("decoder", run_decoder)}
@@ -121,7 +142,7 @@ KINDS = {frozenset({"image", "target_age"}): ("LATS", run_lats), frozenset({"lat
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="ONNX file written by modconv-export")
-    parser.add_argument("--out", type=Path, default=Path("grid.png"), help="PNG to write (default grid.png)")
+    parser.add_argument("--out", type=Path, default=Path("out/grid.png"), help="PNG to write (default out/grid.png)")
     parser.add_argument("--image", type=Path, help="LATS: input picture (default: a synthetic test image)")
     parser.add_argument("--provider", choices=("auto", "cuda", "cpu"), default="auto")
     parser.add_argument("--batch", type=int, default=8, help="decoder: number of latents (default 8)")

@@ -15,6 +15,7 @@ the rename.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from pathlib import Path
 from ..errors import ExportError
 from .interrupts import deferred
 
-__all__ = ["Outputs", "atomic_output", "check_writable_target", "write_bytes"]
+__all__ = ["Outputs", "atomic_output", "check_writable_target", "file_sha256", "write_bytes"]
 
 _NAME_BYTES = 48
 
@@ -71,6 +72,15 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of the file's bytes (hex), read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(2**20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -92,9 +102,9 @@ class Outputs:
     def make_dirs(self, path: str | os.PathLike) -> Path:
         """Make the folder ``path`` and its missing parents; :meth:`discard` removes the ones made here."""
         path = Path(path).expanduser()
-        missing = [p for p in [path, *path.parents] if not p.exists()]
-        path.mkdir(parents=True, exist_ok=True)
-        self._made += reversed(missing)
+        for folder in reversed([p for p in [path, *path.parents] if not p.exists()]):  # the outermost first
+            folder.mkdir(exist_ok=True)
+            self._made.append(folder)  # each one as it is made: a failure further down still removes it
         return path
 
     def stage(self, path: str | os.PathLike) -> Path:

@@ -1,5 +1,10 @@
 """The command line's vocabulary: the parser, its help, and the checks every option passes before the
-slow steps start (a bad option is one :class:`UsageError` line, never a traceback)."""
+slow steps start (a bad option is one :class:`UsageError` line, never a traceback).
+
+Nothing here imports torch until the options and the model file have passed the checks that need none
+(``--help``, ``--version`` and every usage error answer at once); :func:`choose_providers`, which probes the
+machine, runs after them.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +16,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import __version__
-from .._util.files import check_writable_target
+from .._util.files import Outputs, check_writable_target
 from ..errors import ExportError, MissingExtraError, ModconvExportError, UsageError
-from ..families import registered_families
-from .console import PROG
+from .catalogue import FAMILIES
+from .console import PROG, Console
 
 __all__ = [
     "build_parser",
     "check_targets",
+    "choose_providers",
     "generator_options",
     "parse_batch_sizes",
     "parse_input",
@@ -72,7 +78,7 @@ class _VersionAction(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    families = "\n".join(f"  {f.name:<10} {f.description}" for f in registered_families())
+    families = "\n".join(f"  {name:<10} {description}" for name, description in FAMILIES)
     p = _Parser(
         prog=PROG,
         description="Export a modulated-convolution generator to ONNX with a dynamic batch, verified against eager PyTorch.",
@@ -85,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="example input shape, e.g. latent=1x256 (repeatable, in forward order; axis 0 is the dynamic batch); "
                         "defaults come from the model family")  # fmt: skip
     p.add_argument("--torchscript", metavar="PATH", help="also write a TorchScript file")
-    p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo", help="ONNX exporter (default: dynamo)")
+    p.add_argument("--exporter", choices=("dynamo", "legacy", "torchscript"), default="dynamo",
+                   help="ONNX exporter: dynamo (torch.export, the default) or legacy (torch.onnx's TorchScript-based exporter; "
+                        "'torchscript' is its old name here, unrelated to --torchscript PATH)")  # fmt: skip
     p.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default: 18)")
     p.add_argument(
         "--precision",
@@ -109,10 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write a Triton model repository: DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx (NAME: OUT's stem)",
     )
     p.add_argument("--triton-max-batch-size", type=int, default=8, metavar="N", help="max_batch_size of the Triton config (default: 8)")
+    p.add_argument("--triton-instance-kind", choices=("cpu", "gpu"),
+                   help="an instance_group of this kind in the Triton config (default: none, Triton places the instances "
+                        "on the serving machine's GPUs or its CPU)")  # fmt: skip
     p.add_argument("--no-verify", action="store_true", help="skip the parity check")
-    p.add_argument("--providers", default="cpu,cuda", metavar="LIST",
-                   help="devices to verify on: cpu, cuda or ONNX Runtime's names (CUDAExecutionProvider), openvino (f32), "
-                        "openvino-bf16, comma-separated (default: cpu,cuda; what cannot run here is reported as not run)")  # fmt: skip
+    p.add_argument("--providers", action="append", metavar="LIST",
+                   help="backends to verify on, comma-separated, repeatable (merged): cpu, cuda (or ONNX Runtime's names "
+                        "CPUExecutionProvider, CUDAExecutionProvider), openvino, openvino-bf16 (OpenVINO's runtime), "
+                        "OpenVINOExecutionProvider (ONNX Runtime's OpenVINO EP); each one named must run here, or the command "
+                        "fails saying what to install (default: cpu, and cuda where this machine has it)")  # fmt: skip
     p.add_argument("--batch-sizes", default="1,3", metavar="LIST", help="batch sizes to verify, comma-separated (default: 1,3)")
     p.add_argument(
         "--max-rel-l2", type=tolerance_value, metavar="X", help="relative-L2 limit for every backend (default: per device, 1e-4 on CPU)"
@@ -185,8 +198,12 @@ def real_path(path: str) -> Path:
     return Path(os.path.realpath(os.path.expanduser(path)))
 
 
-def check_targets(args: argparse.Namespace) -> None:
-    """Fail before any slow step if an output cannot be written or would clobber the input."""
+def check_targets(args: argparse.Namespace, files: Outputs) -> None:
+    """Fail before any slow step if an output cannot be written or would clobber the input.
+
+    A missing output folder is made, with its missing parents (as for ``--triton-repo``); the run's
+    transaction removes the folders it made if the run fails.
+    """
     if Path(args.output).suffix.lower() != ".onnx":
         raise UsageError(f"OUT must be an .onnx file, got {args.output!r} (TorchScript goes to --torchscript PATH)")
     targets = {"OUT": args.output, "--torchscript": args.torchscript, "--report": args.report, "--report-image": args.report_image,
@@ -195,10 +212,6 @@ def check_targets(args: argparse.Namespace) -> None:
     for option, path in targets.items():
         if path is None:
             continue
-        try:
-            check_writable_target(path)
-        except ExportError as exc:
-            raise ExportError(f"{option} {path}: {exc}") from None
         resolved = real_path(path)
         if resolved in seen:
             raise UsageError(f"{option} {path} is the same file as {seen[resolved]}")
@@ -206,15 +219,17 @@ def check_targets(args: argparse.Namespace) -> None:
     for option in ("report_image", "save_inputs", "save_outputs"):
         if args.no_verify and getattr(args, option):
             raise UsageError(f"--{option.replace('_', '-')} needs the parity check: drop --no-verify")
+    for option, path in targets.items():
+        if path is not None:
+            _writable(option, Path(path).expanduser(), files)
     if args.triton_repo:
         from ..handoff.files import triton_config
 
-        triton_config(triton_name(args), [], [], max_batch_size=args.triton_max_batch_size, gpu=False)  # a bad name or size fails now
+        triton_config(triton_name(args), [], [], max_batch_size=args.triton_max_batch_size, kind=triton_kind(args))  # fails now
         repo = Path(args.triton_repo).expanduser()
-        try:
-            check_writable_target((repo if repo.is_dir() else repo.parent) / "probe")
-        except ExportError as exc:
-            raise ExportError(f"--triton-repo {args.triton_repo}: {exc}") from None
+        if repo.exists() and not repo.is_dir():
+            raise ExportError(f"--triton-repo {args.triton_repo}: is not a directory")
+        _writable("--triton-repo", repo / "probe", files)
     if args.report_image:
         try:
             import PIL  # noqa: F401
@@ -222,16 +237,64 @@ def check_targets(args: argparse.Namespace) -> None:
             raise MissingExtraError("--report-image needs Pillow: pip install 'modconv-export[image]' (or pip install pillow)") from None
 
 
-def parse_providers(text: str) -> tuple[str, ...]:
-    """``--providers``: parsed by :func:`modconv_export.verify.harness.parse_providers` (one vocabulary)."""
-    from ..verify.harness import PROVIDERS
-    from ..verify.harness import parse_providers as parse
+def _writable(option: str, target: Path, files: Outputs) -> None:
+    """``target`` can be written: its folder exists (made now if missing) and takes a new file."""
+    try:
+        parent = target.parent
+        if not parent.exists() and not parent.is_symlink():
+            try:
+                files.make_dirs(parent)
+            except OSError as exc:
+                raise ExportError(f"output directory cannot be made: {parent} ({exc.strerror or exc})") from None
+        check_writable_target(target)
+    except ExportError as exc:
+        raise ExportError(f"{option} {target}: {exc}") from None
 
+
+def triton_kind(args: argparse.Namespace) -> str | None:
+    """``--triton-instance-kind`` as Triton's name (``KIND_CPU``, ``KIND_GPU``), or ``None``: Triton's choice."""
+    return f"KIND_{args.triton_instance_kind.upper()}" if args.triton_instance_kind else None
+
+
+def parse_providers(text: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``--providers`` (repeated ones merged): parsed by :func:`modconv_export.verify.providers.parse_providers`
+    (one vocabulary); ``None`` is the default set."""
+    from ..verify.providers import DEFAULT_PROVIDERS, PROVIDERS
+    from ..verify.providers import parse_providers as parse
+
+    if text is None:
+        return DEFAULT_PROVIDERS
     try:
         return parse(text)
     except ModconvExportError:
+        given = ",".join([text] if isinstance(text, str) else text)
         accepted = ", ".join(PROVIDERS[:-1]) + f" or {PROVIDERS[-1]}"
-        raise UsageError(f"--providers takes {accepted}, comma-separated, got {text!r}") from None
+        raise UsageError(f"--providers takes {accepted}, comma-separated, got {given!r}") from None
+
+
+def choose_providers(args: argparse.Namespace, console: Console) -> tuple[str, ...]:
+    """The backends this run verifies on, decided before the slow steps (it probes the machine).
+
+    Each one the user named must run here, else a :class:`MissingExtraError` says what is missing and what
+    to install; from the default set, what this machine lacks is skipped with one line. ``args.providers``
+    then holds the chosen names.
+    """
+    from ..verify.providers import provider_name, unavailable
+    from .console import captured_fds
+
+    chosen = parse_providers(args.providers)
+    with captured_fds(keep=args.debug):  # a failed CUDA probe makes ONNX Runtime log to fd 2
+        missing = {s: unavailable(s) for s in chosen}
+    missing = {s: why for s, why in missing.items() if why}
+    if args.providers is not None and missing:
+        listed = "; ".join(f"{provider_name(s)}: {why}" for s, why in missing.items())
+        raise MissingExtraError(f"--providers names what cannot run here: {listed}")
+    for selection, why in missing.items():
+        console.say(f"{selection}: not available here, not run")
+        console.detail(f"  ({why})")
+    chosen = tuple(s for s in chosen if s not in missing)
+    args.providers = ",".join(provider_name(s) for s in chosen)
+    return chosen
 
 
 def generator_options(args: argparse.Namespace):

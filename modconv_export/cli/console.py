@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .._util.interrupts import deferred
+from .._util.memory import format_bytes
 
 __all__ = ["PROG", "Console", "captured_fds", "error", "file_size", "plural", "printable"]
 
@@ -78,14 +79,16 @@ def plural(n: int, one: str, many: str) -> str:
 
 
 def file_size(path: str | os.PathLike) -> str:
-    n = float(Path(path).stat().st_size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
+    """The file's size in binary units (``919.7 KiB``), as :func:`~modconv_export._util.memory.format_bytes` writes sizes."""
+    return format_bytes(Path(path).stat().st_size)
+
+
+#: An error line is cut here: whatever a file or a library puts in a message, the line stays readable.
+ERROR_LIMIT = 1000
 
 
 def error(message: str, prefix: str = "error: ") -> None:
-    """One line on stderr: ``modconv-export: error: <message>`` (whitespace folded)."""
-    print(printable(f"{PROG}: {prefix}{' '.join(message.split())}"), file=sys.stderr, flush=True)
+    """One line on stderr: ``modconv-export: error: <message>`` (whitespace folded, at most ``ERROR_LIMIT`` characters)."""
+    line = " ".join(message.split())
+    line = line if len(line) <= ERROR_LIMIT else line[: ERROR_LIMIT - 4] + " ..."
+    print(printable(f"{PROG}: {prefix}{line}"), file=sys.stderr, flush=True)

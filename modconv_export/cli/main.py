@@ -5,6 +5,8 @@ never a traceback (``--debug`` shows it) and never a half-written file: the outp
 transaction (:class:`~modconv_export._util.files.Outputs`), renamed into place together after every step
 succeeded, and every output directory is checked before the slow export starts. A parity failure is
 exit 1: the files stay, the table says why. Signals: see :mod:`modconv_export._util.interrupts`.
+torch is imported only once the options and the model file have passed every check that needs none, so
+``--help``, ``--version`` and a usage error answer at once.
 
 Step results and the result table go to stdout; live progress for the slow steps goes to stderr only
 on a terminal (or with ``-v``), so a script's stderr holds nothing but the error line.
@@ -25,13 +27,10 @@ from .._util.files import Outputs
 from .._util.interrupts import Interrupted, signals_raise
 from .._util.memory import is_allocation_failure
 from ..errors import ModconvExportError, OutOfMemory, UsageError
-from ..export import resolve_opset
-from ..export.metadata import graph_sha256, record_parity
-from ..load import load_model
-from . import steps
 from .arguments import (
     build_parser,
     check_targets,
+    choose_providers,
     generator_options,
     parse_batch_sizes,
     parse_input,
@@ -40,20 +39,40 @@ from .arguments import (
     shape_text,
 )
 from .console import PROG, Console, error, file_size
-from .inputs import outputs_of, resolve_inputs, run_eager
 
 __all__ = ["EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PARITY", "EXIT_USAGE", "main"]
 
 EXIT_OK, EXIT_PARITY, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
-def _run(args: argparse.Namespace, console: Console, files: Outputs) -> int:
+def _checked(args: argparse.Namespace, console: Console, files: Outputs) -> tuple[list, object]:
+    """Every check that needs no torch -- the options, the model file's format, the outputs' folders -- so a
+    mistake is answered at once (the folders a later error leaves behind are removed by ``files``)."""
+    from ..load.files import check_model_file
+
     given = [parse_input(text) for text in args.input]
     parse_providers(args.providers)
     parse_batch_sizes(args.batch_sizes)
-    check_targets(args)
     generator = generator_options(args)
+    if args.exporter == "torchscript":
+        console.say("note: --exporter torchscript is now called --exporter legacy (torch.onnx's TorchScript-based exporter)")
+        args.exporter = "legacy"
+    check_model_file(args.model)
+    check_targets(args, files)
+    return given, generator
+
+
+def _run(args: argparse.Namespace, console: Console, files: Outputs) -> int:
+    given, generator = _checked(args, console, files)
+    from ..export import resolve_opset
+    from ..export.metadata import graph_sha256, record_parity
+    from ..load import load_model
+    from . import steps
+    from .inputs import outputs_of, resolve_inputs, run_eager
+
     resolve_opset(args.opset, args.exporter)  # a bad --opset fails now, not after loading
+    if not args.no_verify:
+        choose_providers(args, console)  # what the user named runs here, or the run ends now
     for directory in reversed(args.import_path):  # keep the user's classes importable for the whole run (main restores)
         sys.path.insert(0, str(real_path(directory)))
 
@@ -94,7 +113,8 @@ def _run(args: argparse.Namespace, console: Console, files: Outputs) -> int:
     if report is not None:
         record_parity(onnx_tmp, report, graph_digest=digest)
     if args.report:
-        steps.write_report(args.report, summary, report, files)
+        written = {"onnx": onnx_tmp, "torchscript": files.temporary(args.torchscript) if args.torchscript else None}
+        steps.write_report(args.report, summary, report, files, written)
     if report is not None and args.report_image:
         from ..verify import write_report_image
 

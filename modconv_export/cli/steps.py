@@ -4,13 +4,14 @@ hand-off, and the JSON report. Every file goes through the run's :class:`Outputs
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import time
 
 import torch
 
 from .. import __version__
-from .._util.files import Outputs, write_bytes
+from .._util.files import Outputs, file_sha256, write_bytes
 from ..errors import ExportError
 from ..export import Prepared, export_onnx, export_torchscript, prepare_export, resolve_opset
 from ..export.metadata import family_properties
@@ -18,11 +19,11 @@ from ..load import LoadedModel
 from ..rewrite import registered_rules
 from ..rewrite.diagnose import describe_export_failure
 from ..rewrite.graph import GRAPH_RULES
-from .arguments import parse_batch_sizes, parse_providers, triton_name
-from .console import PROG, Console, captured_fds, file_size, plural
+from .arguments import parse_batch_sizes, parse_providers, triton_kind, triton_name
+from .console import PROG, Console, captured_fds, plural
 from .inputs import Inputs
 
-__all__ = ["export", "hand_off", "rewrite", "summary", "torchscript_source", "verify", "write_report"]
+__all__ = ["REPORT_SCHEMA", "export", "hand_off", "rewrite", "summary", "torchscript_source", "verify", "write_report"]
 
 
 def rewrite(module: torch.nn.Module, inputs: Inputs, precision: str, console: Console) -> Prepared:
@@ -37,8 +38,12 @@ def rewrite(module: torch.nn.Module, inputs: Inputs, precision: str, console: Co
     detail = ", ".join(f"{r.name}: {module_counts[r.name]}" for r in registered_rules() if r.name in module_counts)
     console.say(f"rewrote {sum(module_counts.values())} modules" + (f" ({detail})" if detail else ""))
     convs, demods = counts.get(GRAPH_RULES["conv"], 0), counts.get(GRAPH_RULES["demod"], 0)
-    console.say(f"rewrote {plural(convs, 'batch-grouped convolution', 'batch-grouped convolutions')} in the traced graph"
-                f" ({plural(demods, 'demodulation', 'demodulations')} computed from the style)")  # fmt: skip
+    if convs:
+        console.say(f"rewrote {plural(convs, 'batch-grouped convolution', 'batch-grouped convolutions')} in the traced graph"
+                    f" ({plural(demods, 'demodulation', 'demodulations')} computed from the style)")  # fmt: skip
+    else:
+        left = "the module rules rewrote every layer" if module_counts else "the model has none"
+        console.say(f"traced graph: no batch-grouped convolution left to rewrite ({left})")
     for path, rule in report.rewritten:
         console.detail(f"  {path or '<root>'} -> {rule}")
     for line in report.describe_notes():  # e.g. how noise injection was made deterministic
@@ -98,9 +103,7 @@ def export(
                 raise
             raise ExportError(better) from exc
     seconds = time.perf_counter() - start
-    console.say(
-        f"exported {args.output} ({file_size(onnx_tmp)}, {args.exporter} exporter, opset {opset}, {args.precision}, dynamic batch) in {seconds:.1f} s"
-    )
+    console.say(f"exported {args.output} ({args.exporter} exporter, opset {opset}, {args.precision}, dynamic batch) in {seconds:.1f} s")
     info = {
         "onnx": str(args.output),
         "exporter": args.exporter,
@@ -115,7 +118,7 @@ def export(
         ts_tmp = files.stage(args.torchscript)
         with captured_fds(keep=args.debug):
             export_torchscript(ts_source, inputs.tensors, ts_tmp, rewrite=False)
-        console.say(f"wrote TorchScript {args.torchscript} ({file_size(ts_tmp)}) in {time.perf_counter() - start:.1f} s")
+        console.say(f"wrote TorchScript {args.torchscript} in {time.perf_counter() - start:.1f} s")
         info["torchscript"] = str(args.torchscript)
     return info
 
@@ -156,17 +159,29 @@ def hand_off(args: argparse.Namespace, report, files: Outputs) -> list[tuple[str
         handoff.save_parity_data(report, onnx_tmp, *staged)
         rows.append(("polygraphy", ", ".join(p for p in (args.save_inputs, args.save_outputs) if p)))
     if args.triton_repo:
-        with captured_fds(keep=args.debug):  # ONNX Runtime logs a failed CUDA probe on fd 2
-            gpu = handoff.cuda_found(onnx_tmp, report)
+        kind = triton_kind(args)
         model = handoff.write_triton_repository(
-            args.triton_repo, triton_name(args), onnx_tmp, max_batch_size=args.triton_max_batch_size, gpu=gpu, outputs=files
+            args.triton_repo, triton_name(args), onnx_tmp, max_batch_size=args.triton_max_batch_size, kind=kind, outputs=files
         )
-        rows.append(("triton", f"{model} (max_batch_size {args.triton_max_batch_size}, {'KIND_GPU' if gpu else 'KIND_CPU'})"))
+        rows.append(("triton", f"{model} (max_batch_size {args.triton_max_batch_size}, {kind or 'instances placed by Triton'})"))
     return rows
 
 
-def write_report(path: str, summary: dict, parity, files: Outputs) -> None:
-    data = dict(summary, parity=parity.to_json() if parity is not None else None)
+#: The JSON report's layout; raised when a key changes meaning or goes away (added keys keep it).
+REPORT_SCHEMA = 1
+
+
+def write_report(path: str, summary: dict, parity, files: Outputs, written: dict) -> None:
+    """The JSON report: the run (``summary``) with the SHA-256 of the model file and of each file as
+    written (``written``: ``"onnx"``/``"torchscript"`` -> the staged file the parity check judged), then
+    the parity rows."""
+    hashes = {f"{key}_sha256": file_sha256(p) if p else None for key, p in written.items()}
+    data = dict(
+        summary,
+        model={**summary["model"], "sha256": file_sha256(summary["model"]["path"])},
+        export={**summary["export"], **hashes},
+        parity=parity.to_json() if parity is not None else None,
+    )
     text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False)
     try:
         encoded = text.encode("utf-8")
@@ -178,8 +193,10 @@ def write_report(path: str, summary: dict, parity, files: Outputs) -> None:
 def summary(args: argparse.Namespace, loaded: LoadedModel, inputs: Inputs, rewrite, exported: dict) -> dict:
     """The JSON report's account of the run, before the parity rows are added."""
     return {
+        "schema_version": REPORT_SCHEMA,
         "tool": PROG,
         "version": __version__,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "model": {
             "path": str(args.model),
             "kind": loaded.kind,

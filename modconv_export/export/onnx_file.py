@@ -44,6 +44,8 @@ DEFAULT_OPSET = 18
 
 
 EXPORTERS = ("dynamo", "torchscript")
+#: Other names of the exporters: "legacy" is what torch.onnx calls its TorchScript-based exporter.
+EXPORTER_ALIASES = {"legacy": "torchscript"}
 
 
 @functools.cache
@@ -75,7 +77,7 @@ def max_supported_opset(exporter: str = "dynamo") -> int:
     """The highest opset that ``exporter``, the onnx package and the installed ONNX Runtime all support."""
     from torch.onnx import _constants
 
-    if exporter == "torchscript":
+    if EXPORTER_ALIASES.get(exporter, exporter) == "torchscript":
         exporter_max = _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
     else:
         exporter_max = _constants.ONNX_MAX_OPSET
@@ -265,8 +267,8 @@ def export_onnx(
     ``args`` are example inputs (a tensor or a tuple, in ``forward`` order); their axis 0 becomes the
     symbolic ``batch`` axis when ``dynamic_batch``. The rewrite (:func:`prepare_export`) runs the module
     rules, then captures the model as a graph and replaces every convolution grouped by the batch with its
-    constant-weight form, whatever code the model comes from. ``exporter="torchscript"`` uses the legacy
-    TorchScript-based exporter. ``rewrite=False`` exports the model as it is (e.g. the module of an
+    constant-weight form, whatever code the model comes from. ``exporter="legacy"`` (or ``"torchscript"``)
+    uses the legacy TorchScript-based exporter. ``rewrite=False`` exports the model as it is (e.g. the module of an
     earlier :func:`prepare_export`), with only the Function lowerings installed. ``precision="fp16"``
     computes feature maps in float16 and keeps the style and demodulation arithmetic in float32 (see
     :mod:`modconv_export.rewrite.graph.half`); inputs and outputs stay float32. The file's nodes are named by
@@ -275,8 +277,9 @@ def export_onnx(
     dynamic axes, the rewrite summary and ``metadata`` (see :mod:`modconv_export.export.metadata`). Raises
     :class:`~modconv_export.errors.ExportError` (or ``RewriteError``) with a one-line reason.
     """
+    exporter = EXPORTER_ALIASES.get(exporter, exporter)
     if exporter not in EXPORTERS:
-        raise ExportError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
+        raise ExportError(f"unknown exporter {exporter!r}; choose one of dynamo, legacy")
     opset = resolve_opset(opset, exporter)
     prepared = prepare_export(model, args, rewrite=rewrite, strict=strict, precision=precision)
     exportable, args, outputs = prepared.module, prepared.args, prepared.outputs

@@ -35,6 +35,7 @@ from .._util.files import Outputs, atomic_output, write_bytes
 from ..errors import ExportError
 
 __all__ = [
+    "TRITON_KINDS",
     "GraphTensor",
     "graph_io",
     "polygraphy_array",
@@ -164,41 +165,48 @@ def _tensor_block(tensors: Sequence[GraphTensor]) -> list[str]:
     return lines
 
 
-def triton_config(name: str, inputs: Sequence[GraphTensor], outputs: Sequence[GraphTensor], *, max_batch_size: int, gpu: bool) -> str:
+#: Triton's instance kinds a config may ask for; without one, Triton places the instances itself (on the GPUs
+#: of the machine that serves, else on its CPU), so a repository exported on a CPU machine serves on a GPU one.
+TRITON_KINDS = ("KIND_CPU", "KIND_GPU")
+
+
+def triton_config(
+    name: str, inputs: Sequence[GraphTensor], outputs: Sequence[GraphTensor], *, max_batch_size: int, kind: str | None = None
+) -> str:
     """``config.pbtxt`` for an ONNX model with a dynamic batch: the batch axis is left to Triton
-    (``max_batch_size`` > 0, ``dims`` without it), dynamic batching on, one instance on GPU or CPU."""
+    (``max_batch_size`` > 0, ``dims`` without it), dynamic batching on, and the instances left to Triton
+    unless ``kind`` (one of :data:`TRITON_KINDS`) asks for one instance of that kind."""
     if not _MODEL_NAME.fullmatch(name):
         raise ExportError(f"Triton model name {name!r}: use letters, digits, '_', '.' and '-'")
     if max_batch_size < 1:
         raise ExportError(f"Triton max_batch_size must be at least 1, got {max_batch_size}")
+    if kind is not None and kind not in TRITON_KINDS:
+        raise ExportError(f"Triton instance kind {kind!r}: use {' or '.join(TRITON_KINDS)}, or none (Triton's choice)")
     lines = [f"name: {_quoted(name)}", 'platform: "onnxruntime_onnx"', f"max_batch_size: {int(max_batch_size)}", "input ["]
-    lines += _tensor_block(inputs) + ["]", "output ["] + _tensor_block(outputs) + ["]"]
-    lines += [
-        "dynamic_batching { }",
-        "instance_group [",
-        "  {",
-        "    count: 1",
-        f"    kind: {'KIND_GPU' if gpu else 'KIND_CPU'}",
-        "  }",
-        "]",
-    ]
+    lines += _tensor_block(inputs) + ["]", "output ["] + _tensor_block(outputs) + ["]", "dynamic_batching { }"]
+    if kind is not None:
+        lines += ["instance_group [", "  {", "    count: 1", f"    kind: {kind}", "  }", "]"]
     return "\n".join(lines) + "\n"
 
 
 def write_triton_repository(
-    repo: str | os.PathLike, name: str, onnx_path: str | os.PathLike, *, max_batch_size: int, gpu: bool, outputs: Outputs | None = None
+    repo: str | os.PathLike,
+    name: str,
+    onnx_path: str | os.PathLike,
+    *,
+    max_batch_size: int,
+    kind: str | None = None,
+    outputs: Outputs | None = None,
 ) -> Path:
-    """Write ``repo/name/config.pbtxt`` and ``repo/name/1/model.onnx`` (a copy of ``onnx_path``).
+    """Write ``repo/name/config.pbtxt`` (:func:`triton_config`) and ``repo/name/1/model.onnx`` (a copy of ``onnx_path``).
 
-    ``repo`` is created if missing (its parent must exist). Returns the model directory. With
-    ``outputs`` the two files join that transaction (renamed into place by its commit, and the
-    folders made here removed again if it is discarded) instead of being written at once.
+    ``repo`` and its missing parents are created. Returns the model directory. With ``outputs`` the two
+    files join that transaction (renamed into place by its commit, and the folders made here removed again
+    if it is discarded) instead of being written at once.
     """
     inputs, graph_outputs = graph_io(onnx_path)
-    config = triton_config(name, inputs, graph_outputs, max_batch_size=max_batch_size, gpu=gpu)
+    config = triton_config(name, inputs, graph_outputs, max_batch_size=max_batch_size, kind=kind)
     repo = Path(repo).expanduser()
-    if not repo.parent.is_dir():
-        raise ExportError(f"--triton-repo: directory {repo.parent} does not exist")
     version = repo / name / "1"
     own = outputs is None
     with Outputs() if own else contextlib.nullcontext(outputs) as files:
@@ -236,17 +244,3 @@ def save_parity_data(
         iterations = [dict(zip(names, data.expected[batch])) for batch in batches]
         runtimes = [data.times_ms.get(batch, 0.0) / 1e3 for batch in batches]
         save_polygraphy_outputs(outputs_path, data.reference, iterations, runtimes)
-
-
-def cuda_found(onnx_path: str | os.PathLike, report=None) -> bool:
-    """Whether ONNX Runtime really runs this file on CUDA here: the parity report's ``ort-cuda`` session
-    if it ran, else a session opened for the purpose (onnxruntime-gpu lists CUDA even without a GPU)."""
-    if report is not None and any(row.backend == "ort-cuda" for row in report.rows):
-        return report.providers.get("ort-cuda", [])[:1] == ["CUDAExecutionProvider"]
-    from ..verify.ort_options import create_session
-
-    try:
-        create_session(onnx_path, "cuda")
-    except Exception:
-        return False
-    return True

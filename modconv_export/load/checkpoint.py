@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .._util import short_repr
 from .._util.files import atomic_output, write_bytes
 from ..errors import CheckpointError
 
@@ -79,14 +80,14 @@ def checkpoint_from_dict(obj: Mapping[str, Any], source: str = "checkpoint") -> 
     version = obj.get("version")
     if version != CHECKPOINT_VERSION:
         raise CheckpointError(
-            f"{source}: unsupported modconv-export checkpoint version {version!r} (this toolkit reads {CHECKPOINT_VERSION})"
+            f"{source}: unsupported modconv-export checkpoint version {short_repr(version, 40)} (this toolkit reads {CHECKPOINT_VERSION})"
         )
     family, config, state = obj.get("family"), obj.get("config"), obj.get("state_dict")
     if not isinstance(family, str) or not isinstance(config, Mapping) or not isinstance(state, Mapping):
         raise CheckpointError(f"{source}: a modconv-export checkpoint needs 'family' (str), 'config' (dict) and 'state_dict' (dict)")
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise CheckpointError(f"{source}: state_dict entries that are not tensors: {', '.join(map(str, bad[:3]))}")
+        raise CheckpointError(f"{source}: state_dict entries that are not tensors: {', '.join(short_repr(k, 60) for k in bad[:3])}")
     return Checkpoint(family, dict(config), dict(state))
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO
 
 import torch
 import torch.nn as nn
@@ -62,21 +63,24 @@ def load_model(
     path = Path(path).expanduser()
     with open_regular(path) as f:
         fmt = sniff(f, path)
-        if fmt == NVLABS:  # read as data whatever --trust-pickle says; honours the generator options
-            loaded = from_nvlabs_pickle(f, path, import_paths, allow_globals, generator)
-        else:
-            loaded = _from_torch_file(f, path, fmt, trust_pickle, import_paths, allow_globals)
-            refused = generator.refusal(loaded.describe())
-            if refused is not None:
-                raise LoadError(f"{path}: {refused}")
+        try:
+            if fmt == NVLABS:  # read as data whatever --trust-pickle says; honours the generator options
+                loaded = from_nvlabs_pickle(f, path, import_paths, allow_globals, generator)
+            else:
+                loaded = _read(f, path, fmt, trust_pickle, import_paths, allow_globals)
+                refused = generator.refusal(loaded.describe())
+                if refused is not None:
+                    raise LoadError(f"{path}: {refused}")
+        except RecursionError:  # nested deeper than the scan could see (built through the memo): walking it failed
+            raise LoadError(f"{path}: is malformed: its data nests too deeply to be read") from None
     loaded.module.eval()
     loaded.path = path
     check_weights(loaded.module, path)
     return loaded
 
 
-def _from_torch_file(
-    f, path: Path, fmt: str, trust_pickle: bool, import_paths: Sequence[str | os.PathLike], allow_globals: Sequence[str]
+def _read(
+    f: IO[bytes], path: Path, fmt: str, trust_pickle: bool, import_paths: Sequence[str | os.PathLike], allow_globals: Sequence[str]
 ) -> LoadedModel:
     obj, refusal = load_weights_only(f, path, fmt)
     if refusal is None:

@@ -6,6 +6,7 @@ mismatch with the family's model is one line naming the first missing, unexpecte
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .._util import first_line, short_repr
 from ..errors import LoadError, ModconvExportError
 from ..families import Family, get_family, recognize
 from .checkpoint import checkpoint_from_dict, is_toolkit_checkpoint
@@ -41,7 +43,7 @@ def unwrap_state_dict(obj: Any) -> dict | None:
 
 def describe(obj: Any) -> str:
     if isinstance(obj, Mapping):
-        keys = ", ".join(map(repr, list(obj)[:5]))
+        keys = ", ".join(short_repr(k, 60) for k in itertools.islice(obj, 5))
         return f"dict with keys {keys}{' ...' if len(obj) > 5 else ''}" if obj else "empty dict"
     return type(obj).__name__
 
@@ -72,13 +74,15 @@ def build(family: Family, state: Mapping[str, torch.Tensor], config: Mapping[str
     try:
         config = dict(config) if config is not None else family.infer_config(converted)
     except (ValueError, KeyError, TypeError, IndexError) as exc:
-        raise LoadError(f"{path}: looks like family {family.name!r} but its config cannot be inferred: {exc}") from exc
+        raise LoadError(f"{path}: looks like family {family.name!r} but its config cannot be inferred: {first_line(exc)}") from exc
     try:
         module = family.load(state, config)
     except RuntimeError as exc:
         raise LoadError(f"{path}: does not fit family {family.name!r} ({strict_mismatch(family, config, converted, exc)})") from exc
     except (ValueError, KeyError, TypeError) as exc:
-        raise LoadError(f"{path}: family {family.name!r} cannot be built with config {config}: {exc}") from exc
+        raise LoadError(
+            f"{path}: family {family.name!r} cannot be built with config {short_repr(config, 160)}: {first_line(exc, 200)}"
+        ) from exc
     return module, config
 
 

@@ -5,13 +5,50 @@ Polygraphy-style parts: :mod:`.runners` (one prepare/infer/release interface per
 :mod:`.harness` (``check_parity``) and :mod:`.picture` (the PNG, Pillow optional).
 """
 
-from .harness import check_parity, random_inputs
-from .metrics import Metrics, compare
-from .openvino_runner import OpenVINORunner
-from .picture import MissingExtraError, write_report_image
-from .report import ImageSample, ParityData, ParityReport, ParityRow
-from .runners import EagerRunner, OnnxRuntimeRunner, Runner, RunnerUnavailable, TorchScriptRunner
-from .tolerances import DEFAULT_REL_L2, Tolerance, resolve_tolerance
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: public name -> the submodule that defines it; imported on first use (PEP 562), so that the command line
+#: reads :mod:`.providers` and :mod:`.ort_options` (``--providers``, ``--version``) without importing torch
+_EXPORTS = {
+    "check_parity": "harness",
+    "random_inputs": "harness",
+    "Metrics": "metrics",
+    "compare": "metrics",
+    "OpenVINORunner": "openvino_runner",
+    "MissingExtraError": "picture",
+    "write_report_image": "picture",
+    "ImageSample": "report",
+    "ParityData": "report",
+    "ParityReport": "report",
+    "ParityRow": "report",
+    "EagerRunner": "runners",
+    "OnnxRuntimeRunner": "runners",
+    "Runner": "runners",
+    "RunnerUnavailable": "runners",
+    "TorchScriptRunner": "runners",
+    "DEFAULT_REL_L2": "tolerances",
+    "Tolerance": "tolerances",
+    "resolve_tolerance": "tolerances",
+}
+
+if TYPE_CHECKING:
+    from .harness import check_parity, random_inputs
+    from .metrics import Metrics, compare
+    from .openvino_runner import OpenVINORunner
+    from .picture import MissingExtraError, write_report_image
+    from .report import ImageSample, ParityData, ParityReport, ParityRow
+    from .runners import EagerRunner, OnnxRuntimeRunner, Runner, RunnerUnavailable, TorchScriptRunner
+    from .tolerances import DEFAULT_REL_L2, Tolerance, resolve_tolerance
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DEFAULT_REL_L2",

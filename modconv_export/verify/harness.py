@@ -29,6 +29,7 @@ from ..export.prepare import PRECISIONS as CHECK_PRECISIONS  # the precisions a 
 from .environment import versions
 from .metrics import compare, is_image_like
 from .openvino_runner import OpenVINORunner
+from .providers import PROVIDERS, parse_providers
 from .report import FAIL, NOT_RUN, PASS, ImageSample, ParityData, ParityReport, ParityRow
 from .runners import EagerRunner, OnnxRuntimeRunner, Runner, RunnerUnavailable, TorchScriptRunner
 from .tolerances import ToleranceOverride, resolve_tolerance
@@ -37,16 +38,10 @@ __all__ = ["PROVIDERS", "batch_seed", "check_parity", "parse_providers", "random
 
 CPU_REFERENCE = "eager-original-cpu"
 CUDA_REFERENCE = "eager-original-cuda"
-#: ``providers`` names, matched case-insensitively -> what they select: a device, or OpenVINO rows.
-_PROVIDER_NAMES = {
-    "cpu": "cpu", "cuda": "cuda", "cpuexecutionprovider": "cpu", "cudaexecutionprovider": "cuda",
-    "openvino": "openvino", "openvino-bf16": "openvino-bf16",
-}  # fmt: skip
-#: Every name ``providers`` (and the CLI's ``--providers``) accepts, as documented.
-PROVIDERS = ("cpu", "cuda", "CPUExecutionProvider", "CUDAExecutionProvider", "openvino", "openvino-bf16")
 _DEVICES = ("cpu", "cuda")
-#: OpenVINO rows (the ONNX file on OpenVINO's CPU plugin) and the precision they compute in.
-_OPENVINO = {"openvino": "fp32", "openvino-bf16": "bf16"}
+#: OpenVINO rows (the ONNX file on OpenVINO's CPU plugin, through its own runtime or ONNX Runtime's
+#: execution provider) and the precision they compute in.
+_OPENVINO = {"openvino": ("fp32", "openvino"), "openvino-bf16": ("bf16", "openvino"), "ort-openvino": ("fp32", "onnxruntime")}
 #: Precisions of a whole check (of the ONNX file); bf16 exists only as OpenVINO rows of an fp32 check.
 #: Outputs the picture prefers to show: ONNX Runtime first (the file people deploy).
 _PICTURE_ORDER = (
@@ -61,18 +56,6 @@ _PICTURE_ORDER = (
 )
 
 MakeInputs = Callable[[int, int], Any]
-
-
-def parse_providers(text: str | Sequence[str]) -> tuple[str, ...]:
-    """``"cpu,CUDAExecutionProvider,openvino-bf16"`` (or a sequence of names) -> ``("cpu", "cuda",
-    "openvino-bf16")``: the selections in order, duplicates dropped. The one parser of provider names
-    (``check_parity`` and the CLI); :class:`~modconv_export.errors.ModconvExportError` otherwise."""
-    names = [p.strip() for p in (text.split(",") if isinstance(text, str) else text) if p.strip()]
-    unknown = [p for p in names if p.lower() not in _PROVIDER_NAMES]
-    if unknown or not names:
-        accepted = ", ".join(PROVIDERS[:-1]) + f" or {PROVIDERS[-1]}"
-        raise ModconvExportError(f"providers take {accepted}; got {', '.join(unknown) or 'none'}")
-    return tuple(dict.fromkeys(_PROVIDER_NAMES[p.lower()] for p in names))
 
 
 def batch_seed(seed: int, batch: int) -> int:
@@ -180,10 +163,10 @@ def _plans(model, rewritten, onnx_path, onnx_half, ts_source, devices, openvino,
 
         for name, make, reason in (("eager", eager, torch_reason), ("torchscript", script, ts_reason), ("ort", onnxrt, ort_reason)):
             plans.append(_Plan(f"{name}-{device}", None if reason else make, reason, ref))
-    for ov_precision in openvino:
+    for ov_precision, runtime in openvino:
         reason = _onnx_reason(onnx_path, onnx_half, False) if not half else "OpenVINO rows check float32 files (precision='fp32')"
-        make = None if reason else (lambda p=ov_precision: OpenVINORunner(onnx_path, p))
-        plans.append(_Plan(OpenVINORunner.default_name(ov_precision), make, reason, CPU_REFERENCE, ov_precision))
+        make = None if reason else (lambda p=ov_precision, r=runtime: OpenVINORunner(onnx_path, p, runtime=r))
+        plans.append(_Plan(OpenVINORunner.default_name(ov_precision, runtime), make, reason, CPU_REFERENCE, ov_precision))
     return plans
 
 
@@ -306,8 +289,8 @@ def check_parity(
     ``args`` are example inputs in ``forward`` order (a tensor or a tuple); for each batch size the
     harness draws new standard-normal inputs of the same non-batch shape, or calls
     ``make_inputs(batch, seed)`` (seed derived from ``seed`` and the batch size) for realistic ones.
-    ``providers`` picks the devices ("cpu", "cuda") and OpenVINO rows ("openvino", "openvino-bf16"; see
-    :data:`PROVIDERS`). ``precision="fp16"`` runs the torch backends in
+    ``providers`` picks the devices ("cpu", "cuda") and OpenVINO rows ("openvino", "openvino-bf16", and
+    "OpenVINOExecutionProvider" for ONNX Runtime's OpenVINO execution provider; see :mod:`.providers`). ``precision="fp16"`` runs the torch backends in
     half on CUDA and ONNX Runtime on an ONNX file that computes in float16 (float16 inputs, or float16
     convolution weights behind float32 I/O as ``export_onnx(precision="fp16")`` writes); the reference stays fp32 on CPU.
     ``trace_torchscript=True`` checks TorchScript without a file: a trace of the rewritten model on

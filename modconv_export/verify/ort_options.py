@@ -80,8 +80,11 @@ def cuda_provider_options(
     }
 
 
-def model_source(path: str | os.PathLike) -> str | bytes:
-    """What ONNX Runtime can open: the path, or the file's bytes when the name is not valid UTF-8."""
+def model_source(path: str | os.PathLike | bytes) -> str | bytes:
+    """What ONNX Runtime can open: the path, or the file's bytes when the name is not valid UTF-8 (bytes
+    given are a serialized model already)."""
+    if isinstance(path, bytes):
+        return path
     text = str(path)
     try:
         text.encode("utf-8")

@@ -1,8 +1,11 @@
 """The report picture: reference | backend output | |difference| heat map, a few samples per image output.
 
 People look at pictures before tables: a wrong colour order, a shifted pixel grid or a blotch of NaN
-is obvious here and cryptic in a number. Each block is captioned with the row's numbers. Pillow is an
-optional extra (``pip install 'modconv-export[image]'``), imported only when a picture is drawn.
+is obvious here and cryptic in a number. Each block is captioned with the row's numbers and its columns
+are labelled; every heat map of the picture uses one scale, 0 to the largest difference anywhere in it,
+drawn as a colour bar at the bottom (so the hottest tile is the worst one), and each sample's own largest
+difference is written beside it. Pillow is an optional extra (``pip install 'modconv-export[image]'``),
+imported only when a picture is drawn.
 """
 
 from __future__ import annotations
@@ -20,14 +23,15 @@ from .._util.files import atomic_output, write_bytes
 from ..errors import MissingExtraError, ModconvExportError
 from .report import ImageSample, ParityReport
 
-__all__ = ["MissingExtraError", "report_image_size", "write_report_image"]
+__all__ = ["MissingExtraError", "column_labels", "picture_scale", "report_image_size", "write_report_image"]
 
 TILE = 128  #: minimum tile side in pixels; small images are enlarged by an integer factor (nearest)
 MIN_WIDTH = 480  #: room for the captions
 PAD = 8  #: gap between tiles and around the picture
 LINE = 14  #: height of one text line
-CAPTION_LINES = 2  #: caption lines above each output block
-#: Heat map from black through red and yellow to white, for |difference| scaled to its maximum.
+CAPTION_LINES = 3  #: lines above each output block: two of caption, one of column labels
+BAR = 12  #: height of the colour bar
+#: Heat map from black through red and yellow to white, for |difference| on the picture's one scale.
 _HEAT = np.array([[0, 0, 0], [120, 0, 40], [230, 40, 0], [255, 200, 0], [255, 255, 255]], dtype=np.float64)
 
 
@@ -44,14 +48,15 @@ def _scale(height: int, width: int) -> int:
 
 
 def report_image_size(samples: Sequence[ImageSample]) -> tuple[int, int]:
-    """``(width, height)`` of the picture for ``samples``: three tiles per sample row, one block per output."""
+    """``(width, height)`` of the picture for ``samples``: three tiles per sample row, one block per output,
+    and the colour bar with its labels at the bottom."""
     width, height = MIN_WIDTH, PAD
     for s in samples:
         h, w = s.expected.shape[2:]
         k = _scale(h, w)
         width = max(width, 3 * w * k + 4 * PAD)
         height += CAPTION_LINES * LINE + len(s.expected) * (h * k + LINE + PAD) + PAD
-    return width, height
+    return width, height + LINE + BAR + LINE + PAD
 
 
 def _to_rgb(image: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -84,7 +89,7 @@ def _samples(report_or_data: Any) -> list[ImageSample]:
 
 def _caption(s: ImageSample) -> list[str]:
     r = s.row
-    first = f"{r.status.upper()} | output {s.output} | {s.backend} against {s.reference} | batch {s.batch} | {r.precision}"
+    first = f"{r.status.upper()} | graph output '{s.output}' | {s.backend} against {s.reference} | batch {s.batch} | {r.precision}"
     numbers = [f"rel-L2 {r.rel_l2:.2e}" + (f" (limit {r.rel_l2_limit:.0e})" if r.rel_l2_limit is not None else "")]
     if r.max_abs is not None:
         numbers.append(f"max-abs {r.max_abs:.2e}")
@@ -93,6 +98,22 @@ def _caption(s: ImageSample) -> list[str]:
     if r.nan_count or r.inf_count:
         numbers.append(f"NaN {r.nan_count} Inf {r.inf_count}")
     return [first, " | ".join(numbers)]
+
+
+def column_labels(s: ImageSample) -> list[str]:
+    """The labels over a block's three columns (the caption above names the reference)."""
+    return ["reference", s.backend, "|difference|"]
+
+
+def _differences(s: ImageSample) -> np.ndarray:
+    """``[n, H, W]``: the largest absolute difference over the channels, per pixel."""
+    return np.abs(s.actual.astype(np.float64) - s.expected.astype(np.float64)).max(axis=1)
+
+
+def picture_scale(samples: Sequence[ImageSample]) -> float:
+    """The one heat scale of a picture: the largest finite difference in any of its samples (0 if none)."""
+    tops = [float(np.nanmax(d)) for s in samples if np.isfinite(d := _differences(s)).any()]
+    return max(tops, default=0.0)
 
 
 def write_report_image(report_or_data: ParityReport | ImageSample | Sequence[ImageSample], path: str | os.PathLike) -> Path:
@@ -111,29 +132,46 @@ def write_report_image(report_or_data: ParityReport | ImageSample | Sequence[Ima
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default(size=11)
+    top = picture_scale(samples)
     y = PAD
     for s in samples:
+        h, w = s.expected.shape[2:]
+        k = _scale(h, w)
+        columns = [PAD + col * (w * k + PAD) for col in range(3)]
         for line in _caption(s):
             draw.text((PAD, y), line, fill=(0, 0, 0), font=font)
             y += LINE
-        expected, actual = s.expected.astype(np.float64), s.actual.astype(np.float64)
+        for x, label in zip(columns, column_labels(s)):
+            draw.text((x, y), label, fill=(0, 0, 0), font=font)
+        y += LINE
+        expected, actual, diffs = s.expected.astype(np.float64), s.actual.astype(np.float64), _differences(s)
         finite = expected[np.isfinite(expected)]
         low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        h, w = expected.shape[2:]
-        k = _scale(h, w)
         for n in range(len(expected)):
-            diff = np.abs(actual[n] - expected[n]).max(axis=0)
-            top = float(np.nanmax(diff)) if np.isfinite(diff).any() else 0.0
-            tiles = [_to_rgb(expected[n], low, high), _to_rgb(actual[n], low, high), _heat(diff, top)]
-            labels = [f"reference #{n}", s.backend, f"|diff| 0..{top:.1e}"]
-            for col, (tile, label) in enumerate(zip(tiles, labels)):
-                x = PAD + col * (w * k + PAD)
-                draw.text((x, y), label, fill=(60, 60, 60), font=font)
+            row_top = float(np.nanmax(diffs[n])) if np.isfinite(diffs[n]).any() else 0.0
+            tiles = [_to_rgb(expected[n], low, high), _to_rgb(actual[n], low, high), _heat(diffs[n], top)]
+            labels = [f"sample #{n}", f"sample #{n}", f"max {row_top:.1e}"]
+            for x, tile, label in zip(columns, tiles, labels):
+                draw.text((x, y), label, fill=(90, 90, 90), font=font)
                 canvas.paste(Image.fromarray(tile).resize((w * k, h * k), Image.NEAREST), (x, y + LINE))
             y += LINE + h * k + PAD
         y += PAD
+    _colour_bar(canvas, draw, font, y, top)
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG")
     with atomic_output(path) as tmp:
         write_bytes(tmp, buffer.getvalue())
     return Path(path)
+
+
+def _colour_bar(canvas: Any, draw: Any, font: Any, y: int, top: float) -> None:
+    """The picture's heat scale, 0 to ``top``, across the picture's width below the last block."""
+    from PIL import Image
+
+    draw.text((PAD, y), "|difference|: one scale for every heat map above (blue: NaN)", fill=(0, 0, 0), font=font)
+    length = canvas.width - 2 * PAD
+    ramp = _heat(np.tile(np.linspace(0.0, top if top > 0 else 1.0, length), (BAR, 1)), top)
+    canvas.paste(Image.fromarray(ramp), (PAD, y + LINE))
+    label = f"{top:.1e}"
+    draw.text((PAD, y + LINE + BAR), "0", fill=(0, 0, 0), font=font)
+    draw.text((canvas.width - PAD - int(draw.textlength(label, font=font)), y + LINE + BAR), label, fill=(0, 0, 0), font=font)

@@ -8,6 +8,8 @@ fails inside the exporter, an interrupt) run in a subprocess.
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import json
 import os
 import re
@@ -27,6 +29,7 @@ import torch.nn as nn
 
 import modconv_export
 from modconv_export import export_onnx, rewrite_model, save_checkpoint
+from modconv_export._util.memory import format_bytes
 from modconv_export.cli import UsageError, main, parse_input
 from modconv_export.export.metadata import read_properties
 from modconv_export.families import get_family
@@ -133,9 +136,15 @@ def test_checkpoint_export_with_the_console_script(checkpoint_run, decoder):
     assert line in proc.stdout
     for path, rule in report.rewritten:  # -v lists every rewritten module
         assert f"  {path} -> {rule}\n" in proc.stdout
-    assert re.search(r"exported .*g\.onnx \(.*dynamo exporter, opset 18, fp32, dynamic batch\) in \d+\.\d s", proc.stdout)
+    assert re.search(r"exported .*g\.onnx \(dynamo exporter, opset 18, fp32, dynamic batch\) in \d+\.\d s", proc.stdout)
+    assert "traced graph: no batch-grouped convolution left to rewrite (the module rules rewrote every layer)" in proc.stdout
     assert re.search(r"PASSED +\| ort-cpu +\| b=3 +\| image", proc.stdout)
     assert re.search(r"parity +PASSED", proc.stdout)
+    sizes = re.findall(r"\d+(?:\.\d)? (?:B|KiB|MiB|KB|MB)\b", proc.stdout)  # each file's size once, in binary units, as on disk
+    assert sizes == [format_bytes((out / "g.onnx").stat().st_size), format_bytes((out / "g.ts").stat().st_size)]
+    if not torch.cuda.is_available():  # the default set skips CUDA here, saying so once
+        assert proc.stdout.count("cuda: not available here, not run\n") == 1
+        assert "NOT RUN" not in proc.stdout and "eager-original-cuda" not in proc.stdout
 
 
 def test_checkpoint_export_files_match_eager_at_another_batch(checkpoint_run, decoder):
@@ -152,10 +161,16 @@ def test_checkpoint_export_files_match_eager_at_another_batch(checkpoint_run, de
         assert relative_l2(torch.jit.load(str(out / "g.ts"))(latent), expected) < 1e-4
 
 
-def test_checkpoint_export_report(checkpoint_run):
+def test_checkpoint_export_report(checkpoint_run, work):
     proc, out = checkpoint_run
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "g.json").read_text())
+    assert report["schema_version"] == 1 and report["tool"] == "modconv-export"
+    created = datetime.datetime.fromisoformat(report["created"])
+    assert created.tzinfo is not None and abs(datetime.datetime.now(datetime.UTC) - created).total_seconds() < 3600
+    digest = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (work / "decoder.pt", out / "g.onnx", out / "g.ts")}
+    assert report["model"]["sha256"] == digest[work / "decoder.pt"]  # the file it judged, as it is on disk
+    assert report["export"]["onnx_sha256"] == digest[out / "g.onnx"] and report["export"]["torchscript_sha256"] == digest[out / "g.ts"]
     assert report["model"]["kind"] == "checkpoint" and report["model"]["family"] == "decoder"
     assert report["model"]["config"] == DECODER_CONFIG
     assert report["inputs"] == {"latent": [1, 16]}
@@ -171,7 +186,7 @@ def foreign_run(work, foreign):
     out = work / "foreign"
     out.mkdir()
     args = [work / "toy.pt", out / "toy.onnx", "--trust-pickle", "--import-path", FOREIGN_LAYERS, "--input", "image=1x3x8x8",
-            "--input", "latent=1x16", "--exporter", "torchscript", "--report-image", out / "toy.png"]  # fmt: skip
+            "--input", "latent=1x16", "--exporter", "legacy", "--report-image", out / "toy.png"]  # fmt: skip
     return run_cli(*args, cwd=out), out  # cwd is not the fixture directory: --import-path does it
 
 
@@ -198,7 +213,7 @@ def test_pickled_generator_with_layers_from_a_module_the_toolkit_never_saw(forei
 def test_bare_state_dict_with_python_m_and_no_verify(work, decoder):
     out = work / "sd"
     out.mkdir()
-    proc = run_cli(work / "decoder_sd.pt", out / "g.onnx", "--exporter", "torchscript", "--no-verify", "--report", out / "g.json")
+    proc = run_cli(work / "decoder_sd.pt", out / "g.onnx", "--exporter", "legacy", "--no-verify", "--report", out / "g.json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "state_dict (StyledImageDecoder, family 'decoder'" in proc.stdout
     assert "not verified (--no-verify)" in proc.stdout and "parity fp32" not in proc.stdout
@@ -216,7 +231,7 @@ def test_fp16_export_is_verified_at_the_fp16_tolerance(work, decoder):
         work / "decoder.pt",
         out / "g.onnx",
         "--exporter",
-        "torchscript",
+        "legacy",
         "--precision",
         "fp16",
         "--providers",
@@ -242,7 +257,7 @@ def test_openvino_providers_verify_f32_and_bf16(work, decoder):
         work / "decoder.pt",
         out / "g.onnx",
         "--exporter",
-        "torchscript",
+        "legacy",
         "--providers",
         "cpu,openvino,openvino-bf16",
         "--report",
@@ -281,7 +296,7 @@ def test_program_that_depends_on_the_batch_size_is_refused(work, foreign, good_o
     out = work / "gate"
     out.mkdir()
     (out / "gate.onnx").write_bytes(good_onnx)
-    for exporter in ("torchscript", "dynamo"):
+    for exporter in ("legacy", "dynamo"):
         proc = run_cli(work / "batch.pt", out / "gate.onnx", "--trust-pickle", "--import-path", FOREIGN_LAYERS, "--input", "x=1x4",
                        "--exporter", exporter)  # fmt: skip
         assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -314,10 +329,10 @@ def test_limits_and_debug_metadata_options(work, decoder):
 @pytest.mark.parametrize(
     "kind, exporter, pattern",
     [
-        ("svd", "torchscript", r"torchscript export failed in module 'body\.1' \(SingularValues\): .*aten::linalg_svdvals"),
+        ("svd", "legacy", r"legacy export failed in module 'body\.1' \(SingularValues\): .*aten::linalg_svdvals"),
         (
             "sign",
-            "torchscript",
+            "legacy",
             r"graph capture \(torch\.export\) failed in module 'body\.1' \(SignGate\) at tricky_models\.py:\d+ `if x\.mean\(\) > 0:`: data-dependent",
         ),
     ],
@@ -427,9 +442,9 @@ CASES = {
     "unknown family": (["bad/unknown.pt"], r"matches no known model family; looked for: .*decoder \(keys like"),
     "strict mismatch": (["bad/mismatch.pt"], r"does not fit family 'decoder' \(shape mismatches: blocks\.1\.conv0\.weight \(file \[8, 8, 3, 3\], model \[4, 8, 3, 3\]\)"),
     "nan weights": (["bad/nan.pt"], r"weights contain NaN/Inf: to_rgb\.bias \(1 NaN\)"),
-    "out dir missing": (["decoder.pt", "OUT=nowhere/g.onnx"], r"OUT .*nowhere/g\.onnx: output directory does not exist"),
+    "out dir is a file": (["decoder.pt", "OUT=bad/notes.txt/g.onnx"], r"OUT .*notes\.txt/g\.onnx: output directory is not a directory"),
     "out dir unwritable": (["decoder.pt", "OUT=READONLY"], r"output directory is not writable"),
-    "torchscript dir missing": (["decoder.pt", "--torchscript", "nowhere/g.ts"], r"--torchscript nowhere/g\.ts: output directory does not exist"),
+    "torchscript dir is a file": (["decoder.pt", "--torchscript", "bad/notes.txt/g.ts"], r"--torchscript bad/notes\.txt/g\.ts: output directory is not a directory"),
     "malformed input": (["decoder.pt", "--input", "latent=1,16"], r"malformed --input 'latent=1,16': expected NAME=SHAPE"),
     "unknown input name": (["decoder.pt", "--input", "z=1x16"], r"--input z: this model's inputs are latent"),
     "duplicate input": (["decoder.pt", "--input", "latent=1x16", "--input", "latent=2x16"], r"--input latent is given more than once"),
@@ -442,15 +457,17 @@ CASES = {
     "unknown option": (["decoder.pt", "--bogus"], r"unrecognized arguments: --bogus"),
     "missing out": (["decoder.pt", "OUT="], r"the following arguments are required: OUT\.onnx"),
     "bad exporter": (["decoder.pt", "--exporter", "tf"], r"invalid choice: 'tf'"),
-    "bad providers": (["decoder.pt", "--providers", "tpu"], r"--providers takes cpu, cuda, CPUExecutionProvider, CUDAExecutionProvider, openvino or openvino-bf16, comma-separated, got 'tpu'"),
+    "bad providers": (["decoder.pt", "--providers", "tpu"], r"--providers takes cpu, cuda, CPUExecutionProvider, CUDAExecutionProvider, openvino, openvino-bf16 or OpenVINOExecutionProvider, comma-separated, got 'tpu'"),
+    "bad repeated providers": (["decoder.pt", "--providers", "cpu", "--providers", "tpu"], r"--providers takes .* got 'cpu,tpu'"),
     "other ORT provider": (["decoder.pt", "--providers", "TensorrtExecutionProvider"], r"--providers takes cpu, cuda"),
     "bad batch sizes": (["decoder.pt", "--batch-sizes", "1,0"], r"--batch-sizes takes positive integers, comma-separated \(e\.g\. 1,3,8\), got '1,0'"),
     "batch sizes not numbers": (["decoder.pt", "--batch-sizes", "1;3"], r"--batch-sizes takes positive integers"),
     "verbose and quiet": (["decoder.pt", "-v", "-q"], r"argument -q/--quiet: not allowed with argument -v/--verbose"),
     "inputs without verify": (["decoder.pt", "--no-verify", "--save-inputs", "bad/i.json"], r"--save-inputs needs the parity check"),
     "outputs without verify": (["decoder.pt", "--no-verify", "--save-outputs", "bad/o.json"], r"--save-outputs needs the parity check"),
-    "outputs dir missing": (["decoder.pt", "--save-outputs", "nowhere/o.json"], r"--save-outputs nowhere/o\.json: output directory does not exist"),
-    "triton repo parent missing": (["decoder.pt", "--triton-repo", "nowhere/repo"], r"--triton-repo nowhere/repo: output directory does not exist"),
+    "outputs dir is a file": (["decoder.pt", "--save-outputs", "bad/notes.txt/o.json"], r"--save-outputs bad/notes\.txt/o\.json: output directory is not a directory"),
+    "triton repo is a file": (["decoder.pt", "--triton-repo", "bad/notes.txt"], r"--triton-repo bad/notes\.txt: is not a directory"),
+    "onnx as the model": (["good.onnx"], r"good\.onnx: is an ONNX model, not a PyTorch file: give the checkpoint it was exported from"),
     "triton batch size": (["decoder.pt", "--triton-repo", "bad/repo", "--triton-max-batch-size", "0"], r"Triton max_batch_size must be at least 1, got 0"),
     "image without verify": (["decoder.pt", "--no-verify", "--report-image", "bad/x.png"], r"--report-image needs the parity check"),
     "truncation of a non-generator": (["decoder.pt", "--truncation", "0.7"], r"--truncation 0\.7 apply to generator files .*; this file is a modconv-export checkpoint \(StyledImageDecoder, family 'decoder'"),
@@ -502,7 +519,7 @@ def test_verbose_lists_near_misses_and_the_graph_rewrite_takes_them(work, foreig
     """A module rule declines a non-zero constant pad; the traced graph still proves that conv factorisable."""
     monkeypatch.syspath_prepend(str(FOREIGN_LAYERS))
     argv = [str(work / "near_miss.pt"), str(work / "near.onnx"), "--trust-pickle", "--import-path", str(FOREIGN_LAYERS), "--input", "image=1x3x8x8",
-            "--input", "latent=1x16", "--exporter", "torchscript", "-v"]  # fmt: skip
+            "--input", "latent=1x16", "--exporter", "legacy", "-v"]  # fmt: skip
     code = main(argv)
     captured = capfd.readouterr()
     assert code == 0, captured.out + captured.err
@@ -541,7 +558,7 @@ def test_model_that_runs_at_one_batch_size_only_is_refused(work, foreign, capfd,
             "--input",
             "x=2x4",
             "--exporter",
-            "torchscript",
+            "legacy",
         ]
     )
     line = error_line(capfd.readouterr().err)
@@ -563,7 +580,7 @@ def test_debug_shows_the_traceback(work, capfd):
 @pytest.mark.parametrize(
     "case, script",
     [("missing file", True), ("malicious pickle", False), ("malicious pickle, trusted", True), ("pickle without trust", False),
-     ("out dir missing", False), ("malformed input", True)],
+     ("out dir is a file", False), ("onnx as the model", True), ("malformed input", True)],
 )  # fmt: skip
 def test_bad_input_in_a_subprocess(case, script, work, bad_inputs, good_onnx):
     args, pattern = CASES[case]
@@ -617,13 +634,12 @@ def test_version_and_help(capfd):
     assert "samples/out/lats_small.pt" in tail[-3]
 
 
-def test_help_lists_a_family_registered_later(capfd, monkeypatch):
-    from modconv_export.families import registry
+def test_help_catalogue_is_the_registry():
+    """--help names the families from a catalogue that needs no torch; it must be the registry, in order."""
+    from modconv_export.cli.catalogue import FAMILIES
+    from modconv_export.families import registered_families
 
-    extra = registry.Family("zz-test", "a family registered by a test", (r"^x$",), dict, lambda c: nn.Identity(), lambda c: [], ("y",))
-    monkeypatch.setitem(registry._FAMILIES, extra.name, extra)
-    assert main(["--help"]) == 0
-    assert "  zz-test    a family registered by a test\n" in capfd.readouterr().out
+    assert FAMILIES == tuple((f.name, f.description) for f in registered_families())
 
 
 def test_noise_choice_is_printed_and_reported(work):
@@ -634,7 +650,7 @@ def test_noise_choice_is_printed_and_reported(work):
     torch.save(TinyGenerator("clean").eval(), work / "noisy.pt")
     out = work / "noisy"
     out.mkdir()
-    proc = run_cli(work / "noisy.pt", out / "g.onnx", "--trust-pickle", "--import-path", TESTS, "--exporter", "torchscript", "--no-verify",
+    proc = run_cli(work / "noisy.pt", out / "g.onnx", "--trust-pickle", "--import-path", TESTS, "--exporter", "legacy", "--no-verify",
                    "--input", "w=1x8", "--input", "noise0=1x1x4x4", "--input", "noise1=1x1x8x8", "--report", out / "g.json")  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "note: style_conv_noise (2: conv1, conv_up)" in proc.stdout and "zero noise" in proc.stdout

@@ -1,8 +1,8 @@
 """Fuzzing the command line as a hostile and careless user would, with the numbers the project reports.
 
 Seeded random cases in every class the toolkit promises to survive: hostile pickles, damaged and
-non-regular model files, odd paths and option values, signals at random moments, full disks, and two
-runs writing the same file. Every case must end cleanly -- exit 0, 1, 2 or 128 + signal, with stderr
+non-regular model files, odd paths and option values, signals at random moments, full disks, two
+runs writing the same file, and resource bombs (refused within seconds and without the memory they ask for). Every case must end cleanly -- exit 0, 1, 2 or 128 + signal, with stderr
 empty or one ``modconv-export:`` line and never a traceback -- must lose no data (each target is its
 old content or a complete new file, no temporary left) and must run no pickled code (no marker).
 The last test prints the totals (``pytest -s`` shows them; they are also written to
@@ -16,6 +16,7 @@ import errno
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -29,14 +30,15 @@ import torch
 import torch.nn as nn
 
 from modconv_export.cli import main
+from modconv_export.families import get_family
 
 import nvlabs_pickles
-from cli_inputs import FOREIGN_LAYERS, write_cli_inputs
+from cli_inputs import CONFIG, FOREIGN_LAYERS, write_cli_inputs
 from helpers import FIXTURES, patch_file_writes
-from pickle_payloads import Attr, Build, Call, G, NewObj, StackGlobal, plain_pickle, save
+from pickle_payloads import Attr, Build, Call, G, NewObj, StackGlobal, deep, legacy_bomb, plain_pickle, save, tensor, zip_bomb
 
 USER_CODE = FIXTURES / "user_code"
-FAST = ["--exporter", "torchscript", "--providers", "cpu"]
+FAST = ["--exporter", "legacy", "--providers", "cpu"]
 CLEAN_CODES = {0, 1, 2, 129, 130, 143}
 TEMP_SUFFIXES = (".partial", ".probe", ".old")
 
@@ -434,6 +436,109 @@ def test_fuzz_concurrent_runs(base, tmp_path):
                 PROBLEMS.append(f"concurrent run {i}: exit {proc.returncode}, expected {expected}: {err[-300:]}")
         if not _complete(shared):
             TOTALS["data lost or partial"] += 1
+
+
+# -- 7. resource bombs ---------------------------------------------------------------------------------
+
+MiB = 2**20
+#: storage classes a bomb declares, with their element size
+STORAGES = [("FloatStorage", 4), ("HalfStorage", 2), ("DoubleStorage", 8), ("ByteStorage", 1), ("BFloat16Storage", 2)]
+#: how long a refusal may take, and the memory it may take beyond twice the file's size (a normal load)
+BOMB_SECONDS, BOMB_SLACK = 3.0, 96 * MiB
+
+
+def _placed(rng: random.Random, value: object, state: dict | None = None) -> object:
+    """``value`` where a file holds data: alone, in a state dict, a training checkpoint, a toolkit checkpoint, a list."""
+    where = rng.choice(["top", "state_dict", "training", "checkpoint", "list"])
+    if where == "state_dict":
+        return {**(state or {}), "extra.weight": value}
+    if where == "training":
+        return {"g_ema": state or {}, "args": value, "iter": 7}
+    if where == "checkpoint":
+        config = {**CONFIG, rng.choice(["channels", "n_mlp", "extra"]): value}
+        return {"format": "modconv-export", "version": 1, "family": "decoder", "config": config, "state_dict": state or {}}
+    return [value, 1] if where == "list" else value
+
+
+BOMBS = ["deflated tensor", "deflated pickle", "declared beyond (zip)", "record too small", "legacy declared beyond"] * 3 + ["nested"] * 9
+
+
+def _bomb(rng: random.Random, kind: str, d: Path, state: dict) -> tuple[str, Path, str]:
+    """One seeded resource bomb of ``kind``: its name, the file, and the refusal it must get."""
+    storage, itemsize = rng.choice(STORAGES)
+    if kind == "deflated tensor":
+        size = rng.choice([256 * MiB, 512 * MiB, 1024 * MiB, 12 * 1024 * MiB])
+        obj = _placed(rng, tensor("0", size // itemsize, storage))
+        return kind, zip_bomb(d / "m.pt", obj, {"0": size}, crc=size < 2**32), r"compressed tensor entry \S+/data/0 \(.* inflating to"
+    if kind == "deflated pickle":
+        obj = _placed(rng, tensor("0", 4, storage))
+        return (
+            kind,
+            zip_bomb(d / "m.pt", obj, {"0": bytes(4 * itemsize)}, pickle_zeros=rng.choice([128, 512]) * MiB),
+            r"compressed records inflate",
+        )
+    if kind == "declared beyond (zip)":
+        numel = rng.choice([2**28, 2**34, 2**45, 2**55]) // itemsize
+        obj = _placed(rng, tensor(str(rng.randrange(9)), numel, storage))
+        return (
+            kind,
+            zip_bomb(d / "m.pt", obj, {"0": bytes(rng.randrange(64))}),
+            r"declares [\d.]+ [KMGTP]?i?B of tensor data in a .* archive",
+        )
+    if kind == "record too small":
+        keys = [str(k) for k in range(rng.randrange(2, 6))]
+        records = {k: bytes(itemsize * rng.randrange(1, 64)) for k in keys} | {"pad": bytes(8192)}
+        short = rng.choice(keys)
+        obj = _placed(rng, [tensor(k, len(records[k]) // itemsize + (k == short) * rng.randrange(1, 512), storage) for k in keys])
+        return kind, zip_bomb(d / "m.pt", obj, records), rf"tensor storage '{short}' declares .* but its record holds"
+    if kind == "legacy declared beyond":
+        numel = rng.choice([2**26, 2**31, 2**40, 2**50]) // itemsize
+        header = rng.choice([numel, 4])
+        obj = _placed(rng, tensor("1", numel, storage, legacy=True))
+        return kind, legacy_bomb(d / "m.pt", obj, {"1": (header, bytes(rng.randrange(64)))}), r"declares .* of tensor data in a .* file"
+    how = rng.choice(["list", "memo", "dict", "marks", "tuple", "adopted"])
+    levels = rng.randrange(10_000, 30_000) if how == "adopted" else rng.choice([1_000, 100_000, 1_000_000])
+    obj = {deep(levels, "tuple"): 1} if how == "tuple" and rng.random() < 0.5 else _placed(rng, deep(levels, how), state)
+    return f"nested ({how})", save(obj, d / "m.pt", legacy=rng.random() < 0.3), r"."
+
+
+def _memory(field: str) -> int:
+    """``VmRSS`` or ``VmHWM`` (the peak since the last reset) of this process, in bytes."""
+    return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
+
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS (Linux)
+        return True
+    except OSError:
+        return False
+
+
+def test_fuzz_resource_bombs(base, tmp_path, capfd):
+    """Each bomb: exit 2, one short line naming what is wrong, nothing written, in seconds, without the memory."""
+    rng = random.Random(7707)
+    torch.manual_seed(0)
+    state = get_family("decoder").build(CONFIG).state_dict()
+    for i, kind in enumerate(BOMBS):
+        d = tmp_path / f"b{i}"
+        d.mkdir()
+        kind, model, expected = _bomb(rng, kind, d, state)
+        paths = targets(d, rng, base)
+        before = snapshot(paths.values())
+        measured, rss = _reset_peak(), _memory("VmRSS")
+        start = time.perf_counter()
+        code, err = run_main([str(model), str(paths["OUT"]), "--no-verify", *FAST], capfd)
+        seconds, rise = time.perf_counter() - start, _memory("VmHWM") - rss if measured else 0
+        judge(f"resource bomb: {kind}", code, err, before, [d])
+        TOTALS["bombs: slowest ms"] = max(TOTALS["bombs: slowest ms"], int(seconds * 1000))
+        TOTALS["bombs: most MiB"] = max(TOTALS["bombs: most MiB"], rise // MiB)
+        line = err.strip()
+        if code != 2 or not re.search(expected, line) or len(line) > 600:
+            PROBLEMS.append(f"bomb {i} ({kind}): exit {code}, expected 2 and /{expected}/: {line[-300:]!r}")
+        if seconds > BOMB_SECONDS or rise > 2 * model.stat().st_size + BOMB_SLACK:
+            PROBLEMS.append(f"bomb {i} ({kind}): {seconds:.1f} s and {rise / MiB:.0f} MiB for a {model.stat().st_size / MiB:.1f} MiB file")
+        model.unlink()  # the next bombs need the disk more than this one
 
 
 # -- the numbers -----------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from cli_inputs import write_cli_inputs
 from helpers import patch_file_writes
 
 ERROR = "modconv-export: error: "
-FAST = ["--exporter", "torchscript", "--providers", "cpu"]
+FAST = ["--exporter", "legacy", "--providers", "cpu"]
 
 
 def one_line(stderr: str) -> str:

@@ -77,22 +77,22 @@ def test_samples_are_seeded_and_not_saturated(exported):
         assert float((out.abs() > 0.99).float().mean()) < 0.05 and float(out.std()) > 0.1, ckpt.family
 
 
-def _tiles(png: Path, count: int, columns: int) -> np.ndarray:
+def _tiles(png: Path, count: int, columns: int, deploy) -> np.ndarray:
+    """The tiles of a grid, at the model's own resolution, after checking each has a label above it."""
     canvas = np.asarray(Image.open(png).convert("RGB"))
-    rows = -(-count // columns)
-    assert canvas.shape == (rows * (SIZE + 2) - 2, columns * (SIZE + 2) - 2, 3)
-    tiles = [
-        canvas[r * (SIZE + 2) : r * (SIZE + 2) + SIZE, c * (SIZE + 2) : c * (SIZE + 2) + SIZE]
-        for r, c in (divmod(i, columns) for i in range(count))
-    ]
-    return np.stack(tiles).astype(np.int16)
+    k = -(-deploy.TILE_MIN // SIZE)
+    side, band, rows = SIZE * k, deploy.LABEL, -(-count // columns)
+    assert canvas.shape == (rows * (band + side + 2) - 2, columns * (side + 2) - 2, 3)
+    places = [(r * (band + side + 2), c * (side + 2)) for r, c in (divmod(i, columns) for i in range(count))]
+    assert all(canvas[y : y + band, x : x + side].min() < 100 for y, x in places), "a tile without a label"
+    return np.stack([canvas[y + band : y + band + side : k, x : x + side : k] for y, x in places]).astype(np.int16)
 
 
 def _as_uint8(images: np.ndarray) -> np.ndarray:
     return np.round(np.clip((images + 1) * 127.5, 0, 255)).astype(np.int16).transpose(0, 2, 3, 1)
 
 
-def test_deploy_lats_grid(exported, tmp_path):
+def test_deploy_lats_grid(exported, tmp_path, deploy_module):
     _, model, path = exported["lats"]
     png, arrays = tmp_path / "lats.png", tmp_path / "lats.npz"
     proc = run(SAMPLES / "deploy_onnxruntime.py", path, "--out", png, "--save-arrays", arrays)
@@ -104,7 +104,7 @@ def test_deploy_lats_grid(exported, tmp_path):
     with torch.no_grad():
         expected = model(torch.from_numpy(image), torch.from_numpy(code)).numpy()
     assert relative_l2(output, expected) <= 1e-4
-    tiles = _tiles(png, 7, columns=7)  # the input, then one picture per age class
+    tiles = _tiles(png, 7, columns=7, deploy=deploy_module)  # the input, then one picture per age class, each labelled
     assert np.abs(tiles - _as_uint8(np.concatenate([image[:1], output]))).max() <= 1
 
 
@@ -123,7 +123,7 @@ def test_deploy_lats_with_an_image(exported, tmp_path):
     assert relative_l2(output, expected) <= 1e-4  # and the output is the model's for that image
 
 
-def test_deploy_decoder_grid(exported, tmp_path):
+def test_deploy_decoder_grid(exported, tmp_path, deploy_module):
     _, model, path = exported["decoder"]
     png, arrays = tmp_path / "decoder.png", tmp_path / "decoder.npz"
     run(SAMPLES / "deploy_onnxruntime.py", path, "--out", png, "--batch", "6", "--save-arrays", arrays)
@@ -132,7 +132,17 @@ def test_deploy_decoder_grid(exported, tmp_path):
     with torch.no_grad():
         expected = model(torch.from_numpy(saved["latent"])).numpy()
     assert relative_l2(saved["output"], expected) <= 1e-4
-    assert np.abs(_tiles(png, 6, columns=4)[:6] - _as_uint8(saved["output"])).max() <= 1
+    assert np.abs(_tiles(png, 6, columns=4, deploy=deploy_module)[:6] - _as_uint8(saved["output"])).max() <= 1
+
+
+def test_deploy_labels_name_the_input_and_each_age_class(deploy_module, tmp_path):
+    """The labels are drawn where the tiles say: a grid of blank tiles differs from an unlabelled one only in the bands."""
+    tiles = np.full((3, SIZE, SIZE, 3), 255, np.uint8)
+    labelled = np.asarray(deploy_module.grid(tiles, 3, ["input", "age 0-2", "age 3-6"]))
+    blank = np.asarray(deploy_module.grid(tiles, 3, ["", "", ""]))
+    changed = np.argwhere((labelled != blank).any(axis=2))
+    assert changed.size and changed[:, 0].max() < deploy_module.LABEL
+    assert deploy_module.LATS_AGES == ("0-2", "3-6", "7-9", "15-19", "30-39", "50-69")
 
 
 def test_deploy_age_codes_match_lats(deploy_module):

@@ -19,7 +19,7 @@ from tritonclient.grpc import model_config_pb2
 
 from modconv_export import save_checkpoint
 from modconv_export.families import get_family
-from modconv_export.handoff import GraphTensor, cuda_found, graph_io, save_polygraphy_inputs, save_polygraphy_outputs, triton_config
+from modconv_export.handoff import GraphTensor, graph_io, save_polygraphy_inputs, save_polygraphy_outputs, triton_config
 
 DECODER_CONFIG = {"latent_dim": 16, "n_mlp": 2, "channels": [8, 8], "output_nc": 3}
 POLYGRAPHY = Path(sys.executable).parent / "polygraphy"
@@ -117,23 +117,28 @@ def test_triton_repository_matches_the_onnx_file(run):
             dims = [d.dim_value for d in v.type.tensor_type.shape.dim]
             assert v.type.tensor_type.shape.dim[0].dim_param and list(t.dims) == dims[1:]  # the batch is Triton's
             assert model_config_pb2.DataType.Name(t.data_type) == "TYPE_FP32" and v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-    (group,) = config.instance_group
-    expected = "KIND_GPU" if cuda_found(d / "gen.onnx") else "KIND_CPU"
-    assert model_config_pb2.ModelInstanceGroup.Kind.Name(group.kind) == expected and group.count == 1
+    # the exporting machine has no say in where Triton serves: no instance_group unless one is asked for
+    assert not config.instance_group and "instance_group" not in (model_dir / "config.pbtxt").read_text()
 
 
-def test_triton_config_types_gpu_and_quoting():
+def test_triton_config_types_kind_and_quoting():
     inputs = [GraphTensor('we"ird\\name', onnx.TensorProto.FLOAT16, (None, 3, None)), GraphTensor("ids", onnx.TensorProto.INT64, (None,))]
     outputs = [GraphTensor("y", onnx.TensorProto.FLOAT, (None, 4))]
-    config = _parse(triton_config("m-1.v2", inputs, outputs, max_batch_size=16, gpu=True))
+    config = _parse(triton_config("m-1.v2", inputs, outputs, max_batch_size=16, kind="KIND_GPU"))
     assert [t.name for t in config.input] == ['we"ird\\name', "ids"]
     assert [model_config_pb2.DataType.Name(t.data_type) for t in config.input] == ["TYPE_FP16", "TYPE_INT64"]
     assert [list(t.dims) for t in config.input] == [[3, -1], []] and config.max_batch_size == 16
-    assert model_config_pb2.ModelInstanceGroup.Kind.Name(config.instance_group[0].kind) == "KIND_GPU"
+    ((group,),) = [config.instance_group]
+    assert model_config_pb2.ModelInstanceGroup.Kind.Name(group.kind) == "KIND_GPU" and group.count == 1
+    cpu = _parse(triton_config("m", inputs, outputs, max_batch_size=4, kind="KIND_CPU"))
+    assert [model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind) for g in cpu.instance_group] == ["KIND_CPU"]
+    assert not _parse(triton_config("m", inputs, outputs, max_batch_size=4)).instance_group
     with pytest.raises(Exception, match="dynamic axis 0"):
-        triton_config("m", [GraphTensor("x", onnx.TensorProto.FLOAT, (1, 3))], outputs, max_batch_size=8, gpu=False)
+        triton_config("m", [GraphTensor("x", onnx.TensorProto.FLOAT, (1, 3))], outputs, max_batch_size=8)
     with pytest.raises(Exception, match="model name"):
-        triton_config("a/b", inputs, outputs, max_batch_size=8, gpu=False)
+        triton_config("a/b", inputs, outputs, max_batch_size=8)
+    with pytest.raises(Exception, match="instance kind 'KIND_TPU'"):
+        triton_config("m", inputs, outputs, max_batch_size=8, kind="KIND_TPU")
 
 
 def test_graph_io_skips_initializers(run):

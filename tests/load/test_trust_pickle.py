@@ -339,7 +339,7 @@ def test_a_real_user_generator_still_exports_with_import_path(tmp_path):
     torch.manual_seed(0)
     torch.save(UserGenerator().eval(), tmp_path / "user.pt")
     proc = subprocess.run([sys.executable, "-m", "modconv_export", tmp_path / "user.pt", tmp_path / "user.onnx", "--trust-pickle", "--import-path", TESTS / "fixtures",
-                           "--input", "x=1x4x8x8", "--input", "z=1x8", "--exporter", "torchscript", "--providers", "cpu"],
+                           "--input", "x=1x4x8x8", "--input", "z=1x8", "--exporter", "legacy", "--providers", "cpu"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "pickled module (UserGenerator" in proc.stdout and re.search(r"parity +PASSED", proc.stdout)

@@ -1,4 +1,5 @@
-"""The report picture: a real PNG of the documented layout whose tiles show the data, and a clear error without Pillow."""
+"""The report picture: a real PNG of the documented layout whose tiles show the data on one heat scale, and a
+clear error without Pillow."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from modconv_export.verify import ImageSample, MissingExtraError, ParityRow, write_report_image
-from modconv_export.verify.picture import LINE, PAD, TILE, report_image_size
+from modconv_export.verify.picture import _HEAT, BAR, LINE, PAD, TILE, column_labels, picture_scale, report_image_size
 
 PIL = pytest.importorskip("PIL.Image")
 
@@ -26,10 +27,10 @@ def test_picture_is_a_png_of_the_expected_size(tmp_path):
     path = write_report_image(sample(), tmp_path / "parity.png")
     with PIL.open(path) as image:
         assert image.format == "PNG"
-        # 8x8 images are enlarged 16x to 128 px tiles; 3 tiles wide (min width 480), 3 samples high
-        assert image.size == (480, 8 + 2 * 14 + 3 * (128 + 14 + 8) + 8) == report_image_size([sample()])
+        # 8x8 images are enlarged 16x to 128 px tiles; 3 tiles wide (min width 480), 3 samples high, then the colour bar
+        assert image.size == (480, 8 + 3 * 14 + 3 * (128 + 14 + 8) + 8 + 14 + 12 + 14 + 8) == report_image_size([sample()])
         pixels = np.asarray(image.convert("RGB")).astype(int)
-    top = PAD + 2 * LINE + LINE  # first sample's tiles start below the caption and the tile label
+    top = PAD + 3 * LINE + LINE  # first sample's tiles: below the caption, the column labels and the sample's label
     reference = pixels[top : top + TILE, PAD : PAD + TILE]
     output = pixels[top : top + TILE, 2 * PAD + TILE : 2 * PAD + 2 * TILE]
     heat = pixels[top : top + TILE, 3 * PAD + 2 * TILE : 3 * PAD + 3 * TILE]
@@ -44,10 +45,42 @@ def test_difference_shows_in_the_heat_map(tmp_path):
     s.actual[0, :, 2, 3] += 0.5  # one wrong pixel in sample 0
     path = write_report_image([s], tmp_path / "diff.png")
     pixels = np.asarray(PIL.open(path).convert("RGB")).astype(int)
-    top, left, k = PAD + 3 * LINE, 3 * PAD + 2 * TILE, TILE // 8
+    top, left, k = PAD + 4 * LINE, 3 * PAD + 2 * TILE, TILE // 8
     heat = pixels[top : top + TILE, left : left + TILE]
     assert heat[2 * k + k // 2, 3 * k + k // 2].tolist() == [255, 255, 255]  # the hottest pixel is white
     assert heat[0:k, 0:k].max() == 0
+
+
+def test_every_heat_map_shares_one_scale_shown_by_the_colour_bar(tmp_path):
+    """A small difference must look small next to a large one: one scale for the whole picture, drawn at the bottom."""
+    big, small = sample(), sample()
+    big.actual = big.expected + 0.2  # every pixel off by 0.2
+    small.actual = small.expected + 0.002  # every pixel off by 0.002
+    small.output = "other"
+    assert picture_scale([big, small]) == pytest.approx(0.2)
+    path = write_report_image([big, small], tmp_path / "scale.png")
+    pixels = np.asarray(PIL.open(path).convert("RGB")).astype(int)
+    block = 3 * LINE + 3 * (LINE + TILE + PAD) + PAD
+    left = 3 * PAD + 2 * TILE
+    tile = lambda b, n: pixels[PAD + b * block + 3 * LINE + n * (LINE + TILE + PAD) + LINE :][:TILE, left : left + TILE]  # noqa: E731
+    assert (tile(0, 0) == [255, 255, 255]).all()  # the largest difference: the top of the scale
+    assert tile(1, 0).max() <= 10  # a hundred times smaller: near black on the same scale, not white on its own
+    bar_top = PAD + 2 * block + LINE
+    bar = pixels[bar_top : bar_top + BAR, PAD:-PAD]
+    assert (bar[:, 0] == _HEAT[0]).all() and (bar[:, -1] == _HEAT[-1]).all()  # black at 0, white at the top
+    assert bar[0, :, 0].tolist() == sorted(bar[0, :, 0].tolist())  # and red rises along it
+
+
+def test_captions_and_column_labels_name_what_each_tile_is():
+    s = sample()
+    from modconv_export.verify.picture import _caption
+
+    first, numbers = _caption(s)
+    assert first == "PASS | graph output 'image' | ort-cpu against eager-original-cpu | batch 3 | fp32"
+    assert numbers.startswith("rel-L2 0.00e+00 (limit 1e-04)")
+    s.output = "output"
+    assert "output output" not in _caption(s)[0]
+    assert column_labels(s) == ["reference", "ort-cpu", "|difference|"]
 
 
 def test_report_from_check_parity_draws(tmp_path):
