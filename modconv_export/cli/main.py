@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 
 from .._util import exception_line
 from .._util.files import Outputs
-from .._util.interrupts import Interrupted, signals_raise
+from .._util.interrupts import Interrupted, deferred, signals_raise
 from .._util.memory import is_allocation_failure
 from ..errors import ModconvExportError, OutOfMemory, UsageError
 from .arguments import (
@@ -64,11 +64,16 @@ def _checked(args: argparse.Namespace, console: Console, files: Outputs) -> tupl
 
 def _run(args: argparse.Namespace, console: Console, files: Outputs) -> int:
     given, generator = _checked(args, console, files)
-    from ..export import resolve_opset
-    from ..export.metadata import graph_sha256, record_parity
-    from ..load import load_model
-    from . import steps
-    from .inputs import outputs_of, resolve_inputs, run_eager
+    # torch and the exporters, seconds of imports: a signal meanwhile is raised when they are done, so no
+    # extension module is left half-initialised (an interrupted torch import aborts the interpreter at exit)
+    with deferred():
+        import torch  # noqa: F401
+
+        from ..export import resolve_opset
+        from ..export.metadata import graph_sha256, record_parity
+        from ..load import load_model
+        from . import steps
+        from .inputs import outputs_of, resolve_inputs, run_eager
 
     resolve_opset(args.opset, args.exporter)  # a bad --opset fails now, not after loading
     if not args.no_verify:

@@ -37,7 +37,7 @@ from .checkout import Checkout
 from .loaded import LoadedModel
 from .options import GeneratorOptions
 from .persistence import PERSISTENCE_GLOBALS, PersistentRecord
-from .pickle_scan import pickle_globals
+from .pickle_scan import TooDeep, pickle_globals
 from .plain_pickle import DATA_GLOBALS, RestrictedUnpickler
 
 __all__ = ["DEFAULT_NETWORK", "from_nvlabs_pickle", "read_nvlabs_pickle"]
@@ -61,6 +61,8 @@ def read_nvlabs_pickle(f: IO[bytes], path: Path, dirs: Sequence[Path], allowed: 
     """The file's object, with every persistence object a record (nothing from the file or the checkout has run)."""
     try:
         names = pickle_globals(f, os.fstat(f.fileno()).st_size)
+    except TooDeep as exc:
+        raise LoadError(f"{path}: is malformed: {exc} (refused before unpickling)") from None
     except ValueError as exc:
         raise LoadError(f"{path}: is truncated or corrupt (pickle data unreadable: {exc})") from None
     decisions = [_decide(name, dirs, allowed) for name in names]

@@ -353,6 +353,8 @@ def pickle_globals(f: IO[bytes], size: int) -> list[str]:
     start = f.tell()
     try:
         return sorted(set(scan_pickle(_SizeChecked(f, size)).globals))  # type: ignore[arg-type]
+    except TooDeep:
+        raise
     except (ValueError, EOFError, OSError, IndexError, KeyError, UnicodeDecodeError) as exc:
         raise ValueError(f"{type(exc).__name__}: {exc}") from None
     finally:

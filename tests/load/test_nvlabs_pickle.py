@@ -269,7 +269,7 @@ HOSTILE: dict[str, tuple[Callable, str | None, bool]] = {
     "a view repeating one element 2**40 times": (lambda m, s: _with(s, "G_ema.mapping", "w_avg2", _tensor(Call(G("torch.storage", "_load_from_bytes"), _storage_blob(1, b"\0" * 4)), (2**40,), (0,))), r"a tensor of shape \[1099511627776\] \(stride \[0\], offset 0\) needs more than its storage's 1 elements", False),
     "an opcode declaring 2**40 bytes": (_huge_opcode, r"an opcode declares 1,099,511,627,776 bytes, but the file has \d+ left", False),
     "a truncated network pickle": (_truncated, r"is truncated or corrupt", False),
-    "data nested 100,000 lists deep": (_deeply_nested, r"nests data too deeply to be a network", False),
+    "data nested 100,000 lists deep": (_deeply_nested, r"is malformed: .*(nest|unfinished values).*refused before unpickling", False),
     "the state sets forward (a method of the class)": (lambda m, s: _with(s, "G_ema.synthesis", "forward", G("torch.nn.functional", "relu")), r"G_ema\.synthesis \(Synthesis from .*\): its state sets 'forward', which the class defines as a method", False),
     "the state registers a forward hook": (lambda m, s: _with(s, "G_ema.synthesis.torgb", "_forward_hooks", {0: G("torch.nn.functional", "relu")}), r"G_ema\.synthesis\.torgb .*registers hooks \(_forward_hooks\)", False),
     "the state lacks an attribute the checkout's class sets": (_no_up, r"G_ema\.synthesis\.up8 \(ModulatedConv from .*\) does not restore strictly: the checkout's class sets up, which the file's state lacks", False),
