@@ -30,6 +30,7 @@ from ..export.metadata import graph_sha256, record_parity
 from ..load import load_model
 from . import steps
 from .arguments import (
+    arch_options,
     build_parser,
     check_targets,
     generator_options,
@@ -53,6 +54,7 @@ def _run(args: argparse.Namespace, console: Console, files: Outputs) -> int:
     parse_batch_sizes(args.batch_sizes)
     check_targets(args)
     generator = generator_options(args)
+    arch = arch_options(args)
     resolve_opset(args.opset, args.exporter)  # a bad --opset fails now, not after loading
     for directory in reversed(args.import_path):  # keep the user's classes importable for the whole run (main restores)
         sys.path.insert(0, str(real_path(directory)))
@@ -60,7 +62,12 @@ def _run(args: argparse.Namespace, console: Console, files: Outputs) -> int:
     start = time.perf_counter()
     console.progress(f"loading {args.model} ...")
     loaded = load_model(
-        args.model, trust_pickle=args.trust_pickle, import_paths=args.import_path, allow_globals=args.allow_global, generator=generator
+        args.model,
+        trust_pickle=args.trust_pickle,
+        import_paths=args.import_path,
+        allow_globals=args.allow_global,
+        generator=generator,
+        **arch,
     )
     console.say(f"loaded {args.model}: {loaded.describe()} in {time.perf_counter() - start:.1f} s")
     inputs = resolve_inputs(loaded, given)

@@ -17,18 +17,21 @@ class LoadedModel:
     """What :func:`~modconv_export.load.load_model` returns; ``module`` is in eval mode with the original layers."""
 
     module: nn.Module
-    kind: str  # "checkpoint" | "state_dict" | "pickle"
+    kind: str  # "checkpoint" | "state_dict" | "pickle" | "arch"
     family: Family | None
     config: dict = field(default_factory=dict)
     #: Example inputs in forward order when known (from the family), else ``None``.
     inputs: list[InputSpec] | None = None
     path: Path | None = None
+    #: Where in the file the model was, e.g. ``"at 'state_dict' under 'decoder.'"``; empty for the file itself.
+    where: str = ""
 
     def describe(self) -> str:
-        what = {"checkpoint": "modconv-export checkpoint", "state_dict": "state_dict", "pickle": "pickled module"}[self.kind]
+        what = {"checkpoint": "modconv-export checkpoint", "state_dict": "state_dict", "pickle": "pickled module",
+                "arch": "state_dict in --arch"}[self.kind]  # fmt: skip
         cls = type(self.module).__name__
         fam = f", family {self.family.name!r}" if self.family else ""
-        return f"{what} ({cls}{fam}, {count_parameters(self.module):,} parameters)"
+        return f"{what}{' ' + self.where if self.where else ''} ({cls}{fam}, {count_parameters(self.module):,} parameters)"
 
 
 def count_parameters(module: nn.Module) -> int:

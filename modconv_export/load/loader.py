@@ -17,19 +17,22 @@ listing of its globals and the load read the same open file. Each failure is a
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 from .._util import forward_parameters
-from ..errors import LoadError
+from ..errors import LoadError, ModconvExportError
+from ..families import recognize
+from .arch import from_arch
 from .files import open_regular, sniff
 from .loaded import LoadedModel
 from .options import GeneratorOptions
 from .pickled import from_trusted_pickle, load_weights_only
-from .state_dicts import check_real, from_data, listing
+from .state_dicts import check_real, from_data, listing, load_family
 
 __all__ = ["LoadedModel", "forward_parameters", "load_model"]
 
@@ -41,6 +44,9 @@ def load_model(
     import_paths: Sequence[str | os.PathLike] = (),
     allow_globals: Sequence[str] = (),
     generator: GeneratorOptions | None = None,
+    arch: str | None = None,
+    arch_kwargs: Mapping[str, Any] | None = None,
+    state_dict_key: str | None = None,
 ) -> LoadedModel:
     """Load a toolkit checkpoint, a family state_dict or (with ``trust_pickle``) a pickled module.
 
@@ -50,29 +56,70 @@ def load_model(
     ``sys.path`` is restored afterwards. Raises :class:`LoadError` for a missing, unreadable, corrupt,
     unsafe or unrecognised file, a strict-load mismatch, complex weights, or weights with NaN/Inf.
     ``generator`` says which network, latent space and truncation to export from a generator file
-    (:class:`~modconv_export.load.options.GeneratorOptions`); other files refuse anything but the default.
+    (:class:`~modconv_export.load.options.GeneratorOptions`); files of other families refuse anything but the
+    default. ``state_dict_key`` picks the state_dict (``"g_ema"``; dotted: ``"state_dict.decoder"`` is the keys
+    under ``decoder.`` of the ``state_dict`` entry). ``arch`` (``"model.py:Generator"`` or ``"module:Class"``,
+    trusted code) is the class the state_dict loads into, built with ``arch_kwargs`` (:mod:`.arch`).
     """
     generator = generator or GeneratorOptions()
     path = Path(path).expanduser()
+    if arch is None and arch_kwargs:
+        raise LoadError("--arch-kwargs needs --arch (the class they are passed to)")
+    if arch is not None and (generator.latent != "z" or generator.truncation is not None):
+        raise LoadError(f"{GeneratorOptions(latent=generator.latent, truncation=generator.truncation).flags()} apply to the generator "
+                        "families the toolkit builds; with --arch the class's forward decides what is exported (a wrapper class can)")  # fmt: skip
     with open_regular(path) as f:
         fmt = sniff(f, path)
         obj, refusal = load_weights_only(f, path, fmt)
         if refusal is None:
-            loaded = from_data(obj, path)
-        elif not trust_pickle:
+            loaded = _from_data(obj, path, generator, arch, arch_kwargs, state_dict_key, import_paths)
+        elif not trust_pickle or arch is not None:
             raise LoadError(
                 f"{path}: {refusal}: it holds pickled Python objects and loading it would run code; "
-                "if you trust its source, re-run with --trust-pickle (Python: trust_pickle=True)"
-            )
+                + ("--arch loads a state_dict, not a pickled model" if arch is not None and trust_pickle else
+                   "if you trust its source, re-run with --trust-pickle (Python: trust_pickle=True)")
+            )  # fmt: skip
         else:
-            loaded = from_trusted_pickle(f, path, fmt, import_paths, allow_globals)
-    refused = generator.refusal(loaded.describe())
-    if refused is not None:
-        raise LoadError(f"{path}: {refused}")
+            loaded = _from_pickle(f, path, fmt, import_paths, allow_globals, generator, state_dict_key)
     loaded.module.eval()
     loaded.path = path
     check_weights(loaded.module, path)
     return loaded
+
+
+def _from_data(obj, path, generator, arch, arch_kwargs, state_dict_key, import_paths) -> LoadedModel:
+    if arch is None:
+        return from_data(obj, path, generator, state_dict_key)
+    return from_arch(
+        obj, path, arch, arch_kwargs or {}, network=generator.network, state_dict_key=state_dict_key, import_paths=import_paths
+    )
+
+
+def _from_pickle(f, path, fmt, import_paths, allow_globals, generator: GeneratorOptions, state_dict_key: str | None) -> LoadedModel:
+    if state_dict_key is not None:
+        raise LoadError(f"{path}: --state-dict-key picks a state_dict of a data file; this file is a pickled module")
+    loaded = from_trusted_pickle(f, path, fmt, import_paths, allow_globals)
+    rebuilt = rebuilt_generator(loaded, path, generator) if loaded.kind == "pickle" else None
+    if rebuilt is not None:
+        return rebuilt
+    refused = generator.refusal(loaded.describe())
+    if refused is not None:
+        raise LoadError(f"{path}: {refused}")
+    return loaded
+
+
+def rebuilt_generator(loaded: LoadedModel, path: Path, generator: GeneratorOptions) -> LoadedModel | None:
+    """A pickled module whose weights are a generator family's, rebuilt from them by the family: upstream's forward
+    takes lists and returns tuples, and ``--latent`` / ``--truncation`` are the family's (rosinality's ``torch.save(g_ema)``)."""
+    state = loaded.module.state_dict()
+    try:
+        family = recognize(state)
+    except ModconvExportError:
+        return None
+    if family.generator is None or generator.network is not None:
+        return None
+    rebuilt = load_family(family, state, None, path, generator, {}, kind="pickle", where="rebuilt from its weights")
+    return rebuilt
 
 
 def check_weights(module: nn.Module, path: Path) -> None:

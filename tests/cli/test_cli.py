@@ -612,9 +612,12 @@ def test_version_and_help(capfd):
         assert option in text
     for family in registered_families():  # one line each, from the registry
         assert f"  {family.name:<10} {family.description}\n" in text
-    tail = text.rstrip().splitlines()
-    assert tail[-4] == "examples:" and all(line.startswith("  modconv-export ") for line in tail[-3:])
-    assert "samples/out/lats_small.pt" in tail[-3]
+    lines = text.rstrip().splitlines()
+    examples = lines[lines.index("examples:") + 1 :]
+    assert len(examples) == 5 and all(line.startswith("  modconv-export ") for line in examples)
+    assert "samples/out/lats_small.pt" in examples[0] and "--arch" in examples[-1]
+    for option in ("--network", "--latent", "--truncation", "--arch FILE.py:CLASS", "--arch-kwargs JSON", "--state-dict-key KEY"):
+        assert option in text
 
 
 def test_help_lists_a_family_registered_later(capfd, monkeypatch):
