@@ -57,7 +57,7 @@ examples:
   modconv-export latest_net_g_running.pth lats.onnx --torchscript lats.pt --batch-sizes 1,4 --providers CPUExecutionProvider,CUDAExecutionProvider
   modconv-export generator.pt g.onnx --trust-pickle --input latent=1x512 --save-inputs in.json --save-outputs ref.json --triton-repo models
   modconv-export stylegan2-ffhq-config-f.pt ffhq.onnx --truncation 0.7
-  modconv-export GPEN-BFR-512.pth gpen.onnx --arch gpen_export.py:GPEN --arch-kwargs '{{"size": 512}}' --import-path GPEN/face_model --input image=1x3x512x512
+  modconv-export GPEN-BFR-512.pth gpen.onnx --arch gpen_export.py:GPEN --arch-kwargs '{{"size": 512, "style_dim": 512, "n_mlp": 8}}' --import-path GPEN/face_model --input image=1x3x512x512
 """
 
 

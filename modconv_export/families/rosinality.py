@@ -127,8 +127,13 @@ class RosinalityGenerator(Synthesis):
         cfg = self.config
         ws = latent if cfg.latent == "w" else self.style(latent).unsqueeze(1).repeat(1, self.n_latent, 1)
         if cfg.truncation is not None:
-            psi = truncation_psi.reshape(-1, 1, 1) if cfg.truncation == "input" else cfg.truncation
-            ws = self.latent_avg + psi * (ws - self.latent_avg)
+            avg = self.get_buffer("latent_avg")
+            if cfg.truncation == "input":
+                if truncation_psi is None:
+                    raise ValueError("this generator takes truncation_psi [B] after the latents")
+                ws = avg + truncation_psi.reshape(-1, 1, 1) * (ws - avg)
+            else:
+                ws = avg + float(cfg.truncation) * (ws - avg)
         return self.synthesize(ws)
 
 

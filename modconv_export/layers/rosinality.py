@@ -96,6 +96,8 @@ class EqualLinear(nn.Module):
 class Blur(nn.Module):
     """The FIR filter after a transposed convolution (``kernel`` scaled by the upsampling factor squared)."""
 
+    kernel: torch.Tensor
+
     def __init__(self, taps: Sequence[float], pad: tuple[int, int], upsample_factor: int = 1) -> None:
         super().__init__()
         self.register_buffer("kernel", make_kernel(taps) * upsample_factor**2)
@@ -107,6 +109,8 @@ class Blur(nn.Module):
 
 class Upsample(nn.Module):
     """2x upsampling of the skip image: zero insertion, then the FIR filter."""
+
+    kernel: torch.Tensor
 
     def __init__(self, taps: Sequence[float], factor: int = 2) -> None:
         super().__init__()

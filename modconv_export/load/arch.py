@@ -63,7 +63,8 @@ def parse_arch_kwargs(text: str | None) -> dict[str, Any]:
 def _import_file(file: Path, text: str, import_paths: Sequence[Path]) -> Any:
     name = file.stem if file.stem.isidentifier() else "modconv_arch_" + re.sub(r"\W", "_", file.stem)
     known = sys.modules.get(name)
-    if known is not None and getattr(known, "__file__", None) and Path(known.__file__).resolve() == file:
+    known_file = getattr(known, "__file__", None)
+    if known is not None and known_file and Path(known_file).resolve() == file:
         return known
     spec = importlib.util.spec_from_file_location(name, file)
     if spec is None or spec.loader is None:

@@ -88,7 +88,9 @@ def _unwrap(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor],
 
 def _walk(obj: Any, dotted: str, option: str, path: Path) -> Selection:
     """Follow ``dotted`` through the file's dicts; inside a state_dict the rest is a key prefix."""
-    parts, route, containers, current = dotted.split("."), [], [], obj
+    parts, current = dotted.split("."), obj
+    route: list[str] = []
+    containers: list[Mapping] = []
     i = 0
     while i < len(parts):
         if is_state_dict(current):
@@ -195,7 +197,9 @@ def with_family(candidates: list[Selection], path: Path) -> Selection:
     if len(found) == 1:
         return found[0]
     if found:
-        listed = ", ".join(f"{s.family.name} {s.where}" for s in found[:4]) + (f" (+{len(found) - 4} more)" if len(found) > 4 else "")
+        listed = ", ".join(f"{s.family.name if s.family else '?'} {s.where}" for s in found[:4]) + (
+            f" (+{len(found) - 4} more)" if len(found) > 4 else ""
+        )
         raise LoadError(f"{path}: holds {len(found)} models ({listed}): choose one with --state-dict-key {found[0].key_option()}")
     assert unknown is not None  # candidates are never empty (select_state_dict)
     raise LoadError(f"{path}: {_named(*unknown)}") from None

@@ -34,6 +34,7 @@ def from_data(obj: Any, path: Path, options: GeneratorOptions | None = None, sta
         return _from_checkpoint(obj, path, options, state_dict_key)
     selection = with_family(select_state_dict(obj, path, network=options.network, key=state_dict_key), path)
     family = selection.family
+    assert family is not None  # with_family returns a recognised model
     try:
         return load_family(family, selection.state, None, path, options, selection.extras(family.extras), where=selection.where)
     except LoadError as exc:
