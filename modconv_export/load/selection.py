@@ -49,9 +49,9 @@ class Selection:
         parts = [f"at {'.'.join(self.route)!r}" if self.route else "", f"under {self.prefix!r}" if self.prefix else ""]
         return " ".join(p for p in parts if p)
 
-    def key_option(self, prefix: str = "") -> str:
-        """The ``--state-dict-key`` value that selects this state_dict (with ``prefix`` added)."""
-        return ".".join([*self.route, *[p for p in (self.prefix + prefix).rstrip(".").split(".") if p]])
+    def key_option(self) -> str:
+        """The ``--state-dict-key`` value that selects this state_dict."""
+        return ".".join([*self.route, *[p for p in self.prefix.split(".") if p]])
 
     def extras(self, names: Sequence[str]) -> dict[str, Any]:
         """The entries ``names`` of the innermost dict on the way that holds them (``latent_avg`` beside ``g_ema``)."""

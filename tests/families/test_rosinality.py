@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 
 import numpy as np
 import onnxruntime as ort
@@ -18,9 +19,10 @@ import torch
 from modconv_export import make_exportable, rewrite_report
 from modconv_export.cli import main
 from modconv_export.errors import LoadError, UnknownFamilyError
+from modconv_export.export.metadata import read_properties
 from modconv_export.families import get_family, recognize, registry
 from modconv_export.families.rosinality import infer_config, standard_channels
-from modconv_export.load import GeneratorOptions, load_model
+from modconv_export.load import GeneratorOptions, load_model, save_checkpoint
 from modconv_export.rewrite.graph import GRAPH_RULES
 
 from helpers import randomize, relative_l2
@@ -84,8 +86,8 @@ def test_latent_w_is_the_synthesis_network(generator, files):
         assert torch.equal(loaded.module(_w_plus(generator, z)), generator(z))
 
 
-@pytest.mark.parametrize("name,avg_rows", [("converted", 1), ("psp", 8)])
-def test_truncation_pulls_towards_the_files_latent_avg(generator, files, name, avg_rows):
+@pytest.mark.parametrize("name", ["converted", "psp"])  # latent_avg [32] and [8, 32]
+def test_truncation_pulls_towards_the_files_latent_avg(generator, files, name):
     d, avg = files
     z = _z(3, seed=2)
     with torch.no_grad():
@@ -134,6 +136,16 @@ def test_refusals_name_the_cause(generator, files, tmp_path):
     assert torch.equal(load_model(tmp_path / "two.pt", state_dict_key="b").module.input.input, generator.input.input)
 
 
+def test_toolkit_checkpoint_keeps_its_options_and_takes_new_ones(generator, files, tmp_path):
+    truncated = _load(files[0] / "converted.pt", latent="w", truncation=0.5)
+    save_checkpoint(tmp_path / "c.pt", "rosinality", truncated.config, truncated.module.state_dict())
+    ws = _w_plus(generator, _z(2, seed=4))
+    with torch.no_grad():
+        assert torch.equal(load_model(tmp_path / "c.pt").module(ws), truncated.module(ws))
+        again = _load(tmp_path / "c.pt", truncation=0.8)  # the stored latent_avg serves the new psi
+        assert again.config["latent"] == "z" and torch.equal(again.module.latent_avg, truncated.module.latent_avg)
+
+
 def test_two_families_matching_one_state_dict_is_ambiguous(generator, monkeypatch):
     twin = registry.Family("twin", "the same keys", FAMILY.key_patterns, FAMILY.infer_config, FAMILY.build, FAMILY.inputs, ("image",))
     monkeypatch.setitem(registry._FAMILIES, "twin", twin)
@@ -178,16 +190,14 @@ def test_a_file_without_noise_buffers_gets_zero_noise_in_the_export(generator, f
 # -- the command line ---------------------------------------------------------------------------------
 
 
-def test_cli_exports_the_training_checkpoint_as_is(files, tmp_path, capfd):
-    assert main([str(files[0] / "train.pt"), str(tmp_path / "g.onnx"), "--providers", "cpu"]) == 0
-    out = capfd.readouterr().out
-    assert "state_dict at 'g_ema' (RosinalityGenerator, family 'rosinality'" in out and "PASSED: 6 rows passed" in out
-
-
 def test_cli_exports_psp_decoder_on_w_plus_with_psi_input(generator, files, tmp_path, capfd):
     d, avg = files
     assert main([str(d / "psp.pt"), str(tmp_path / "w.onnx"), "--latent", "w", "--truncation", "input", "--providers", "cpu"]) == 0
-    assert "inputs: ws=1x8x32, truncation_psi=1" in capfd.readouterr().out
+    out = capfd.readouterr().out
+    assert "state_dict at 'state_dict' under 'decoder.' (RosinalityGenerator, family 'rosinality'" in out
+    assert "inputs: ws=1x8x32, truncation_psi=1" in out and "PASSED: 6 rows passed" in out
+    declared = json.loads(read_properties(tmp_path / "w.onnx")["modconv_export.inputs"])
+    assert list(declared) == ["ws", "truncation_psi"]  # what this file takes, not every input the family knows
     session = ort.InferenceSession(str(tmp_path / "w.onnx"), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["ws", "truncation_psi"] and session.get_outputs()[0].name == "image"
     ws, psi = torch.randn(3, 8, 32, generator=torch.Generator().manual_seed(9)), torch.tensor([0.5, 0.8, 1.0])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -113,6 +114,9 @@ def _cli(d: Path, name: str, *options: str) -> tuple[Path, Path]:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "family rosinality" in proc.stdout
+    exported = next((line for line in proc.stdout.splitlines() if line.startswith("exported ")), "")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # the largest child so far, GiB
+    print(f"\n{name} {' '.join(options)}: {exported} (peak RSS of the runs so far {peak:.1f} GiB)")
     return onnx_path, ts_path
 
 
@@ -144,6 +148,8 @@ CASES = {
 @pytest.mark.parametrize("case", CASES)
 def test_cli_export_equals_upstream(files, case):
     size, g_ema, latent_avg, d = files
+    if case == "pickled-module" and size > 256:
+        pytest.skip("the pickled module is rebuilt from its weights as the state_dicts are: checked at 256 px")
     name, options, reference = CASES[case]
     onnx_path, ts_path = _cli(d, name, *options)
     for batch in (1, 3):
@@ -167,7 +173,8 @@ def test_truncation_input_equals_upstream_per_sample(files):
         expected = torch.cat(
             [g_ema([z[i : i + 1]], truncation=float(psi[i]), truncation_latent=latent_avg, randomize_noise=False)[0] for i in range(3)]
         )
-    _compare(onnx_path, ts_path, {"z": z, "truncation_psi": psi}, expected)
+    errors = _compare(onnx_path, ts_path, {"z": z, "truncation_psi": psi}, expected)
+    print(f"{size}px truncation-input b=3: onnx {errors['onnx']:.2e} torchscript {errors['torchscript']:.2e}")
 
 
 def test_network_g_is_the_training_generator(files):
@@ -180,7 +187,8 @@ def test_network_g_is_the_training_generator(files):
     g.load_state_dict(state)
     z = _z(3, seed=3)
     with torch.no_grad():
-        _compare(onnx_path, ts_path, {"z": z}, g.eval()([z], randomize_noise=False)[0])
+        errors = _compare(onnx_path, ts_path, {"z": z}, g.eval()([z], randomize_noise=False)[0])
+    print(f"{size}px network-g b=3: onnx {errors['onnx']:.2e} torchscript {errors['torchscript']:.2e}")
 
 
 # -- GPEN through --arch ----------------------------------------------------------------------------------
