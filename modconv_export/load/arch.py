@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -89,7 +90,7 @@ def _import_hint(exc: BaseException) -> str:
     return " (--import-path DIR puts the folders its imports need on the path)" if isinstance(exc, ImportError) else ""
 
 
-def import_arch(text: str, import_paths: Sequence[str | Path] = ()) -> type[nn.Module]:
+def import_arch(text: str, import_paths: Sequence[str | os.PathLike] = ()) -> type[nn.Module]:
     """The ``nn.Module`` subclass ``--arch`` names, imported from its file or module."""
     source, name = parse_arch(text)
     paths = [Path(p).expanduser().resolve() for p in import_paths]
@@ -172,7 +173,7 @@ def from_arch(
     *,
     network: str | None = None,
     state_dict_key: str | None = None,
-    import_paths: Sequence[str | Path] = (),
+    import_paths: Sequence[str | os.PathLike] = (),
 ) -> LoadedModel:
     """The state_dict of a loaded (weights-only) object in the ``--arch`` class."""
     found = select_state_dict(obj, path, network=network, key=state_dict_key)

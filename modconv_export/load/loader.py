@@ -1,11 +1,15 @@
 """The load stage: a model file -> an eval-mode module with the original (unrewritten) layers.
 
-Three kinds of file are accepted:
+These kinds of file are accepted:
 
 * a toolkit checkpoint (:mod:`modconv_export.load.checkpoint`): its family builds the model, strictly;
-* a bare ``state_dict`` of a registered family, recognised by its keys (also when nested under an
-  obvious key such as ``"state_dict"`` or ``"params_ema"``), loaded strictly;
+* a ``state_dict`` of a registered family, recognised by its keys -- bare, nested in a training checkpoint
+  (``g_ema``, ``params_ema``; ``--network``, ``--state-dict-key``) or under a key prefix (pSp's
+  ``decoder.``), found by :mod:`.selection` -- loaded strictly (:mod:`.state_dicts`); generator families
+  honour :class:`~.options.GeneratorOptions`;
+* any ``state_dict`` with ``arch``: loaded into the class the user names (:mod:`.arch`);
 * a pickled ``nn.Module`` (``torch.save(model)``), only with ``trust_pickle=True``: unpickling runs code.
+  One of a generator family is rebuilt from its weights by the family.
 
 Every file is read with ``torch.load(weights_only=True)`` only, which never runs code: a pickled
 module is read by the same unpickler under the allowlist of :mod:`modconv_export.load.allowlist`, and only
@@ -19,7 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 import torch.nn as nn
@@ -87,7 +91,15 @@ def load_model(
     return loaded
 
 
-def _from_data(obj, path, generator, arch, arch_kwargs, state_dict_key, import_paths) -> LoadedModel:
+def _from_data(
+    obj: Any,
+    path: Path,
+    generator: GeneratorOptions,
+    arch: str | None,
+    arch_kwargs: Mapping[str, Any] | None,
+    state_dict_key: str | None,
+    import_paths: Sequence[str | os.PathLike],
+) -> LoadedModel:
     if arch is None:
         return from_data(obj, path, generator, state_dict_key)
     return from_arch(
@@ -95,7 +107,15 @@ def _from_data(obj, path, generator, arch, arch_kwargs, state_dict_key, import_p
     )
 
 
-def _from_pickle(f, path, fmt, import_paths, allow_globals, generator: GeneratorOptions, state_dict_key: str | None) -> LoadedModel:
+def _from_pickle(
+    f: IO[bytes],
+    path: Path,
+    fmt: str,
+    import_paths: Sequence[str | os.PathLike],
+    allow_globals: Sequence[str],
+    generator: GeneratorOptions,
+    state_dict_key: str | None,
+) -> LoadedModel:
     if state_dict_key is not None:
         raise LoadError(f"{path}: --state-dict-key picks a state_dict of a data file; this file is a pickled module")
     loaded = from_trusted_pickle(f, path, fmt, import_paths, allow_globals)
@@ -118,8 +138,7 @@ def rebuilt_generator(loaded: LoadedModel, path: Path, generator: GeneratorOptio
         return None
     if family.generator is None or generator.network is not None:
         return None
-    rebuilt = load_family(family, state, None, path, generator, {}, kind="pickle", where="rebuilt from its weights")
-    return rebuilt
+    return load_family(family, state, None, path, generator, {}, kind="pickle", where="rebuilt from its weights")
 
 
 def check_weights(module: nn.Module, path: Path) -> None:

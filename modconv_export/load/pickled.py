@@ -86,7 +86,7 @@ def on_sys_path(paths: Sequence[Path]) -> Iterator[None]:
 def refusal(path: Path, refused: Sequence[Decision]) -> LoadError:
     failing = [d for d in refused if d.import_error]
     if failing:  # the allowlist would allow these classes: the cause is their module, say so
-        module, error = failing[0].import_error  # the first error: a second import of a half-imported module says less
+        module, error = failing[0].import_error or ("", "")  # the first error: a second import of a half-imported module says less
         names = [d.name for d in failing if (d.import_error or ("", ""))[0] == module]
         return LoadError(
             f"{path}: cannot be unpickled: its classes {listing(names)} are defined in {module}, which fails to import here: {error}"

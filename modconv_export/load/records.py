@@ -10,7 +10,7 @@ Nothing of the file runs, no constructor is called with the file's arguments, no
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pickle import UnpicklingError
 from typing import Any
 
@@ -72,6 +72,6 @@ class ArgsRecord:
 DATA_RECORDS: dict[str, type] = {"argparse.Namespace": ArgsRecord}
 
 
-def record_globals() -> list[tuple[type, str]]:
+def record_globals() -> list[Callable[..., Any] | tuple[Callable[..., Any], str]]:
     """``torch.serialization.safe_globals`` entries: each record class under the global name it stands for."""
     return [(cls, name) for name, cls in DATA_RECORDS.items()]

@@ -41,7 +41,8 @@ def from_data(obj: Any, path: Path, options: GeneratorOptions | None = None, sta
         if not selection.prefix or "does not fit" not in str(exc):
             raise
         # found by its keys inside a larger model: maybe another codebase's variant (GPEN's generator)
-        raise LoadError(f"{exc}; if it is another codebase's model, give its code: --arch FILE.py:CLASS") from exc
+        raise LoadError(f"{exc}; its keys {selection.where} looked like that family's: if it is another codebase's model, "
+                        "give its code (--arch FILE.py:CLASS)") from exc  # fmt: skip
 
 
 def _from_checkpoint(obj: Mapping, path: Path, options: GeneratorOptions, state_dict_key: str | None) -> LoadedModel:
