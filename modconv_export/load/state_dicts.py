@@ -24,7 +24,21 @@ from .loaded import LoadedModel
 from .options import GeneratorOptions
 from .selection import NESTED_STATE_KEYS, is_state_dict, select_state_dict, with_family
 
-__all__ = ["NESTED_STATE_KEYS", "check_real", "fit", "from_data", "is_state_dict", "listing", "load_family", "shape_mismatch"]
+__all__ = [
+    "NESTED_STATE_KEYS",
+    "check_real",
+    "fit",
+    "from_data",
+    "is_state_dict",
+    "key_mismatch",
+    "listing",
+    "load_family",
+    "shape_mismatch",
+]
+
+
+#: Why ``--latent`` / ``--truncation`` do not apply to a family that is not a generator (the words of :mod:`.options`).
+_GENERATORS_ONLY = "apply to generator files (rosinality checkpoints, NVlabs pickles)"
 
 
 def from_data(obj: Any, path: Path, options: GeneratorOptions | None = None, state_dict_key: str | None = None) -> LoadedModel:
@@ -46,13 +60,15 @@ def from_data(obj: Any, path: Path, options: GeneratorOptions | None = None, sta
 
 
 def _from_checkpoint(obj: Mapping, path: Path, options: GeneratorOptions, state_dict_key: str | None) -> LoadedModel:
-    if options.network is not None or state_dict_key is not None:
-        raise LoadError(f"{path}: is a modconv-export checkpoint, which holds one model: --network / --state-dict-key do not apply")
     ckpt = checkpoint_from_dict(obj, str(path))
     try:
         family = get_family(ckpt.family)
     except ModconvExportError as exc:
         raise LoadError(f"{path}: {exc}") from exc
+    if family.generator is None and not options.is_default:
+        raise LoadError(f"{path}: {options.flags()} {_GENERATORS_ONLY}; this file is a modconv-export checkpoint of family {family.name!r}")
+    if options.network is not None or state_dict_key is not None:
+        raise LoadError(f"{path}: is a modconv-export checkpoint, which holds one model: --network / --state-dict-key do not apply")
     state, extras = dict(ckpt.state_dict), {}
     if not options.is_default and family.generator is not None:  # the stored latent_avg serves a new truncation
         extras = {k: state.pop(k) for k in family.extras if k in state}
@@ -90,19 +106,12 @@ def _generator_config(
     flags = GeneratorOptions(latent=options.latent, truncation=options.truncation).flags()
     if family.generator is None:
         if flags:
-            generators = ", ".join(f.name for f in _generator_families()) or "none"
-            raise LoadError(f"{path}: {flags} apply to generator files (families: {generators}; NVlabs pickles); this file's model is family {family.name!r}")  # fmt: skip
+            raise LoadError(f"{path}: {flags} {_GENERATORS_ONLY}; this file is a state_dict of family {family.name!r}")
         return config, {}
     try:
         return family.generator(config, options.latent, options.truncation, extras)
     except (ValueError, TypeError) as exc:
         raise LoadError(f"{path}: {flags or 'family ' + repr(family.name)}: {exc}") from exc
-
-
-def _generator_families() -> list[Family]:
-    from ..families import registered_families
-
-    return [f for f in registered_families() if f.generator is not None]
 
 
 def fit(family: Family, state: Mapping[str, torch.Tensor], config: Mapping[str, Any], path: Path) -> nn.Module:

@@ -453,7 +453,7 @@ CASES = {
     "triton repo parent missing": (["decoder.pt", "--triton-repo", "nowhere/repo"], r"--triton-repo nowhere/repo: output directory does not exist"),
     "triton batch size": (["decoder.pt", "--triton-repo", "bad/repo", "--triton-max-batch-size", "0"], r"Triton max_batch_size must be at least 1, got 0"),
     "image without verify": (["decoder.pt", "--no-verify", "--report-image", "bad/x.png"], r"--report-image needs the parity check"),
-    "truncation of a non-generator": (["decoder.pt", "--truncation", "0.7"], r"--truncation 0\.7 apply to generator files .*; this file is a modconv-export checkpoint \(StyledImageDecoder, family 'decoder'"),
+    "truncation of a non-generator": (["decoder.pt", "--truncation", "0.7"], r"--truncation 0\.7 apply to generator files .*; this file is a modconv-export checkpoint of family 'decoder'$"),
     "network of a non-generator": (["decoder.pt", "--network", "g", "--latent", "w"], r"--network g --latent w apply to generator files"),
     "bad truncation": (["decoder.pt", "--truncation", "strong"], r"--truncation takes a finite number \(psi\) or 'input', got 'strong'"),
     "bad latent": (["decoder.pt", "--latent", "s"], r"argument --latent: invalid choice: 's'"),

@@ -129,7 +129,9 @@ def test_refusals_name_the_cause(generator, files, tmp_path):
         "(shape mismatches: convs.1.conv.weight (file [1, 16, 8, 3, 3], model [1, 32, 32, 3, 3]))"
     )
     torch.save({"ecd0.weight": torch.zeros(1), **{f"generator.{k}": v for k, v in wrong.items()}}, tmp_path / "variant.pt")
-    with pytest.raises(LoadError, match=r"its keys under 'generator\.' looked like that family's: .*give its code \(--arch FILE\.py:CLASS\)$"):
+    with pytest.raises(
+        LoadError, match=r"its keys under 'generator\.' looked like that family's: .*give its code \(--arch FILE\.py:CLASS\)$"
+    ):
         _load(tmp_path / "variant.pt")  # another codebase's variant inside a larger model (GPEN's FullGenerator)
     torch.save({f"a.{k}": v for k, v in state.items()} | {f"b.{k}": v for k, v in state.items()}, tmp_path / "two.pt")
     with pytest.raises(
