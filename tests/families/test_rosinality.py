@@ -8,7 +8,6 @@ each upstream writes them (train.py, convert_weight.py, a pSp coach checkpoint).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 
 import numpy as np
@@ -179,17 +178,18 @@ def test_config_is_read_off_the_shapes(generator):
 def test_a_file_without_noise_buffers_gets_zero_noise_in_the_export(generator, files):
     loaded = _load(files[0] / "no_noise.pt")
     assert loaded.config["noise"] is False and not hasattr(loaded.module, "noises")
-    z = _z(2, seed=3)
     with torch.no_grad():
-        assert not torch.equal(loaded.module(z), loaded.module(z))  # upstream draws noise when the file has none
-    form = make_exportable(loaded.module, (z,))
+        assert not torch.equal(loaded.module(_z(2)), loaded.module(_z(2)))  # upstream draws noise when the file has none
+    torch.manual_seed(1)  # the export of such a file, on an 8 px one (cheaper to capture)
+    tiny = randomize(FAMILY.build({"size": 8, "style_dim": 8, "n_mlp": 1, "channels": [4, 4], "noise": False}), seed=2)
+    z = torch.randn(2, 8)
+    form = make_exportable(tiny, (z,))
     notes = [note for _, rule, note in rewrite_report(form).notes if rule == GRAPH_RULES["noise"]]
-    assert len(notes) == 7 and all("the export adds zero noise" in n for n in notes)
-    silent = copy.deepcopy(loaded.module)
-    for conv in [silent.conv1, *silent.convs]:
+    assert len(notes) == 3 and all("the export adds zero noise" in n for n in notes)
+    for conv in [tiny.conv1, *tiny.convs]:
         conv.noise.weight.data.zero_()  # zero noise strength == zero noise
     with torch.no_grad():
-        assert relative_l2(form(z), silent(z)) < 1e-5
+        assert relative_l2(form(z), tiny(z)) < 1e-5
 
 
 # -- the command line ---------------------------------------------------------------------------------
