@@ -40,7 +40,7 @@ sys.path.insert(0, str(WRAPPERS))
 import stylegan2_wrappers as wrappers  # noqa: E402
 
 CHECKOUT = os.environ.get(wrappers.ROSINALITY_ENV)
-pytestmark = pytest.mark.skipif(not CHECKOUT, reason=f"set {wrappers.ROSINALITY_ENV} to a rosinality/stylegan2-pytorch checkout")
+needs_rosinality = pytest.mark.skipif(not CHECKOUT, reason=f"set {wrappers.ROSINALITY_ENV} to a rosinality/stylegan2-pytorch checkout")
 SIZES = [int(s) for s in os.environ.get("MODCONV_ROSINALITY_SIZES", "256").split(",")]
 LIMIT = 1e-5
 STYLE = 512
@@ -148,6 +148,7 @@ CASES = {
 }  # fmt: skip
 
 
+@needs_rosinality
 @pytest.mark.parametrize("case", CASES)
 def test_cli_export_equals_upstream(files, case):
     size, g_ema, latent_avg, d = files
@@ -168,6 +169,7 @@ def test_cli_export_equals_upstream(files, case):
         print(f"{size}px {case} b={batch}: onnx {errors['onnx']:.2e} torchscript {errors['torchscript']:.2e}")
 
 
+@needs_rosinality
 def test_truncation_input_equals_upstream_per_sample(files):
     size, g_ema, latent_avg, d = files
     onnx_path, ts_path = _cli(d, "converted", "--truncation", "input")
@@ -180,6 +182,7 @@ def test_truncation_input_equals_upstream_per_sample(files):
     print(f"{size}px truncation-input b=3: onnx {errors['onnx']:.2e} torchscript {errors['torchscript']:.2e}")
 
 
+@needs_rosinality
 def test_network_g_is_the_training_generator(files):
     size, g_ema, _, d = files
     if size > 256:
