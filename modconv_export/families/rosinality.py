@@ -82,9 +82,11 @@ class RosinalityConfig:
 
     def check(self) -> None:
         ints = [self.size, self.style_dim, *self.channels]
-        if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in ints) or isinstance(self.n_mlp, bool) or self.n_mlp < 0:
+        bad_mlp = isinstance(self.n_mlp, bool) or not isinstance(self.n_mlp, int) or self.n_mlp < 0
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in ints) or bad_mlp:
             raise ValueError(
-                f"rosinality config sizes must be positive integers: size {self.size}, style_dim {self.style_dim}, channels {self.channels}"
+                f"rosinality config sizes must be positive integers (n_mlp >= 0): size {self.size}, style_dim {self.style_dim}, "
+                f"n_mlp {self.n_mlp!r}, channels {self.channels}"
             )
         if self.size < 4 or self.size & (self.size - 1):
             raise ValueError(f"rosinality size must be a power of two >= 4, got {self.size}")
@@ -93,7 +95,8 @@ class RosinalityConfig:
                 raise ValueError(f"rosinality {name} must be a positive number, got {value!r}")
         if self.latent not in ("z", "w"):
             raise ValueError(f"rosinality latent must be 'z' or 'w', got {self.latent!r}")
-        if isinstance(self.truncation, str) and self.truncation != "input" or isinstance(self.truncation, bool):
+        psi = self.truncation
+        if not (psi is None or psi == "input" or (isinstance(psi, (int, float)) and not isinstance(psi, bool) and math.isfinite(psi))):
             raise ValueError(f"rosinality truncation must be a number, 'input' or None, got {self.truncation!r}")
 
     @property
