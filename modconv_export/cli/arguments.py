@@ -22,6 +22,7 @@ from .catalogue import FAMILIES
 from .console import PROG, Console
 
 __all__ = [
+    "arch_options",
     "build_parser",
     "check_targets",
     "choose_providers",
@@ -43,7 +44,9 @@ class _Parser(argparse.ArgumentParser):
 EPILOG = """\
 MODEL may be:
   a modconv-export checkpoint  (modconv_export.save_checkpoint; loaded with weights_only=True)
-  a bare state_dict of a known model family (recognised by its keys; loaded strictly)
+  a bare state_dict of a known model family (recognised by its keys, also nested in a training
+    checkpoint or under a key prefix such as pSp's decoder.; loaded strictly)
+  any state_dict with --arch FILE.py:CLASS (your code, trusted like --import-path; the file stays data)
   a pickled nn.Module (torch.save(model)): only with --trust-pickle, and only torch.nn classes,
     pure math functions and classes defined in --import-path directories or the current directory;
     any other global is refused before anything is built (--allow-global MODULE.NAME adds one)
@@ -61,6 +64,8 @@ examples:
   modconv-export samples/out/lats_small.pt out.onnx --report-image parity.png
   modconv-export latest_net_g_running.pth lats.onnx --torchscript lats.pt --batch-sizes 1,4 --providers CPUExecutionProvider,CUDAExecutionProvider
   modconv-export generator.pt g.onnx --trust-pickle --input latent=1x512 --save-inputs in.json --save-outputs ref.json --triton-repo models
+  modconv-export stylegan2-ffhq-config-f.pt ffhq.onnx --truncation 0.7
+  modconv-export GPEN-BFR-512.pth gpen.onnx --arch gpen_export.py:GPEN --arch-kwargs '{{"size": 512, "style_dim": 512, "n_mlp": 8}}' --import-path GPEN/face_model --input image=1x3x512x512
 """
 
 
@@ -147,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="z: mapping + synthesis on z [B, z_dim] (default); w: the synthesis network alone on ws [B, num_ws, w_dim]")  # fmt: skip
     gen.add_argument("--truncation", metavar="PSI|input",
                      help="truncation psi towards the file's average latent, baked in; 'input': psi a graph input truncation_psi [B] (default: psi = 1)")  # fmt: skip
+    code = p.add_argument_group("code + state_dict (any codebase)")
+    code.add_argument("--arch", metavar="FILE.py:CLASS", help="load the state_dict into this nn.Module class (or MODULE:CLASS); "
+                      "its file is trusted code, imported with its folder and --import-path on the path")  # fmt: skip
+    code.add_argument("--arch-kwargs", metavar="JSON", help="keyword arguments of the --arch class, a JSON object, e.g. '{\"size\": 512}'")
+    code.add_argument("--state-dict-key", metavar="KEY", help="which state_dict of the file: an entry (g_ema), dotted through dicts and "
+                      "then a key prefix (state_dict.decoder: pSp's decoder; default: the file's own)")  # fmt: skip
     p.add_argument("--trust-pickle", action="store_true", help="allow a pickled module, under an allowlist (see below)")
     p.add_argument(
         "--import-path",
@@ -310,6 +321,20 @@ def generator_options(args: argparse.Namespace):
     if args.network is not None and not args.network.strip():
         raise UsageError("--network takes a network name, e.g. g_ema or G_ema")
     return GeneratorOptions(network=args.network, latent=args.latent, truncation=truncation)
+
+
+def arch_options(args: argparse.Namespace) -> dict:
+    """``--arch``, ``--arch-kwargs`` and ``--state-dict-key`` as :func:`~modconv_export.load.load_model` arguments."""
+    from ..load.options import parse_arch, parse_arch_kwargs
+
+    if args.arch is not None:
+        parse_arch(args.arch)
+    elif args.arch_kwargs is not None:
+        raise UsageError("--arch-kwargs needs --arch (the class they are passed to)")
+    key = args.state_dict_key
+    if key is not None and (not key.strip() or any(not part for part in key.split("."))):
+        raise UsageError(f"--state-dict-key takes an entry name, dotted for nested ones (g_ema, state_dict.decoder), got {key!r}")
+    return {"arch": args.arch, "arch_kwargs": parse_arch_kwargs(args.arch_kwargs), "state_dict_key": key}
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:

@@ -13,4 +13,5 @@ FAMILIES = (
     ("decoder", "StyleGAN2-style decoder (the toolkit's sample): latent -> image from a learned constant"),
     ("lats", "LATS generator (Lifespan Age Transformation Synthesis): image + target age code -> image at that age"),
     ("gfpgan", "GFPGAN v1.2-v1.4 clean face restoration (U-Net + SFT StyleGAN2 decoder); noise: the checkpoint's fixed buffers"),
+    ("rosinality", "rosinality/stylegan2-pytorch Generator (train.py, convert_weight.py, pSp/e4e decoder): z or W+ -> image"),
 )

@@ -81,4 +81,12 @@ def run_eager(module: torch.nn.Module, inputs: Inputs):
 
 
 def outputs_of(result) -> list:
-    return list(result) if isinstance(result, (tuple, list)) else [result]
+    """The model's outputs as a list; anything but tensors (rosinality's ``(image, None)``) is refused with the fix."""
+    outputs = list(result) if isinstance(result, (tuple, list)) else [result]
+    if not all(isinstance(o, torch.Tensor) for o in outputs):
+        kinds = ", ".join(type(o).__name__ for o in outputs)
+        raise UsageError(
+            f"the model's forward returns ({kinds}), and an exported graph returns tensors only: export a subclass whose "
+            "forward returns the tensors you want (e.g. return super().forward(x)[0]; see --arch in docs/command-line.md)"
+        )
+    return outputs

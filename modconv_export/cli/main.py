@@ -28,6 +28,7 @@ from .._util.interrupts import Interrupted, deferred, signals_raise
 from .._util.memory import is_allocation_failure
 from ..errors import ModconvExportError, OutOfMemory, UsageError
 from .arguments import (
+    arch_options,
     build_parser,
     check_targets,
     choose_providers,
@@ -45,7 +46,7 @@ __all__ = ["EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PARITY", "EXIT_
 EXIT_OK, EXIT_PARITY, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
-def _checked(args: argparse.Namespace, console: Console, files: Outputs) -> tuple[list, object]:
+def _checked(args: argparse.Namespace, console: Console, files: Outputs) -> tuple[list, object, dict]:
     """Every check that needs no torch -- the options, the model file's format, the outputs' folders -- so a
     mistake is answered at once (the folders a later error leaves behind are removed by ``files``)."""
     from ..load.files import check_model_file
@@ -59,11 +60,11 @@ def _checked(args: argparse.Namespace, console: Console, files: Outputs) -> tupl
         args.exporter = "legacy"
     check_model_file(args.model)
     check_targets(args, files)
-    return given, generator
+    return given, generator, arch_options(args)
 
 
 def _run(args: argparse.Namespace, console: Console, files: Outputs) -> int:
-    given, generator = _checked(args, console, files)
+    given, generator, arch = _checked(args, console, files)
     # torch and the exporters, seconds of imports: a signal meanwhile is raised when they are done, so no
     # extension module is left half-initialised (an interrupted torch import aborts the interpreter at exit)
     with deferred():
@@ -84,7 +85,12 @@ def _run(args: argparse.Namespace, console: Console, files: Outputs) -> int:
     start = time.perf_counter()
     console.progress(f"loading {args.model} ...")
     loaded = load_model(
-        args.model, trust_pickle=args.trust_pickle, import_paths=args.import_path, allow_globals=args.allow_global, generator=generator
+        args.model,
+        trust_pickle=args.trust_pickle,
+        import_paths=args.import_path,
+        allow_globals=args.allow_global,
+        generator=generator,
+        **arch,
     )
     console.say(f"loaded {args.model}: {loaded.describe()} in {time.perf_counter() - start:.1f} s")
     for note in loaded.notes:  # e.g. which checkout files an NVlabs pickle's classes came from

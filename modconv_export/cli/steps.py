@@ -86,7 +86,7 @@ def export(
         try:
             export_onnx(exportable, inputs.tensors, onnx_tmp, exporter=args.exporter, opset=opset, rewrite=False,
                         input_names=inputs.names, output_names=family_outputs, precision=args.precision,
-                        keep_debug_metadata=args.keep_debug_metadata, metadata=family_properties(loaded.family))  # fmt: skip
+                        keep_debug_metadata=args.keep_debug_metadata, metadata=family_properties(loaded.family, inputs.names))  # fmt: skip
         except ExportError as exc:
             misses = [p for p, _, _ in rewrite.near_misses]
             better = (

@@ -25,7 +25,7 @@ import ast
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import onnx
@@ -125,14 +125,15 @@ def strip_debug_metadata(model: ir.Model) -> None:
 # -- properties -----------------------------------------------------------------------------------
 
 
-def family_properties(family: Family | None) -> dict[str, str]:
-    """``family``, ``inputs`` and ``outputs`` (what each tensor means) as the family declares them."""
+def family_properties(family: Family | None, input_names: Sequence[str] | None = None) -> dict[str, str]:
+    """``family``, ``inputs`` and ``outputs`` (what each tensor means) as the family declares them; ``input_names``
+    keeps the inputs the file has (a generator family declares ``z`` and ``ws``, a file takes one of them)."""
     if family is None:
         return {}
     props = {f"{PREFIX}family": family.name}
     declared = {name: info.to_json() for name, info in family.tensors.items()}
     outputs = {n: declared[n] for n in family.outputs if n in declared}
-    inputs = {n: v for n, v in declared.items() if n not in family.outputs}
+    inputs = {n: v for n, v in declared.items() if n not in family.outputs and (input_names is None or n in input_names)}
     if inputs:
         props[f"{PREFIX}inputs"] = _dumps(inputs)
     if outputs:

@@ -27,6 +27,9 @@ __all__ = [
     "recognize",
     "register_family",
     "registered_families",
+    "families_tried",
+    "prefixes_of",
+    "GeneratorHook",
 ]
 
 
@@ -75,6 +78,10 @@ class TensorInfo:
         return data
 
 
+#: ``(config, latent, truncation, extras) -> (config, tensors)``: see :attr:`Family.generator`.
+GeneratorHook = Callable[[Mapping[str, Any], str, "float | str | None", Mapping[str, Any]], "tuple[dict, dict[str, torch.Tensor]]"]
+
+
 @dataclass(frozen=True)
 class Family:
     """A registered model family (see the module docstring)."""
@@ -99,6 +106,13 @@ class Family:
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: What every input and output means, by name (written into exported files).
     tensors: Mapping[str, TensorInfo] = field(default_factory=dict)
+    #: Set for generator families, which honour the command line's ``--latent`` / ``--truncation``:
+    #: ``generator(config, latent, truncation, extras) -> (config, tensors)`` folds them into the config and
+    #: returns the tensors to load beside the state_dict, made from ``extras`` (the file-level entries named
+    #: in :attr:`extras`, e.g. ``latent_avg``); ``ValueError`` with the reason an option cannot apply.
+    generator: GeneratorHook | None = None
+    #: Top-level entries of a file that :attr:`generator` reads beside the state_dict (``"latent_avg"``).
+    extras: tuple[str, ...] = ()
 
     def preset(self, name: str) -> dict:
         """A copy of the named preset configuration; ``ValueError`` naming the known ones otherwise."""
@@ -157,13 +171,30 @@ def _readable(pattern: str) -> str:
     return pattern.strip("^$").replace(r"\d+", "N").replace("\\", "")
 
 
-def recognize(state_dict: Mapping[str, Any]) -> Family:
-    """The family whose key patterns all match ``state_dict``; :class:`UnknownFamilyError` otherwise."""
-    for family in _FAMILIES.values():
-        if family.matches(state_dict):
-            return family
-    tried = (
+def families_tried() -> str:
+    """Every family with the keys it looks for, as a person reads them."""
+    return (
         "; ".join(f"{f.name} (keys like {', '.join(map(_readable, f.key_patterns))})" for f in _FAMILIES.values())
         or "no families registered"
     )
-    raise UnknownFamilyError(f"state_dict matches no known model family; looked for: {tried}")
+
+
+def recognize(state_dict: Mapping[str, Any]) -> Family:
+    """The one family whose key patterns all match ``state_dict``; :class:`UnknownFamilyError` when none does,
+    or when two do (a guess between them could load the wrong model)."""
+    found = [family for family in _FAMILIES.values() if family.matches(state_dict)]
+    if len(found) > 1:
+        raise UnknownFamilyError(f"state_dict matches {len(found)} model families ({', '.join(f.name for f in found)}): it is ambiguous")
+    if found:
+        return found[0]
+    raise UnknownFamilyError(f"state_dict matches no known model family; looked for: {families_tried()}")
+
+
+def prefixes_of(family: Family, keys: Sequence[str]) -> list[str]:
+    """The key prefixes (``"decoder."``, ``""``) under which ``family``'s first key pattern matches: where a model of
+    that family may sit inside a larger state_dict (pSp's decoder, a wrapper's submodule)."""
+    first = family.key_patterns[0]
+    body = first[1:] if first.startswith("^") else f".*?{first}"
+    anchor = re.compile(rf"((?:[^.]+\.)*){body}")
+    found = {m.group(1) for key in keys if (m := anchor.match(key))}
+    return sorted(found)

@@ -47,8 +47,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .._util import exception_line
 from .numpy_data import NUMPY_DATA, numpy_instance_classes, numpy_value
 from .persistence import PERSISTENCE_GLOBALS
+from .records import DATA_RECORDS
 
 __all__ = [
     "Decision",
@@ -214,6 +216,9 @@ class Decision:
     name: str
     value: Any = None
     refused: str | None = None
+    #: Set when the class is defined where the allowlist trusts it, but its module fails to import: the module
+    #: and the first line of the error (``refused`` says the same in words).
+    import_error: tuple[str, str] | None = None
 
 
 def _under(path: str | None, dirs: Sequence[Path]) -> bool:
@@ -261,8 +266,9 @@ def _source_of(modname: str, dirs: Sequence[Path]) -> Path | None:
     return None
 
 
-def _user_module(modname: str, first: str, dirs: Sequence[Path]) -> ModuleType | None:
-    """The module ``modname`` if its file lives under ``dirs`` and defines class ``first``; imported only then."""
+def _user_module(modname: str, first: str, dirs: Sequence[Path]) -> ModuleType | str | None:
+    """The module ``modname`` if its file lives under ``dirs`` and defines class ``first``; imported only then.
+    A string: the first line of the error importing it raised (upstream code that builds CUDA code at import)."""
     source = _source_of(modname, dirs)
     if source is None or first not in top_level_classes(source):
         return None
@@ -273,8 +279,10 @@ def _user_module(modname: str, first: str, dirs: Sequence[Path]) -> ModuleType |
         importlib.invalidate_caches()
         try:
             module = importlib.import_module(modname)
-        except Exception:
-            return None
+        except BaseException as exc:  # SystemExit too: a module that exits when its build fails
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            return exception_line(exc, 200)
         finally:
             sys.path[:] = saved
     file = getattr(module, "__file__", None)
@@ -299,6 +307,8 @@ def _user_class(name: str, dirs: Sequence[Path]) -> Decision | None:
         module = _user_module(modname, qual[0], dirs)
         if module is None:
             continue
+        if isinstance(module, str):
+            return Decision(name, refused=f"defined in {modname}, which fails to import: {module}", import_error=(modname, module))
         obj: Any = module
         for part in qual:
             obj = vars(obj).get(part) if hasattr(obj, "__dict__") else None
@@ -320,6 +330,8 @@ def decide(name: str, dirs: Sequence[Path], allowed: dict[str, Any] | None = Non
         return Decision(name, PERSISTENCE_GLOBALS[name])
     if allowed and name in allowed:
         return Decision(name, allowed[name])
+    if name in DATA_RECORDS:  # a training script's argparse.Namespace: read as data (load/records.py)
+        return Decision(name, DATA_RECORDS[name])
     if name in NUMPY_DATA and importlib.util.find_spec("numpy") is not None:
         return Decision(name, numpy_value(name))
     if name == _GETATTR:

@@ -17,10 +17,15 @@ A file that is not a generator refuses any non-default option in one line (:meth
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["GeneratorOptions", "LATENTS", "TRUNCATION_INPUT", "parse_truncation"]
+from ..errors import UsageError
+
+__all__ = ["GeneratorOptions", "LATENTS", "MODULE_NAME", "TRUNCATION_INPUT", "parse_arch", "parse_arch_kwargs", "parse_truncation"]
 
 #: ``--latent`` values: ``z`` (mapping + synthesis) or ``w`` (synthesis alone on W+).
 LATENTS = ("z", "w")
@@ -71,4 +76,33 @@ def parse_truncation(text: str) -> float | str:
     value = float(text)  # ValueError for anything else
     if not math.isfinite(value):
         raise ValueError(f"not finite: {text!r}")
+    return value
+
+
+# -- --arch / --arch-kwargs: checked without torch, before anything slow ------------------------------------
+
+#: A dotted module name, as ``--arch MODULE:CLASS`` takes it.
+MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def parse_arch(text: str) -> tuple[str, str]:
+    """``"path/to/model.py:Generator"`` or ``"package.module:Generator"`` -> ``(source, class name)``."""
+    source, _, name = text.rpartition(":")
+    if not source or not MODULE_NAME.fullmatch(name):
+        raise UsageError(f"--arch takes FILE.py:CLASS or MODULE:CLASS (e.g. model.py:Generator), got {text!r}")
+    return source, name
+
+
+def parse_arch_kwargs(text: str | None) -> dict[str, Any]:
+    """``--arch-kwargs``: a JSON object of the class's keyword arguments."""
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--arch-kwargs is not JSON ({exc.msg} at character {exc.pos}): {text[:80]!r}") from None
+    if not isinstance(value, dict):
+        raise UsageError(
+            f"--arch-kwargs must be a JSON object of keyword arguments, e.g. '{{\"size\": 256}}', got a {type(value).__name__}"
+        )
     return value

@@ -25,16 +25,22 @@ from .checkout import Checkout
 from .loaded import LoadedModel
 from .persistence import PERSISTENT_OBJ
 from .pickle_scan import unsafe_globals
-from .state_dicts import from_data
+from .records import RecordRefused, record_globals
+from .state_dicts import from_data, listing
 
 __all__ = ["from_trusted_pickle", "load_weights_only"]
 
 
 def load_weights_only(f: IO[bytes], path: Path, fmt: str) -> tuple[Any, str | None]:
-    """``(object, None)`` when the safe loader reads the file; ``(None, why)`` when it needs more."""
+    """``(object, None)`` when the safe loader reads the file; ``(None, why)`` when it needs more.
+
+    Plain records (a training script's ``argparse.Namespace``) are read as data (:mod:`.records`)."""
     try:
-        return torch.load(f, map_location="cpu", weights_only=True), None
+        with torch.serialization.safe_globals(record_globals()):
+            return torch.load(f, map_location="cpu", weights_only=True), None
     except pickle.UnpicklingError as exc:
+        if isinstance(exc.__context__, RecordRefused):  # a record that is not plain data: no trust makes it so
+            raise LoadError(f"{path}: {exc.__context__} (a training script's argparse.Namespace is read as data)") from None
         message = str(exc)
     except Exception as exc:  # torch's readers fail in many ways on damaged bytes (even AssertionError)
         if is_allocation_failure(exc):
@@ -80,6 +86,13 @@ def on_sys_path(paths: Sequence[Path]) -> Iterator[None]:
 
 
 def refusal(path: Path, refused: Sequence[Decision]) -> LoadError:
+    failing = [d for d in refused if d.import_error]
+    if failing:  # the allowlist would allow these classes: the cause is their module, say so
+        module, error = failing[0].import_error or ("", "")  # the first error: a second import of a half-imported module says less
+        names = [d.name for d in failing if (d.import_error or ("", ""))[0] == module]
+        return LoadError(
+            f"{path}: cannot be unpickled: its classes {listing(names)} are defined in {module}, which fails to import here: {error}"
+        )
     listed = [d.name + ("" if d.refused == OUTSIDE else f" ({d.refused})") for d in refused[:5]]
     more = f" (+{len(refused) - 5} more)" if len(refused) > 5 else ""
     return LoadError(

@@ -1,12 +1,14 @@
-"""Data files: a toolkit checkpoint, or a bare ``state_dict`` recognised as a registered family and loaded strictly.
+"""Data files: a toolkit checkpoint, or a ``state_dict`` recognised as a registered family and loaded strictly.
 
-A state_dict nested under an obvious key (``"state_dict"``, ``"params_ema"``, ...) is found there; a
-mismatch with the family's model is one line naming the first missing, unexpected or wrongly shaped keys.
+:mod:`.selection` finds the state_dict (nested under an obvious key, named by ``--network`` /
+``--state-dict-key``, or under a key prefix such as pSp's ``decoder.``). Its shapes are compared with the
+family's model, built on the meta device, before anything is allocated: a mismatch is one line naming the
+first missing, unexpected or wrongly shaped keys. Generator families fold ``--latent`` / ``--truncation``
+into their config and take file-level tensors (``latent_avg``) beside the weights; other families refuse them.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,75 +17,123 @@ import torch
 import torch.nn as nn
 
 from .._util import first_line, short_repr
+from .._util.memory import is_allocation_failure
 from ..errors import LoadError, ModconvExportError
-from ..families import Family, get_family, recognize
+from ..families import Family, get_family
 from .checkpoint import checkpoint_from_dict, is_toolkit_checkpoint
 from .loaded import LoadedModel
+from .options import GeneratorOptions
+from .selection import NESTED_STATE_KEYS, is_state_dict, select_state_dict, with_family
 
-__all__ = ["NESTED_STATE_KEYS", "build", "check_real", "from_data", "is_state_dict", "listing", "strict_mismatch", "unwrap_state_dict"]
-
-#: Keys under which training scripts commonly nest the weights (first match wins).
-NESTED_STATE_KEYS = ("state_dict", "params_ema", "g_ema", "params", "model", "generator", "netG", "G_ema")
-
-
-def is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
-
-
-def unwrap_state_dict(obj: Any) -> dict | None:
-    state = obj if is_state_dict(obj) else None
-    if state is None and isinstance(obj, Mapping):
-        state = next((obj[k] for k in NESTED_STATE_KEYS if is_state_dict(obj.get(k))), None)
-    if state is None:
-        return None
-    if all(k.startswith("module.") for k in state):  # saved from DataParallel
-        return {k[len("module.") :]: v for k, v in state.items()}
-    return dict(state)
+__all__ = [
+    "NESTED_STATE_KEYS",
+    "check_real",
+    "fit",
+    "from_data",
+    "is_state_dict",
+    "key_mismatch",
+    "listing",
+    "load_family",
+    "shape_mismatch",
+]
 
 
-def describe(obj: Any) -> str:
-    if isinstance(obj, Mapping):
-        keys = ", ".join(short_repr(k, 60) for k in itertools.islice(obj, 5))
-        return f"dict with keys {keys}{' ...' if len(obj) > 5 else ''}" if obj else "empty dict"
-    return type(obj).__name__
+#: Why ``--latent`` / ``--truncation`` do not apply to a family that is not a generator (the words of :mod:`.options`).
+_GENERATORS_ONLY = "apply to generator files (rosinality checkpoints, NVlabs pickles)"
 
 
-def from_data(obj: Any, path: Path) -> LoadedModel:
+def from_data(obj: Any, path: Path, options: GeneratorOptions | None = None, state_dict_key: str | None = None) -> LoadedModel:
+    """The model a loaded (weights-only) object holds: a toolkit checkpoint, or a family's state_dict in it."""
+    options = options or GeneratorOptions()
     if is_toolkit_checkpoint(obj):
-        ckpt = checkpoint_from_dict(obj, str(path))
-        try:
-            family = get_family(ckpt.family)
-        except ModconvExportError as exc:
-            raise LoadError(f"{path}: {exc}") from exc
-        module, config = build(family, ckpt.state_dict, ckpt.config, path)
-        return LoadedModel(module, "checkpoint", family, config, family.inputs(config))
-    state = unwrap_state_dict(obj)
-    if state is None:
-        raise LoadError(f"{path}: holds a {describe(obj)}, not a model, a state_dict or a modconv-export checkpoint")
+        return _from_checkpoint(obj, path, options, state_dict_key)
+    selection = with_family(select_state_dict(obj, path, network=options.network, key=state_dict_key), path)
+    family = selection.family
+    assert family is not None  # with_family returns a recognised model
     try:
-        family = recognize(state)
+        return load_family(family, selection.state, None, path, options, selection.extras(family.extras), where=selection.where)
+    except LoadError as exc:
+        if not selection.prefix or "does not fit" not in str(exc):
+            raise
+        # found by its keys inside a larger model: maybe another codebase's variant (GPEN's generator)
+        raise LoadError(f"{exc}; its keys {selection.where} looked like that family's: if it is another codebase's model, "
+                        "give its code (--arch FILE.py:CLASS)") from exc  # fmt: skip
+
+
+def _from_checkpoint(obj: Mapping, path: Path, options: GeneratorOptions, state_dict_key: str | None) -> LoadedModel:
+    ckpt = checkpoint_from_dict(obj, str(path))
+    try:
+        family = get_family(ckpt.family)
     except ModconvExportError as exc:
         raise LoadError(f"{path}: {exc}") from exc
-    module, config = build(family, state, None, path)
-    return LoadedModel(module, "state_dict", family, config, family.inputs(config))
+    if family.generator is None and not options.is_default:
+        raise LoadError(f"{path}: {options.flags()} {_GENERATORS_ONLY}; this file is a modconv-export checkpoint of family {family.name!r}")
+    if options.network is not None or state_dict_key is not None:
+        raise LoadError(f"{path}: is a modconv-export checkpoint, which holds one model: --network / --state-dict-key do not apply")
+    state, extras = dict(ckpt.state_dict), {}
+    if not options.is_default and family.generator is not None:  # the stored latent_avg serves a new truncation
+        extras = {k: state.pop(k) for k in family.extras if k in state}
+    return load_family(family, state, ckpt.config, path, options, extras, kind="checkpoint")
 
 
-def build(family: Family, state: Mapping[str, torch.Tensor], config: Mapping[str, Any] | None, path: Path) -> tuple[nn.Module, dict]:
+def load_family(
+    family: Family,
+    state: Mapping[str, torch.Tensor],
+    config: Mapping[str, Any] | None,
+    path: Path,
+    options: GeneratorOptions,
+    extras: Mapping[str, Any],
+    *,
+    kind: str = "state_dict",
+    where: str = "",
+) -> LoadedModel:
+    """Infer the config (unless given), apply the generator options, check the shapes, build and load strictly."""
     check_real(list(state.items()), path)
     converted = family.convert_state_dict(state) if family.convert_state_dict else state
     try:
         config = dict(config) if config is not None else family.infer_config(converted)
     except (ValueError, KeyError, TypeError, IndexError) as exc:
         raise LoadError(f"{path}: looks like family {family.name!r} but its config cannot be inferred: {first_line(exc)}") from exc
+    if kind != "checkpoint" or not options.is_default:
+        config, tensors = _generator_config(family, config, options, extras, path)
+        state = {**state, **tensors}
+    module = fit(family, state, config, path)
+    return LoadedModel(module, kind, family, config, family.inputs(config), where=where)
+
+
+def _generator_config(
+    family: Family, config: dict, options: GeneratorOptions, extras: Mapping[str, Any], path: Path
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    flags = GeneratorOptions(latent=options.latent, truncation=options.truncation).flags()
+    if family.generator is None:
+        if flags:
+            raise LoadError(f"{path}: {flags} {_GENERATORS_ONLY}; this file is a state_dict of family {family.name!r}")
+        return config, {}
     try:
-        module = family.load(state, config)
+        return family.generator(config, options.latent, options.truncation, extras)
+    except (ValueError, TypeError) as exc:
+        raise LoadError(f"{path}: {flags or 'family ' + repr(family.name)}: {exc}") from exc
+
+
+def fit(family: Family, state: Mapping[str, torch.Tensor], config: Mapping[str, Any], path: Path) -> nn.Module:
+    """``family``'s model for ``config`` with ``state`` loaded strictly, its shapes checked before allocating."""
+    converted = family.convert_state_dict(state) if family.convert_state_dict else state
+    try:
+        mismatch = shape_mismatch(family, config, converted)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise LoadError(f"{path}: family {family.name!r} cannot be built with config {config}: {exc}") from exc
+    if mismatch:
+        raise LoadError(f"{path}: does not fit family {family.name!r} ({mismatch})")
+    try:
+        return family.load(state, config)
     except RuntimeError as exc:
-        raise LoadError(f"{path}: does not fit family {family.name!r} ({strict_mismatch(family, config, converted, exc)})") from exc
+        if is_allocation_failure(exc):
+            raise
+        raise LoadError(f"{path}: does not fit family {family.name!r} ({' '.join(str(exc).split())[:300]})") from exc
     except (ValueError, KeyError, TypeError) as exc:
         raise LoadError(
             f"{path}: family {family.name!r} cannot be built with config {short_repr(config, 160)}: {first_line(exc, 200)}"
         ) from exc
-    return module, config
 
 
 def listing(keys: Sequence[str], limit: int = 3) -> str:
@@ -91,23 +141,29 @@ def listing(keys: Sequence[str], limit: int = 3) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def strict_mismatch(family: Family, config: Mapping[str, Any], given: Mapping[str, torch.Tensor], exc: Exception) -> str:
-    """torch's multi-line strict-load message as one line: the first few missing/unexpected/mismatched keys."""
-    try:
-        expected = family.build(config).state_dict()
-    except Exception:
-        return " ".join(str(exc).split())[:300]
+def shape_mismatch(family: Family, config: Mapping[str, Any], given: Mapping[str, torch.Tensor]) -> str | None:
+    """The first few missing / unexpected / wrongly shaped keys against ``family``'s model for ``config``, built
+    on the meta device (no memory); ``None`` when they fit. ``ValueError`` for a config the family cannot build."""
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in family.build(config).state_dict().items()}
+    return key_mismatch(expected, given)
+
+
+def key_mismatch(expected: Mapping[str, tuple[int, ...]], given: Mapping[str, torch.Tensor]) -> str | None:
+    """One line for a strict load that would fail (``expected``: the model's key -> shape), or ``None``."""
     missing = [k for k in expected if k not in given]
     unexpected = [k for k in given if k not in expected]
     mismatched = [
-        f"{k} (file {list(given[k].shape)}, model {list(v.shape)})" for k, v in expected.items() if k in given and given[k].shape != v.shape
+        f"{k} (file {list(given[k].shape)}, model {list(shape)})"
+        for k, shape in expected.items()
+        if k in given and tuple(given[k].shape) != shape
     ]
     parts = [
         f"{label}: {listing(keys)}"
         for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched))
         if keys
     ]
-    return "; ".join(parts) or " ".join(str(exc).split())[:300]
+    return "; ".join(parts) or None
 
 
 def check_real(tensors: Sequence[tuple[str, torch.Tensor]], path: Path) -> None:

@@ -470,7 +470,7 @@ CASES = {
     "onnx as the model": (["good.onnx"], r"good\.onnx: is an ONNX model, not a PyTorch file: give the checkpoint it was exported from"),
     "triton batch size": (["decoder.pt", "--triton-repo", "bad/repo", "--triton-max-batch-size", "0"], r"Triton max_batch_size must be at least 1, got 0"),
     "image without verify": (["decoder.pt", "--no-verify", "--report-image", "bad/x.png"], r"--report-image needs the parity check"),
-    "truncation of a non-generator": (["decoder.pt", "--truncation", "0.7"], r"--truncation 0\.7 apply to generator files .*; this file is a modconv-export checkpoint \(StyledImageDecoder, family 'decoder'"),
+    "truncation of a non-generator": (["decoder.pt", "--truncation", "0.7"], r"--truncation 0\.7 apply to generator files .*; this file is a modconv-export checkpoint of family 'decoder'$"),
     "network of a non-generator": (["decoder.pt", "--network", "g", "--latent", "w"], r"--network g --latent w apply to generator files"),
     "bad truncation": (["decoder.pt", "--truncation", "strong"], r"--truncation takes a finite number \(psi\) or 'input', got 'strong'"),
     "bad latent": (["decoder.pt", "--latent", "s"], r"argument --latent: invalid choice: 's'"),
@@ -629,9 +629,12 @@ def test_version_and_help(capfd):
         assert option in text
     for family in registered_families():  # one line each, from the registry
         assert f"  {family.name:<10} {family.description}\n" in text
-    tail = text.rstrip().splitlines()
-    assert tail[-4] == "examples:" and all(line.startswith("  modconv-export ") for line in tail[-3:])
-    assert "samples/out/lats_small.pt" in tail[-3]
+    lines = text.rstrip().splitlines()
+    examples = lines[lines.index("examples:") + 1 :]
+    assert len(examples) == 5 and all(line.startswith("  modconv-export ") for line in examples)
+    assert "samples/out/lats_small.pt" in examples[0] and "--arch" in examples[-1]
+    for option in ("--network", "--latent", "--truncation", "--arch FILE.py:CLASS", "--arch-kwargs JSON", "--state-dict-key KEY"):
+        assert option in text
 
 
 def test_help_catalogue_is_the_registry():

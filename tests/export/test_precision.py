@@ -147,7 +147,7 @@ def test_stylegan2_forms_demodulate_in_float32(flavour):
 
 
 #: family -> (input index to scale, scale that breaks a plain float16 model)
-FP16_SCALES = {"lats": (1, 300.0), "decoder": (0, 1000.0), "gfpgan": (0, 1500.0)}
+FP16_SCALES = {"lats": (1, 300.0), "decoder": (0, 1000.0), "gfpgan": (0, 1500.0), "rosinality": (0, 1000.0)}
 
 
 @pytest.mark.parametrize("name", list(FP16_SCALES))
@@ -163,7 +163,8 @@ def test_fp16_row_for_every_family(name, tmp_path):
     )  # default init keeps GFPGAN's outputs bounded
     specs = family.inputs(config)
     args = tuple(s.example((2, *s.shape[1:]), seed=3) for s in specs)
-    path = export_onnx(model, args, tmp_path / f"{name}.onnx", exporter="torchscript", precision="fp16", output_names=list(family.outputs))
+    path = export_onnx(model, args, tmp_path / f"{name}.onnx", exporter="torchscript", precision="fp16",
+                       input_names=[s.name for s in specs], output_names=list(family.outputs))  # fmt: skip
     index, scale = FP16_SCALES[name]
     for factor in (1.0, scale):
         feeds = [a * factor if i == index else a for i, a in enumerate(args)]
@@ -172,6 +173,8 @@ def test_fp16_row_for_every_family(name, tmp_path):
         out = _ort(path, {s.name: f.numpy() for s, f in zip(specs, feeds)})
         assert out.dtype == np.float32 and np.isfinite(out).all(), (name, factor)
         assert relative_l2(out, reference.numpy()) <= 1e-2, (name, factor)
-    if name != "gfpgan":  # GFPGAN's small preset has too few channels to overflow; the layer test above covers its forms
+    # GFPGAN's small preset has too few channels to overflow (the layer test above covers its forms); rosinality's z is
+    # pixel-normalised first, so no scale of it overflows anything
+    if name not in ("gfpgan", "rosinality"):
         naive = _naive_half(make_exportable(model), tuple(feeds))
         assert not torch.isfinite(naive).all() or relative_l2(naive, reference) > 1e-2

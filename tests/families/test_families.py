@@ -25,6 +25,7 @@ CASES = {
     "lats": ({"image_size", "num_classes"}, "age_encoder.encoder.1.conv.weight_orig"),
     "decoder": (set(), "blocks.2.conv1.bias"),
     "gfpgan": ({"input_is_latent"}, "condition_shift.0.2.bias"),  # more in test_stylegan2_rules_family.py
+    "rosinality": (set(), "convs.1.noise.weight"),  # more in test_rosinality.py
 }
 PRESETS = [(name, preset) for name in CASES for preset in ("small", "full")]
 
