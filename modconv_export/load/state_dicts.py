@@ -112,7 +112,7 @@ def _generator_config(
     try:
         return family.generator(config, options.latent, options.truncation, extras)
     except (ValueError, TypeError) as exc:
-        raise LoadError(f"{path}: {flags or 'family ' + repr(family.name)}: {exc}") from exc
+        raise LoadError(f"{path}: {flags or 'family ' + repr(family.name)}: {first_line(exc, 200)}") from exc
 
 
 def fit(family: Family, state: Mapping[str, torch.Tensor], config: Mapping[str, Any], path: Path) -> nn.Module:
@@ -121,7 +121,9 @@ def fit(family: Family, state: Mapping[str, torch.Tensor], config: Mapping[str, 
     try:
         mismatch = shape_mismatch(family, config, converted)
     except (ValueError, KeyError, TypeError) as exc:
-        raise LoadError(f"{path}: family {family.name!r} cannot be built with config {config}: {exc}") from exc
+        raise LoadError(
+            f"{path}: family {family.name!r} cannot be built with config {short_repr(config, 160)}: {first_line(exc, 200)}"
+        ) from exc
     if mismatch:
         raise LoadError(f"{path}: does not fit family {family.name!r} ({mismatch})")
     try:
