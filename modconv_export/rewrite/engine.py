@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from .._util import as_tuple, exception_line, relative_l2
+from .._util.progress import step
 from ..errors import RewriteError
 from .registry import Replacement, Rule, registered_rules
 
@@ -143,6 +144,7 @@ def rewrite_model(model: nn.Module, *, strict: bool = False, example_inputs: Any
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
     report = RewriteReport()
+    step("rewrite: module rules")
     copied = copy_module(model).eval()
     rewritten = _rewrite_tree(copied, "", report).eval()
     if example_inputs is not None:
