@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from .._util import as_tuple, exception_line
+from .._util.progress import step
 from ..errors import ModconvExportError
 from ..export.prepare import PRECISIONS as CHECK_PRECISIONS  # the precisions a file is exported in
 from .environment import versions
@@ -118,14 +119,22 @@ def _onnx_io(path: Path) -> tuple[bool, list[str]]:
     return half_inputs or half_convs, [o.name for o in proto.graph.output]
 
 
+#: Seconds of runs after which a backend's batch is not run again just for its time: a 1024 px generator
+#: at batch 3 runs for many seconds, and the check needs its outputs once, not a median of three.
+REPEAT_BUDGET_S = 1.0
+
+
 def _timed(runner: Runner, inputs: tuple, repeats: int) -> tuple[list[np.ndarray], float]:
-    """Outputs of the first run and the median wall time of ``repeats`` runs, in milliseconds."""
+    """Outputs of the first run and the median wall time of up to ``repeats`` runs, in milliseconds:
+    further runs only while the runs so far took less than :data:`REPEAT_BUDGET_S` together."""
     times, outputs = [], None
-    for _ in range(max(1, repeats)):
+    while len(times) < max(1, repeats) and sum(times) < REPEAT_BUDGET_S * 1e3:
         start = time.perf_counter()
         result = runner.infer(inputs)
         times.append((time.perf_counter() - start) * 1e3)
-        outputs = result if outputs is None else outputs
+        if outputs is None:
+            outputs = result
+        del result
     return outputs, statistics.median(times)
 
 
@@ -202,6 +211,7 @@ def _run_plan(plan, inputs, refs, names, precision, tolerance, repeats) -> tuple
         return [ParityRow(plan.name, NOT_RUN, reason=plan.reason, **common)], [], {}
     runner = None
     try:
+        step(f"verify: preparing {plan.name}")
         runner = plan.make()
         runner.prepare()
     except RunnerUnavailable as exc:
@@ -213,6 +223,7 @@ def _run_plan(plan, inputs, refs, names, precision, tolerance, repeats) -> tuple
     try:
         for batch, batch_inputs in inputs.items():
             expected = refs[plan.reference][batch]
+            step(f"verify: {plan.name} at batch {batch}")
             try:
                 outputs, ms = _timed(runner, batch_inputs, repeats)
             except Exception as exc:
@@ -314,8 +325,9 @@ def check_parity(
     ``args``, kept in memory (a model that does not trace gives "not run" rows with the reason).
     ``max_rel_l2`` overrides the relative-L2
     limits of :mod:`.tolerances`; ``rtol``/``atol`` add an element-wise ``allclose`` check (see there).
-    The report's ``data`` keeps the inputs and reference outputs. ``repeats`` runs per batch give the
-    median time. Raises :class:`~modconv_export.errors.ModconvExportError` on usage errors (missing
+    The report's ``data`` keeps the inputs and reference outputs. Up to ``repeats`` runs per batch give the
+    median time; a backend whose runs of a batch take a second or more is run once (the check needs its
+    outputs, not its time: see :data:`REPEAT_BUDGET_S`). Raises :class:`~modconv_export.errors.ModconvExportError` on usage errors (missing
     file, bad arguments, an original model that rejects the inputs); backend failures are rows.
     """
     if not isinstance(model, nn.Module):
@@ -346,6 +358,7 @@ def check_parity(
     try:
         with EagerRunner(model, "cpu", name=CPU_REFERENCE) as reference:
             for b, x in inputs.items():
+                step(f"verify: {CPU_REFERENCE} at batch {b}")
                 refs[CPU_REFERENCE][b], ref_ms[b] = _timed(reference, x, 1)
     except Exception as exc:
         raise ModconvExportError(f"the original model fails on the parity inputs: {exception_line(exc)}") from exc
