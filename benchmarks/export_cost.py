@@ -9,12 +9,12 @@ allocations never count for the next: the time is the child's own clock around t
 built and imports done before it starts), the peak is the child's ``ru_maxrss`` from ``os.wait4`` (the
 per-child form of ``resource.getrusage(RUSAGE_CHILDREN)``). Kinds, per model and size:
 
-* ``ours`` -- ``modconv_export.export_onnx(model, args, path)``: rewrite, numerical proof, ONNX with a
-  dynamic batch, the file's checks;
+* ``ours`` -- ``export_onnx(model, args, path)``: rewrite, proofs, ONNX with a dynamic batch, checks;
 * ``stock`` -- ``torch.onnx.export(model, args, path, dynamo=True)``: static batch 1, no rewrite, no checks;
 * ``eager-bN`` -- the model's own forward at batch N (what the verification's reference run costs);
-* ``cli`` -- the whole default command ``modconv-export MODEL OUT.onnx`` (export, then verification at
-  batch 1 and 3 on the CPU), on a file written beforehand; its step lines are kept in the JSON.
+* ``cli`` -- the whole default command ``modconv-export MODEL OUT.onnx -v`` (export, verification at batch
+  1 and 3 on the CPU) on a file written beforehand, with the peak resident memory of each step it reports
+  (sampled every 0.1 s) and ``eager-b3`` beside it: the bound no step should pass.
 
 Models (weights seeded random: cost does not depend on them), each one entry of :data:`MODELS`:
 ``rosinality`` -- rosinality's ``Generator(size, 512, 8, channel_multiplier=2)`` wrapped as
@@ -22,9 +22,8 @@ Models (weights seeded random: cost does not depend on them), each one entry of 
 toolkit's own family will replace this entry); ``lats`` -- the full LATS generator on a size x size image;
 ``gfpgan`` -- GFPGAN v1.4 clean at output size ``size``.
 
-Full-size measurements are heavy: each child runs under an exclusive ``flock`` on ``--lock`` (shared with
-other heavy jobs on this machine), and a child whose resident memory passes ``--max-rss-gb`` is stopped
-and reported as such. The JSON holds the load average before and after, as ``bench.py``'s does.
+Each child runs under an exclusive ``flock`` on ``--lock`` (heavy jobs share this machine); one whose
+resident memory passes ``--max-rss-gb`` is stopped. The JSON holds the load average before and after.
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -43,6 +43,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from _cost_models import MODELS, SITE, model_file
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODELS = ("rosinality", "lats", "gfpgan")
 DEFAULT_SIZES = (256, 512, 1024)
@@ -50,7 +52,6 @@ DEFAULT_KINDS = ("ours", "stock")
 #: The whole command is measured where the issue sets its goals: the sizes users export.
 DEFAULT_CLI = ("rosinality:1024", "lats:256", "gfpgan:512")
 DEFAULT_EAGER_BATCH = 3  # the largest batch the default verification runs
-UPSTREAM_ENV = "MODCONV_UPSTREAM_ROSINALITY"
 
 
 @dataclass
@@ -63,68 +64,6 @@ class Row:
     peak_mb: float | None = None  # ru_maxrss of the child: model, imports and the measured call
     before_mb: float | None = None  # the child's resident memory when the measured call started
     extra: dict = field(default_factory=dict)
-
-
-# ---- the models: one pluggable entry each ---------------------------------------------------------------
-
-
-def _rosinality(size: int, quick: bool):
-    """rosinality's Generator from the upstream checkout (its CUDA op builds stubbed out on the CPU)."""
-    import torch
-
-    sys.path.insert(0, str(ROOT / "tests" / "fixtures" / "upstream_codebases"))
-    from _rosinality_layout import RosinalityLayout
-    from stylegan2_wrappers import rosinality
-
-    rosinality()  # the checkout on sys.path, its CUDA op builds stubbed
-    torch.manual_seed(0)
-    model = RosinalityLayout(size, 64 if quick else 512, 2 if quick else 8, 1 if quick else 2).eval()
-    return model, (torch.randn(1, model.style_dim),), None
-
-
-def _family(name: str, size_key: str):
-    def build(size: int, quick: bool):
-        import torch
-
-        from modconv_export.families import get_family
-
-        family = get_family(name)
-        config = dict(family.preset("small" if quick else "full"), **{size_key: size})
-        torch.manual_seed(0)
-        model = family.build(config).eval()
-        return model, tuple(s.example(s.shape, seed=i) for i, s in enumerate(family.inputs(config))), config
-
-    return build
-
-
-#: name -> (builder(size, quick) -> (model, example args, family config or None), why it cannot run here or None).
-#: The rosinality entry reads upstream's code until the toolkit's own rosinality family replaces it.
-MODELS = {
-    "rosinality": (_rosinality, lambda: None if os.environ.get(UPSTREAM_ENV) else f"set {UPSTREAM_ENV} to the rosinality checkout"),
-    "lats": (_family("lats", "image_size"), lambda: None),
-    "gfpgan": (_family("gfpgan", "out_size"), lambda: None),
-}
-
-#: What a command-line child needs to import upstream code: the fixture's stubs, as a sitecustomize.
-_SITE = (
-    f"import sys\nsys.path.insert(0, {str(ROOT / 'tests' / 'fixtures' / 'upstream_codebases')!r})\n"
-    "import stylegan2_wrappers\nstylegan2_wrappers.install_stubs()\n"
-)
-
-
-def _model_file(name: str, size: int, quick: bool, path: Path) -> list[str]:
-    """Write the model as a file the command line loads; the extra arguments it needs."""
-    import torch
-
-    model, args, config = MODELS[name][0](size, quick)
-    if config is None:  # no family: a pickled module, with its code on the import path
-        torch.save(model, path)
-        return ["--trust-pickle", "--import-path", str(ROOT / "benchmarks"), "--import-path", os.environ[UPSTREAM_ENV],
-                "--input", f"z=1x{args[0].shape[1]}"]  # fmt: skip
-    from modconv_export.load.checkpoint import save_checkpoint
-
-    save_checkpoint(path, name, config, model.state_dict())
-    return []
 
 
 # ---- the child: one measurement ------------------------------------------------------------------------
@@ -179,77 +118,108 @@ def _locked(path: str | None) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _watch(pid: int, limit_mb: float, stopped: list) -> None:
-    """Stop the child when its resident memory passes ``limit_mb`` (a shared machine must not swap or OOM)."""
-    status = Path(f"/proc/{pid}/status")
-    while True:
-        try:
-            text = status.read_text()
-        except OSError:
-            return
-        rss = next((int(line.split()[1]) / 1024 for line in text.splitlines() if line.startswith("VmRSS:")), 0.0)
-        if rss > limit_mb:
-            stopped.append(rss)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, 9)
-            return
-        time.sleep(0.2)
+@dataclass
+class _Watch:
+    """What the watcher saw of a child: the output lines as they came (with the peak resident memory
+    since the line before), and whether it had to stop the child."""
+
+    lines: list = field(default_factory=list)  # (seconds since start, line, peak MB until the next line)
+    stopped: float | None = None
 
 
-def run_child(command: list[str], args: argparse.Namespace, env: dict | None = None) -> tuple[int, float, float, str, list]:
-    """Run ``command`` under the lock: exit status, wall seconds, peak RSS in MB, output tail, stop record."""
-    with _locked(args.lock), tempfile.TemporaryFile(mode="w+") as log:
+def _rss_of(pid: int) -> float | None:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    return next((int(line.split()[1]) / 1024 for line in text.splitlines() if line.startswith("VmRSS:")), 0.0)
+
+
+def _watch(pid: int, log_path: str, limit_mb: float, start: float, seen: _Watch) -> None:
+    """Sample the child's resident memory every 0.1 s and attribute it to the output line it printed
+    last; stop the child when it passes ``limit_mb`` (a shared machine must not swap or OOM)."""
+    current = [0.0, "(start)", 0.0]
+    with open(log_path, errors="replace") as log:
+        while (rss := _rss_of(pid)) is not None:
+            for line in log.read().splitlines():
+                seen.lines.append(tuple(current))
+                current = [time.perf_counter() - start, line, rss]
+            current[2] = max(current[2], rss)
+            if rss > limit_mb:
+                seen.stopped = rss
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, 9)
+                break
+            time.sleep(0.1)
+        seen.lines.append(tuple(current))
+
+
+def run_child(command: list[str], args: argparse.Namespace, env: dict | None = None) -> tuple[int, float, float, str, _Watch]:
+    """Run ``command`` under the lock: exit status, wall seconds, peak RSS in MB, output tail, what the watcher saw."""
+    with _locked(args.lock), tempfile.NamedTemporaryFile(mode="w+", suffix=".log") as log:
         start = time.perf_counter()
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        stopped: list = []
-        watcher = threading.Thread(target=_watch, args=(proc.pid, args.max_rss_gb * 1024, stopped), daemon=True)
+        seen = _Watch()
+        watcher = threading.Thread(target=_watch, args=(proc.pid, log.name, args.max_rss_gb * 1024, start, seen), daemon=True)
         watcher.start()
         _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, not the maximum over all children
         proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - start
+        watcher.join(5)
         log.seek(0)
         tail = log.read()[-3000:]
-    return proc.returncode, wall, usage.ru_maxrss / 1024, tail, stopped
+    return proc.returncode, wall, usage.ru_maxrss / 1024, tail, seen
+
+
+def _last_line(tail: str) -> str:
+    return tail.strip().splitlines()[-1] if tail.strip() else ""
 
 
 def measure(model: str, size: int, kind: str, args: argparse.Namespace, workdir: Path) -> Row:
     spec = {"model": model, "size": size, "kind": kind, "quick": args.quick, "workdir": str(workdir)}
     result = workdir / "result.json"
     result.unlink(missing_ok=True)
-    code, _, peak, tail, stopped = run_child([sys.executable, __file__, "--child", json.dumps(spec), "--result", str(result)], args)
-    if stopped:
-        return Row(model, size, kind, f"stopped: resident memory passed {args.max_rss_gb} GB", peak_mb=stopped[0])
+    code, _, peak, tail, seen = run_child([sys.executable, __file__, "--child", json.dumps(spec), "--result", str(result)], args)
+    if seen.stopped:
+        return Row(model, size, kind, f"stopped: resident memory passed {args.max_rss_gb} GB", peak_mb=seen.stopped)
     if code != 0 or not result.exists():
-        return Row(model, size, kind, f"failed: exit {code}: {tail.strip().splitlines()[-1] if tail.strip() else ''}"[:300], peak_mb=peak)
+        return Row(model, size, kind, f"failed: exit {code}: {_last_line(tail)}"[:300], peak_mb=peak)
     data = json.loads(result.read_text())
     return Row(model, size, kind, "ok", data["seconds"], peak, data["before_mb"], data["extra"])
 
 
+#: A progress line of the command (``modconv-export: [  12.3 s] rewrite: ...``) and its step.
+_STEP = re.compile(r"^modconv-export: \[\s*[\d.]+ s\] (.*)$")
+
+
 def measure_cli(model: str, size: int, args: argparse.Namespace, workdir: Path) -> Row:
-    """The whole default command on a file written by a separate child (not measured)."""
+    """The whole default command on a file written by a separate child (not measured), with the peak
+    resident memory of each step it reported (``-v``: its progress lines) and the eager forward pass at
+    the largest verified batch beside it, the bound no step should pass."""
     path = workdir / f"{model}_{size}.pt"
     spec = {"model": model, "size": size, "quick": args.quick, "path": str(path)}
     code, _, _, tail, _ = run_child(
         [sys.executable, __file__, "--write-model", json.dumps(spec), "--result", str(workdir / "cli.json")], args
     )
     if code != 0:
-        return Row(model, size, "cli", f"failed: writing the model: {tail.strip().splitlines()[-1] if tail.strip() else code}"[:300])
+        return Row(model, size, "cli", f"failed: writing the model: {_last_line(tail) or code}"[:300])
     extra = json.loads((workdir / "cli.json").read_text())["cli_args"]
     site = workdir / "site"
     site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(_SITE)
+    (site / "sitecustomize.py").write_text(SITE)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(site), str(ROOT), os.environ.get("PYTHONPATH")])))
     command = [sys.executable, "-m", "modconv_export", str(path), str(workdir / f"{model}_{size}_cli.onnx"), "-v", *extra]
-    code, wall, peak, tail, stopped = run_child(command, args, env)
-    steps = [
-        line
-        for line in tail.splitlines()
-        if line.startswith("modconv-export:") or line.startswith("verified") or line.startswith("exported")
-    ]
-    if stopped:
-        return Row(model, size, "cli", f"stopped: resident memory passed {args.max_rss_gb} GB", peak_mb=stopped[0])
-    status = "ok" if code == 0 else f"failed: exit {code}: {tail.strip().splitlines()[-1] if tail.strip() else ''}"[:300]
-    return Row(model, size, "cli", status, wall, peak, extra={"steps": steps[-40:]})
+    code, wall, peak, tail, seen = run_child(command, args, env)
+    if seen.stopped:
+        return Row(model, size, "cli", f"stopped: resident memory passed {args.max_rss_gb} GB", peak_mb=seen.stopped)
+    steps = [{"at_s": round(at, 1), "step": m.group(1), "peak_mb": round(mb)} for at, line, mb in seen.lines if (m := _STEP.match(line))]
+    eager = measure(model, size, f"eager-b{DEFAULT_EAGER_BATCH}", args, workdir)
+    largest = max(steps, key=lambda s: s["peak_mb"], default=None)
+    status = "ok" if code == 0 else f"failed: exit {code}: {_last_line(tail)}"[:300]
+    return Row(model, size, "cli", status, wall, peak, extra={
+        "steps": steps, "largest_step": largest, "verified": [line for line in tail.splitlines() if line.startswith(("PASSED", "FAILED"))],
+        f"eager_b{DEFAULT_EAGER_BATCH}": asdict(eager),
+    })  # fmt: skip
 
 
 # ---- tables ----------------------------------------------------------------------------------------------
@@ -263,8 +233,27 @@ def _cell(row: Row | None) -> str:
     return f"{row.seconds:.1f} s, {row.peak_mb / 1024:.2f} GB"
 
 
+def format_cli_markdown(rows: list[Row]) -> str:
+    """The whole command per model: its time and peak, its largest step, the eager forward beside it."""
+    key = f"eager_b{DEFAULT_EAGER_BATCH}"
+    lines = [f"| model | command (export + verification) | largest step | eager forward at batch {DEFAULT_EAGER_BATCH} | largest step / eager |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for row in rows:
+        eager = Row(**row.extra[key]) if key in row.extra else None
+        step = row.extra.get("largest_step")
+        if row.status != "ok" or eager is None or eager.status != "ok" or not step:
+            lines.append(f"| {row.model} {row.size} px | {row.status} | – | {_cell(eager)} | – |")
+            continue
+        lines.append(f"| {row.model} {row.size} px | {_cell(row)} | {step['step']}: {step['peak_mb'] / 1024:.2f} GB | {_cell(eager)} | "
+                     f"{step['peak_mb'] / eager.peak_mb:.2f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def format_markdown(rows: list[Row]) -> str:
     """Per model: one line per kind, one column per size, then ours / stock and the growth 256 -> largest."""
+    rows = [r for r in rows if r.kind != "cli"]
+    if not rows:
+        return ""
     sizes = sorted({r.size for r in rows})
     lines = [f"| model | measured | {' | '.join(f'{s} px' for s in sizes)} | growth {sizes[0]} → {sizes[-1]} px |",
              "|---|---|" + "---|" * (len(sizes) + 1)]  # fmt: skip
@@ -293,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
     parser.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)))
     parser.add_argument("--kinds", default=",".join(DEFAULT_KINDS), help="ours, stock, eager-bN (comma-separated)")
-    parser.add_argument("--cli", default=",".join(DEFAULT_CLI), help="MODEL:SIZE of the whole-command runs ('' for none)")
+    parser.add_argument("--cli", default=None, help=f"MODEL:SIZE of the whole-command runs ('' for none; default {','.join(DEFAULT_CLI)})")
     parser.add_argument("--quick", action="store_true", help="small presets at 32 px, ours and stock, no CLI run: a smoke test")
     parser.add_argument("--lock", default="/tmp/modconv-heavy.lock", help="flock file every child runs under ('' for none)")
     parser.add_argument("--max-rss-gb", type=float, default=16.0, help="stop a child whose resident memory passes this")
@@ -308,10 +297,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.write_model:
         spec = json.loads(args.write_model)
-        args.result.write_text(json.dumps({"cli_args": _model_file(spec["model"], spec["size"], spec["quick"], Path(spec["path"]))}))
+        args.result.write_text(json.dumps({"cli_args": model_file(spec["model"], spec["size"], spec["quick"], Path(spec["path"]))}))
         return 0
     if args.quick:
-        args.sizes, args.cli = "32", ""
+        args.sizes = "32"
+    if args.cli is None:
+        args.cli = "" if args.quick else ",".join(DEFAULT_CLI)
     models = [m for m in args.models.split(",") if m]
     unknown = [m for m in models if m not in MODELS]
     if unknown:
@@ -342,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average before {env['load_average_before'][0]:.2f}, after {env['load_average_after'][0]:.2f}")
     if args.markdown:
         print(format_markdown(rows))
+        if any(r.kind == "cli" for r in rows):
+            print()
+            print(format_cli_markdown([r for r in rows if r.kind == "cli"]))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"environment": env, "command": sys.argv, "rows": [asdict(r) for r in rows]}, indent=2))

@@ -128,7 +128,7 @@ def _timed(runner: Runner, inputs: tuple, repeats: int) -> tuple[list[np.ndarray
     """Outputs of the first run and the median wall time of up to ``repeats`` runs, in milliseconds:
     further runs only while the runs so far took less than :data:`REPEAT_BUDGET_S` together."""
     times, outputs = [], None
-    while len(times) < max(1, repeats) and sum(times) < REPEAT_BUDGET_S * 1e3:
+    while not times or (len(times) < repeats and sum(times) < REPEAT_BUDGET_S * 1e3):
         start = time.perf_counter()
         result = runner.infer(inputs)
         times.append((time.perf_counter() - start) * 1e3)
