@@ -22,9 +22,10 @@ from collections.abc import Iterable, Iterator
 import onnx
 import onnx_ir as ir
 
+from .._util.files import write_bytes
 from ..errors import ExportError
 
-__all__ = ["PROTOBUF_LIMIT", "weights_apart", "write_onnx"]
+__all__ = ["PROTOBUF_LIMIT", "onnx_chunks", "weights_apart", "write_onnx"]
 
 #: Initializers larger than this are kept apart (shape inference reads the *values* of small ones only:
 #: shapes, axes, pads).
@@ -55,9 +56,9 @@ def weights_apart(model: ir.Model, *, as_inputs: bool = False) -> Iterator[list[
             graph.initializers.add(value)
 
 
-def write_onnx(model: ir.Model, path: str | os.PathLike, value_info: Iterable[onnx.ValueInfoProto] | None = None) -> int:
-    """Write ``model`` to ``path`` as one ``.onnx`` file (``value_info``, if given, replaces the graph's);
-    flushed to the disk. Returns the bytes written; a model past protobuf's 2 GB is an :class:`ExportError`."""
+def onnx_chunks(model: ir.Model, value_info: Iterable[onnx.ValueInfoProto] | None = None) -> Iterator[bytes]:
+    """``model`` serialised as one ``.onnx`` file (``value_info``, if given, replaces the graph's), in parts
+    no larger than one weight; a model past protobuf's 2 GB is an :class:`ExportError`, before any part."""
     with weights_apart(model) as large:
         skeleton = ir.serde.serialize_model(model)
     if value_info is not None:
@@ -66,15 +67,20 @@ def write_onnx(model: ir.Model, path: str | os.PathLike, value_info: Iterable[on
     total = skeleton.ByteSize() + sum(v.const_value.nbytes for v in large)
     if total > PROTOBUF_LIMIT:
         raise ExportError(f"the model needs {total / 2**30:.1f} GB, more than an ONNX file without external data can hold (2 GB)")
-    written = 0
-    with open(path, "wb") as f:
-        written += f.write(skeleton.SerializeToString())
-        del skeleton
-        for value in large:
-            part = onnx.ModelProto()
-            value.const_value.name = value.name
-            ir.serde.serialize_tensor_into(part.graph.initializer.add(), from_=value.const_value)
-            written += f.write(part.SerializeToString())
-        f.flush()
-        os.fsync(f.fileno())
-    return written
+    return _parts(skeleton, large)
+
+
+def _parts(skeleton: onnx.ModelProto, large: list[ir.Value]) -> Iterator[bytes]:
+    yield skeleton.SerializeToString()
+    del skeleton
+    for value in large:
+        part = onnx.ModelProto()
+        value.const_value.name = value.name
+        ir.serde.serialize_tensor_into(part.graph.initializer.add(), from_=value.const_value)
+        yield part.SerializeToString()
+
+
+def write_onnx(model: ir.Model, path: str | os.PathLike, value_info: Iterable[onnx.ValueInfoProto] | None = None) -> None:
+    """Write ``model`` to ``path`` as one ``.onnx`` file, a tensor at a time (see the module docstring),
+    through :func:`~modconv_export._util.files.write_bytes`: flushed to the disk, a full disk an ``OSError``."""
+    write_bytes(path, onnx_chunks(model, value_info))

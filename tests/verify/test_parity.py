@@ -502,9 +502,9 @@ class _CountingRunner:
 @pytest.mark.parametrize("budget_s, runs", [(0.0, 1), (60.0, 3)], ids=["slow-backend", "fast-backend"])
 def test_a_batch_runs_again_only_while_its_runs_are_short(monkeypatch, budget_s, runs):
     """Verification costs one run per backend and batch once a run takes long; short ones give a median."""
-    from modconv_export.verify import harness
+    from modconv_export.verify import plan
 
-    monkeypatch.setattr(harness, "REPEAT_BUDGET_S", budget_s)
+    monkeypatch.setattr(plan, "REPEAT_BUDGET_S", budget_s)
     runner = _CountingRunner()
-    outputs, ms = harness._timed(runner, (), repeats=3)
+    outputs, ms = plan.timed(runner, (), repeats=3)
     assert runner.runs == runs and len(outputs) == 1 and ms >= 0
