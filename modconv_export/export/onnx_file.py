@@ -143,7 +143,7 @@ def _program_of(form: GraphExportForm) -> torch.export.ExportedProgram | None:
         return None
 
 
-def _export_dynamo(model, args, input_names, output_names, opset, dynamic_batch, table) -> onnx.ModelProto:
+def _export_dynamo(model, args, input_names, output_names, opset, dynamic_batch, table) -> ir.Model:
     import torch.fx.traceback as fx_traceback
 
     dynamic_shapes = dynamic_batch_shapes(model, args) if dynamic_batch else None
