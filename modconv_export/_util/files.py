@@ -18,7 +18,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ..errors import ExportError
@@ -64,10 +64,15 @@ def check_writable_target(path: str | os.PathLike) -> Path:
     return target
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` and flush it to the disk (a full disk shows here, as ``OSError``)."""
+def write_bytes(path: str | os.PathLike, data: bytes | Iterable[bytes]) -> None:
+    """Write ``data`` to ``path`` and flush it to the disk (a full disk shows here, as ``OSError``).
+
+    ``data`` is bytes, or chunks of bytes written in order: a model file written one tensor at a time
+    (:mod:`modconv_export.export.onnx_write`) is never held in memory whole.
+    """
     with open(path, "wb") as f:
-        f.write(data)
+        for chunk in (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data:
+            f.write(chunk)
         f.flush()
         os.fsync(f.fileno())
 

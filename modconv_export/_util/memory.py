@@ -1,18 +1,28 @@
-"""Memory: estimate before allocating, and recognise an allocation failure however a library reports it.
+"""Memory: estimate before allocating, recognise an allocation failure however a library reports it, and
+give freed memory back.
 
 ``--input image=1x3x100000x100000`` asks for 112 GiB; allocating it first would end in the allocator's
 exception (or the kernel's OOM killer). :func:`check_fits` refuses it up front with the size, against
 what the machine (and the process's cgroup) can still give.
+
+:func:`give_back` returns what the C allocator keeps after large frees: glibc serves a tensor freed after
+a larger one from its heaps and keeps the pages (its mmap threshold rises with every large free), so a
+proof that evaluates one 28 MB weight chain after another would hold hundreds of MB it no longer uses
+(measured: 1062 MB instead of 675 MB at the peak of a 1024 px generator's probe). ``malloc_trim`` hands
+them back without changing any allocator setting.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import os
 from pathlib import Path
 
 from ..errors import OutOfMemory
 
-__all__ = ["OutOfMemory", "available_bytes", "check_fits", "format_bytes", "is_allocation_failure"]
+__all__ = ["OutOfMemory", "available_bytes", "check_fits", "format_bytes", "give_back", "is_allocation_failure"]
 
 #: How libraries say "out of memory": Python, torch's CPU and CUDA allocators, ONNX Runtime, numpy.
 _OOM_TEXT = ("can't allocate memory", "out of memory", "bad_alloc", "failed to allocate", "unable to allocate", "cannot allocate memory")
@@ -71,3 +81,19 @@ def is_allocation_failure(exc: BaseException) -> bool:
             return True
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return False
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or ``None`` where the C library has none (musl, macOS, Windows)."""
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or None), "malloc_trim", None)
+    except OSError:
+        return None
+
+
+def give_back() -> None:
+    """Return the C allocator's free memory to the system (a no-op where there is no ``malloc_trim``)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

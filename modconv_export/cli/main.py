@@ -26,6 +26,7 @@ from .._util import exception_line
 from .._util.files import Outputs
 from .._util.interrupts import Interrupted, deferred, signals_raise
 from .._util.memory import is_allocation_failure
+from .._util.progress import reporting
 from ..errors import ModconvExportError, OutOfMemory, UsageError
 from .arguments import (
     arch_options,
@@ -183,8 +184,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not debug:
             warnings.simplefilter("ignore")
         try:
-            with files:
-                return _run(args, console, files)
+            with files, reporting(console.step):
+                try:
+                    return _run(args, console, files)
+                finally:
+                    console.close()  # a redrawn progress line ends before any error line
         except Interrupted as exc:
             _interrupted(exc.signal_name, files)
             return exc.exit_code

@@ -117,7 +117,7 @@ def export(
         start = time.perf_counter()
         ts_tmp = files.stage(args.torchscript)
         with captured_fds(keep=args.debug):
-            export_torchscript(ts_source, inputs.tensors, ts_tmp, rewrite=False)
+            export_torchscript(ts_source, inputs.tensors, ts_tmp, rewrite=False, check=args.no_verify)  # else verify checks it
         console.say(f"wrote TorchScript {args.torchscript} in {time.perf_counter() - start:.1f} s")
         info["torchscript"] = str(args.torchscript)
     return info

@@ -26,15 +26,18 @@ from onnx_ir.passes.common import IdentityEliminationPass
 
 from .. import __version__
 from .._util import first_line, forward_parameters, quiet
-from .._util.files import atomic_output, write_bytes
+from .._util.files import atomic_output
+from .._util.progress import step
 from ..errors import ExportError
 from ..layers.graph_form import GraphExportForm
 from ..rewrite.graph.capture import dynamic_batch_shapes
+from ..rewrite.graph.program import exported_program
 from ..rewrite.graph.traceable import traceable
 from ..rewrite.registry import registered_rule
 from ..symbolic import lowerings_for, lowerings_installed
-from .checks import computed_conv_weights, non_standard_ops
+from .checks import check_graph
 from .metadata import export_properties, name_nodes_by_module, parity_properties, rewrite_properties, strip_debug_metadata
+from .onnx_write import write_onnx
 from .prepare import batch_of_two, prepare_export
 
 __all__ = ["DEFAULT_OPSET", "EXPORTERS", "export_onnx", "max_supported_opset", "opset_of", "resolve_opset"]
@@ -130,13 +133,26 @@ class _WithModuleNames(nn.Module):
         return pytree.tree_unflatten(list(flat), self.form.out_spec)
 
 
-def _export_dynamo(model, args, input_names, output_names, opset, dynamic_batch, table) -> onnx.ModelProto:
+def _program_of(form: GraphExportForm) -> torch.export.ExportedProgram | None:
+    """The program the dynamo exporter can take without tracing ``form`` again, if there is one."""
+    if form.program is not None:
+        return form.program  # captured as is, nothing rewritten
+    if form.signature is None:
+        return None  # generalised from fixed batch sizes: only a trace gives it a symbolic batch
+    try:
+        return exported_program(form.graph_module, form.signature)
+    except Exception:  # a graph torch.export's verifier does not accept as it is: trace it instead
+        return None
+
+
+def _export_dynamo(model, args, input_names, output_names, opset, dynamic_batch, table) -> ir.Model:
     import torch.fx.traceback as fx_traceback
 
     dynamic_shapes = dynamic_batch_shapes(model, args) if dynamic_batch else None
     context = contextlib.nullcontext()
-    if isinstance(model, GraphExportForm) and model.program is not None and dynamic_batch:
-        model, dynamic_shapes = model.program, None  # captured as is, nothing rewritten: no second trace
+    program = _program_of(model) if isinstance(model, GraphExportForm) and dynamic_batch else None
+    if program is not None:
+        model, dynamic_shapes = program, None  # the capture's own program, or the rewritten graph as one: no second trace
     elif isinstance(model, GraphExportForm):
         model, context = _WithModuleNames(model), fx_traceback.preserve_node_meta()
     with context:
@@ -153,10 +169,20 @@ def _export_dynamo(model, args, input_names, output_names, opset, dynamic_batch,
             verbose=False,
             report=False,
         )
-    return program.model_proto
+    if dynamic_shapes is None and dynamic_batch:
+        _name_batch_axis(program)
+    return program.model
 
 
-def _export_legacy(model, args, input_names, output_names, opset, dynamic_batch) -> onnx.ModelProto:
+def _name_batch_axis(program: Any) -> None:
+    """A program exported as it is names the batch after its symbol (``s0``); call it ``batch``, as an
+    export with ``dynamic_shapes`` does (every input's axis 0 is the one batch)."""
+    symbols = {v.shape[0].value for v in program.model.graph.inputs if v.shape and isinstance(v.shape[0], ir.SymbolicDim)}
+    if len(symbols) == 1 and None not in symbols and hasattr(program, "rename_axes"):
+        program.rename_axes({symbols.pop(): "batch"})
+
+
+def _export_legacy(model, args, input_names, output_names, opset, dynamic_batch) -> ir.Model:
     buffer = io.BytesIO()
     axes = {name: {0: "batch"} for name in [*input_names, *output_names]} if dynamic_batch else None
     torch.onnx.export(
@@ -174,7 +200,7 @@ def _export_legacy(model, args, input_names, output_names, opset, dynamic_batch)
     # width are equal); eliminate those so every Conv reads its initializer directly.
     model = ir.serde.deserialize_model(onnx.load_from_string(buffer.getvalue()))
     IdentityEliminationPass()(model)
-    return ir.serde.serialize_model(model)
+    return model
 
 
 def _pin_output_shapes(model: ir.Model, outputs: Any, dynamic_batch: bool) -> None:
@@ -190,54 +216,38 @@ def _pin_output_shapes(model: ir.Model, outputs: Any, dynamic_batch: bool) -> No
         value.shape = ir.Shape(dims)
 
 
-def _finish(
-    proto: onnx.ModelProto, outputs: Any, dynamic_batch: bool, keep_debug_metadata: bool, properties: dict[str, str]
-) -> onnx.ModelProto:
+def _finish(model: ir.Model, outputs: Any, dynamic_batch: bool, keep_debug_metadata: bool, properties: dict[str, str]) -> None:
     """Pinned output shapes, module paths in node names, no exporter debug metadata, our properties."""
-    model = ir.serde.deserialize_model(proto)
     _pin_output_shapes(model, outputs, dynamic_batch)
     name_nodes_by_module(model)  # dynamo files only: the legacy exporter's names hold the scopes already
     if not keep_debug_metadata:
         strip_debug_metadata(model)
     model.metadata_props.update(properties)
-    return ir.serde.serialize_model(model)
 
 
-def opset_of(proto: onnx.ModelProto) -> int | None:
+def opset_of(model: onnx.ModelProto | ir.Model) -> int | None:
     """The default-domain (``ai.onnx``) opset a model imports."""
-    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if isinstance(model, ir.Model):
+        return model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
-def _with_opset(proto: onnx.ModelProto, opset: int, exporter: str) -> onnx.ModelProto:
+def _with_opset(model: ir.Model, opset: int, exporter: str) -> ir.Model:
     """The file must have the opset asked for: the dynamo exporter writes opset 18 and converts down on a
     best-effort basis, keeping 18 when that fails. Convert with onnx's converter once more, else refuse."""
-    if opset_of(proto) == opset:
-        return proto
-    written = opset_of(proto)
+    if opset_of(model) == opset:
+        return model
+    written = opset_of(model)
     try:
-        converted = onnx.version_converter.convert_version(proto, opset)
+        converted = onnx.version_converter.convert_version(ir.serde.serialize_model(model), opset)
     except Exception as exc:
         reason = first_line(exc, 200)
     else:
         if opset_of(converted) == opset:
-            return converted
+            return ir.serde.deserialize_model(converted)
         reason = f"the converter wrote opset {opset_of(converted)}"
     raise ExportError(f"the {exporter} exporter wrote opset {written}, not the requested {opset}, and converting it failed ({reason}); "
                       f"use --opset {written} or the other exporter")  # fmt: skip
-
-
-def _check_graph(proto: onnx.ModelProto) -> onnx.ModelProto:
-    bad = non_standard_ops(proto)
-    if bad:
-        raise ExportError(f"the exported graph has non-standard ops: {', '.join(sorted(set(bad))[:5])}")
-    computed = computed_conv_weights(proto)
-    if computed:
-        raise ExportError(f"convolution weights computed in the graph (not constants): {', '.join(computed[:5])}")
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-        return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
-    except Exception as exc:
-        raise ExportError(f"the exported graph fails onnx.checker/shape inference: {exc}") from exc
 
 
 def _blur_test():
@@ -296,19 +306,23 @@ def export_onnx(
     }
     trace_args = batch_of_two(args) if dynamic_batch else args
     lowerings = exportable.lowerings if isinstance(exportable, GraphExportForm) else lowerings_for(exportable, trace_args, _blur_test())
+    step(f"export: translating to ONNX ({exporter} exporter, opset {opset})")
     try:
         with quiet(), lowerings_installed(lowerings, exporter, opset) as table:
             if exporter == "dynamo":
-                proto = _export_dynamo(exportable, trace_args, names_in, names_out, opset, dynamic_batch, table)
+                onnx_model = _export_dynamo(exportable, trace_args, names_in, names_out, opset, dynamic_batch, table)
             else:
                 traced = traceable(exportable, keep_lowerings=True) if isinstance(exportable, GraphExportForm) else exportable
-                proto = _export_legacy(traced, trace_args, names_in, names_out, opset, dynamic_batch)
+                onnx_model = _export_legacy(traced, trace_args, names_in, names_out, opset, dynamic_batch)
     except ExportError:
         raise
     except Exception as exc:
         raise ExportError(f"{exporter} export failed: {type(exc).__name__}: {first_line(exc)}") from exc
-    proto = _check_graph(_finish(_with_opset(proto, opset, exporter), outputs, dynamic_batch, keep_debug_metadata, properties))
-    data = proto.SerializeToString()
+    onnx_model = _with_opset(onnx_model, opset, exporter)
+    _finish(onnx_model, outputs, dynamic_batch, keep_debug_metadata, properties)
+    step("export: checking the graph (onnx.checker, strict shape inference)")
+    value_info = check_graph(onnx_model)
+    step("export: writing the file")
     with atomic_output(path) as tmp:
-        write_bytes(tmp, data)
+        write_onnx(onnx_model, tmp, value_info)
     return Path(path)

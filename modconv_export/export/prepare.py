@@ -7,6 +7,7 @@ share one rewrite between the ONNX file, the TorchScript file and the parity che
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from .._util import as_tuple, first_line, quiet
-from ..errors import ExportError, RewriteError
+from ..errors import CaptureError, ExportError, RewriteError
 from ..layers.graph_form import GraphExportForm
 from ..rewrite import RewriteReport, copy_module, rewrite_model
 from ..rewrite.graph import captured_form, half_form, rewrite_graph
@@ -31,7 +32,12 @@ CAPTURE_OPSET = 18
 
 @dataclass
 class Prepared:
-    """The rewrite stage's result for one export: the module to export, its example inputs and outputs."""
+    """The rewrite stage's result for one export: the module to export, its example inputs and outputs.
+
+    ``outputs`` tells the exporter the outputs' structure, shapes and dtypes: for a captured graph they are
+    ``meta`` tensors read from the capture (running a 1024 px generator to learn its output shape would cost
+    more than the whole export); for a module exported as it is, its outputs on ``args``.
+    """
 
     module: nn.Module
     args: tuple
@@ -83,6 +89,14 @@ def _run_rewritten(module: nn.Module, model: nn.Module, args: tuple, report: Rew
         ) from exc
 
 
+def _outputs(form: GraphExportForm, args: tuple) -> Any:
+    """What the capture says the outputs are at ``args``' batch size, else one run of the form."""
+    batch = next((a.shape[0] for a in args if isinstance(a, torch.Tensor) and a.dim() > 0), None)
+    if form.example_outputs is not None and form.example_batch == batch:
+        return form.example_outputs
+    return _run_eager(form, args)
+
+
 def prepare_export(
     model: nn.Module,
     args: Any,
@@ -107,27 +121,34 @@ def prepare_export(
         raise ExportError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     args = as_tuple(args)
     if isinstance(model, GraphExportForm):  # prepared earlier: exported as it is
-        return Prepared(model, args, _run_eager(model, args), None, source=model, fp32=None if precision == "fp16" else model)
+        return Prepared(model, args, _outputs(model, args), None, source=model, fp32=None if precision == "fp16" else model)
     if rewrite:
         module, report = rewrite_model(model, strict=strict, example_inputs=args, graph=False)
     else:
         module, report = copy_module(model).eval(), None
-    _run_rewritten(module, model, args, report)  # a model that rejects its inputs says so before the slower capture
     if not rewrite and precision == "fp32":
         return Prepared(module, args, _run_eager(module, args), None, source=module, fp32=module)
     # The capture traces through every autograd Function's forward, except those the user registered an
     # ONNX lowering for: they stay one custom op each, for the exporter to translate.
     found = registered_lowerings() if lowerings else []
-    with quiet(), lowerings_installed(found, "dynamo", CAPTURE_OPSET):
-        form = rewrite_graph(module, args, report) if rewrite else captured_form(module, args)
+    try:
+        with quiet(), lowerings_installed(found, "dynamo", CAPTURE_OPSET):
+            form = rewrite_graph(module, args, report) if rewrite else captured_form(module, args)
+    except CaptureError:
+        # A model that rejects its inputs says that (and, where only the rewritten one does, which rule
+        # is at fault) rather than why its capture failed; an eager run costs nothing otherwise.
+        _run_rewritten(module, model, args, report)
+        raise
     called = {function_of_op(n.target) for n in form.graph_module.graph.nodes if getattr(n.target, "namespace", None) == "modconv_export"}
     form.lowerings = [lowering for lowering in found if lowering.function in called]
     if strict and report is not None and report.near_misses:
         raise RewriteError("; ".join(report.describe_near_misses()))
+    for line in report.describe_notes() if report is not None else []:  # e.g. random noise became zero noise
+        warnings.warn(f"modconv_export: {line}", UserWarning, stacklevel=3)
     fp32 = form
     if precision == "fp16":  # decided on the graph, op by op (rewrite.graph.half), whatever code it came from
         form = half_form(form, args)
-    return Prepared(form, args, _run_eager(form, args), report, source=module, fp32=fp32)
+    return Prepared(form, args, _outputs(form, args), report, source=module, fp32=fp32)
 
 
 def batch_of_two(args: tuple) -> tuple:

@@ -58,14 +58,17 @@ def trace_torchscript(
     return traced
 
 
-def export_torchscript(model: nn.Module, args: Any, path: str | os.PathLike, *, rewrite: bool = True, strict: bool = False) -> Path:
+def export_torchscript(
+    model: nn.Module, args: Any, path: str | os.PathLike, *, rewrite: bool = True, strict: bool = False, check: bool = True
+) -> Path:
     """Rewrite ``model``, trace it and save a TorchScript file that runs at any batch size.
 
     The file holds only ``aten`` ops, so ``torch.jit.load`` runs it in a process that never imports
     this package or the user's model code. The trace is replayed at another batch size and compared
-    with eager before anything is written.
+    with eager before anything is written -- unless ``check=False``, for a caller that checks the file
+    itself next (the command line's verification runs it at every verified batch size).
     """
-    traced = trace_torchscript(model, args, rewrite=rewrite, strict=strict)
+    traced = trace_torchscript(model, args, rewrite=rewrite, strict=strict, check=check)
     buffer = io.BytesIO()  # torch.jit.save's own file writer aborts the process on a full disk
     torch.jit.save(traced, buffer)
     with atomic_output(path) as tmp:

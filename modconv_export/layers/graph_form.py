@@ -27,6 +27,15 @@ class GraphExportForm(nn.Module):
         #: The ``torch.export`` program this graph was captured as, kept only while the graph is unchanged
         #: (no rewrite applied): the ONNX exporter takes it directly instead of tracing the graph again.
         self.program = program
+        #: The outputs' shapes and dtypes at batch size ``example_batch`` (``meta`` tensors in the model's
+        #: output structure), read from the capture: what an export needs to know of them without running
+        #: the model. ``None`` where the capture does not say (the exporter then runs the form once).
+        self.example_outputs: Any = None
+        self.example_batch: int | None = None
+        #: The dynamic capture's :class:`~modconv_export.rewrite.graph.program.ProgramSignature` (its batch's
+        #: range, its call's pytree specs): what turns the rewritten graph into a program again without a
+        #: second trace. ``None`` for a graph generalised from fixed batch sizes.
+        self.signature: Any = None
 
     def forward(self, *inputs: Any) -> Any:
         return pytree.tree_unflatten(list(self.graph_module(*inputs)), self.out_spec)

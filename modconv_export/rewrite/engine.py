@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from .._util import as_tuple, exception_line, relative_l2
+from .._util.progress import step
 from ..errors import RewriteError
 from .recorded import ModuleCall, Recording, is_plain_torch, record_calls
 from .registry import Replacement, Rule, registered_rules
@@ -183,6 +184,8 @@ def _record(model: nn.Module, args: tuple) -> Recording:
     rules = registered_rules()
     compared = [rule for rule in rules if rule.probe_inputs is not None]  # a fold is the same arithmetic by construction
     chosen = [m for m in model.modules() if any(rule.looks_like(m) for rule in compared)]
+    if not chosen:  # nothing to prove: no forward pass (at 1024 px it costs what the model's forward costs)
+        return Recording()
     stand_ins = {}
     for module in chosen:
         rule = next((r for r in rules if r.replaces_unrunnable and r.looks_like(module) and r.check(module) is None), None)
@@ -224,6 +227,7 @@ def rewrite_model(
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
     report = RewriteReport()
+    step("rewrite: module rules")
     copied = copy_module(model).eval()
     args = as_tuple(example_inputs) if example_inputs is not None else None
     recording = _record(copied, args) if args is not None else None

@@ -6,14 +6,13 @@ measures the conversion, not CPU-vs-GPU arithmetic). Backends: the eager rewrite
 (:func:`~modconv_export.make_exportable`), a TorchScript file and an ONNX file under ONNX Runtime, each on
 CPU and CUDA; and, when asked for (providers ``openvino``/``openvino-bf16``), the ONNX file on OpenVINO's
 CPU plugin in f32 and bf16 (judged at the bf16 tolerance). Each batch size gets fresh inputs; the sizes other than the export's example batch prove
-the dynamic batch axis. Measuring is :func:`.metrics.compare`, judging is :mod:`.tolerances`.
+the dynamic batch axis. Measuring is :func:`.metrics.compare`, judging is :mod:`.tolerances`; which
+backends run and what each run costs (one per backend and batch for a large model) is :mod:`.plan`.
 """
 
 from __future__ import annotations
 
 import os
-import statistics
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,20 +23,19 @@ import torch
 import torch.nn as nn
 
 from .._util import as_tuple, exception_line
+from .._util.progress import step
 from ..errors import ModconvExportError
 from ..export.prepare import PRECISIONS as CHECK_PRECISIONS  # the precisions a file is exported in
 from .environment import versions
-from .metrics import compare, is_image_like
-from .openvino_runner import OpenVINORunner
+from .metrics import is_image_like
+from .plan import CPU_REFERENCE, CUDA_REFERENCE, plans, run_plan, timed
 from .providers import PROVIDERS, parse_providers
-from .report import FAIL, NOT_RUN, PASS, ImageSample, ParityData, ParityReport, ParityRow
-from .runners import EagerRunner, OnnxRuntimeRunner, Runner, RunnerUnavailable, TorchScriptRunner
+from .report import PASS, ImageSample, ParityData, ParityReport, ParityRow
+from .runners import EagerRunner, RunnerUnavailable
 from .tolerances import ToleranceOverride, resolve_tolerance
 
 __all__ = ["PROVIDERS", "batch_seed", "check_parity", "parse_providers", "random_inputs"]
 
-CPU_REFERENCE = "eager-original-cpu"
-CUDA_REFERENCE = "eager-original-cuda"
 _DEVICES = ("cpu", "cuda")
 #: OpenVINO rows (the ONNX file on OpenVINO's CPU plugin, through its own runtime or ONNX Runtime's
 #: execution provider) and the precision they compute in.
@@ -101,145 +99,6 @@ def _onnx_io(path: Path) -> tuple[bool, list[str]]:
     return half_inputs or half_convs, [o.name for o in proto.graph.output]
 
 
-def _timed(runner: Runner, inputs: tuple, repeats: int) -> tuple[list[np.ndarray], float]:
-    """Outputs of the first run and the median wall time of ``repeats`` runs, in milliseconds."""
-    times, outputs = [], None
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        result = runner.infer(inputs)
-        times.append((time.perf_counter() - start) * 1e3)
-        outputs = result if outputs is None else outputs
-    return outputs, statistics.median(times)
-
-
-class _Plan:
-    """One backend to run: a runner factory, or the reason it does not run; its reference and the
-    precision it computes in (which picks its tolerance)."""
-
-    def __init__(
-        self,
-        name: str,
-        make: Callable[[], Runner] | None = None,
-        reason: str = "",
-        reference: str = CPU_REFERENCE,
-        precision: str | None = None,
-    ) -> None:
-        self.name, self.make, self.reason, self.reference, self.precision = name, make, reason, reference, precision
-
-
-def _onnx_reason(onnx_path: Path | None, onnx_half: bool, half: bool) -> str:
-    """Why ONNX Runtime cannot check this file at this precision ("" if it can)."""
-    if onnx_path is None:
-        return "no ONNX file given"
-    if half and not onnx_half:
-        return "no fp16 ONNX file given (this file computes in float32; export with precision='fp16')"
-    if not half and onnx_half:
-        return "the ONNX file computes in float16: check it with precision='fp16'"
-    return ""
-
-
-def _plans(model, rewritten, onnx_path, onnx_half, ts_source, devices, openvino, precision) -> list[_Plan]:
-    """Every backend in table order; those that cannot run carry their reason instead of a factory."""
-    half = precision == "fp16"
-    dtype = torch.float16 if half else torch.float32
-    ort_reason = _onnx_reason(onnx_path, onnx_half, half)
-    plans: list[_Plan] = []
-    for device in devices:
-        cuda = device == "cuda"
-        ref = CUDA_REFERENCE if cuda and not half else CPU_REFERENCE
-        if cuda and not half:
-            plans.append(_Plan(CUDA_REFERENCE, lambda: EagerRunner(model, "cuda", tf32=False, name=CUDA_REFERENCE)))
-        torch_reason = "fp16 torch backends run on CUDA only (CPU half precision is no deployment target)" if half and not cuda else ""
-        ts_reason = "no TorchScript file given" if ts_source is None else torch_reason
-
-        def eager(d: str = device) -> Runner:
-            return EagerRunner(rewritten(), d, dtype=dtype, name=f"eager-{d}")
-
-        def script(d: str = device) -> Runner:
-            return TorchScriptRunner(ts_source() if callable(ts_source) else ts_source, d, dtype=dtype)
-
-        def onnxrt(d: str = device) -> Runner:
-            return OnnxRuntimeRunner(onnx_path, d)
-
-        for name, make, reason in (("eager", eager, torch_reason), ("torchscript", script, ts_reason), ("ort", onnxrt, ort_reason)):
-            plans.append(_Plan(f"{name}-{device}", None if reason else make, reason, ref))
-    for ov_precision, runtime in openvino:
-        reason = _onnx_reason(onnx_path, onnx_half, False) if not half else "OpenVINO rows check float32 files (precision='fp32')"
-        make = None if reason else (lambda p=ov_precision, r=runtime: OpenVINORunner(onnx_path, p, runtime=r))
-        plans.append(_Plan(OpenVINORunner.default_name(ov_precision, runtime), make, reason, CPU_REFERENCE, ov_precision))
-    return plans
-
-
-def _run_plan(plan, inputs, refs, names, precision, tolerance, repeats) -> tuple[list[ParityRow], list[str], dict[int, list[np.ndarray]]]:
-    """Rows of one backend, the providers it actually used, and its outputs per batch size."""
-    common = dict(
-        precision=plan.precision or precision,
-        reference=plan.reference,
-        rel_l2_limit=tolerance.rel_l2,
-        rtol_limit=tolerance.rtol,
-        atol_limit=tolerance.atol,
-        psnr_limit=tolerance.min_psnr,
-    )
-    band = dict(zip(("rtol", "atol"), tolerance.band())) if tolerance.elementwise else {}
-    if plan.make is None:
-        return [ParityRow(plan.name, NOT_RUN, reason=plan.reason, **common)], [], {}
-    runner = None
-    try:
-        runner = plan.make()
-        runner.prepare()
-    except RunnerUnavailable as exc:
-        return [ParityRow(plan.name, NOT_RUN, reason=str(exc), **common)], [], {}
-    except Exception as exc:
-        return [ParityRow(plan.name, FAIL, reason=f"could not load: {exception_line(exc)}", **common)], [], {}
-    rows: list[ParityRow] = []
-    kept: dict[int, list[np.ndarray]] = {}
-    try:
-        for batch, batch_inputs in inputs.items():
-            expected = refs[plan.reference][batch]
-            try:
-                outputs, ms = _timed(runner, batch_inputs, repeats)
-            except Exception as exc:
-                rows.append(ParityRow(plan.name, FAIL, batch, reason=f"inference failed: {exception_line(exc)}", **common))
-                continue
-            if len(outputs) != len(expected):
-                rows.append(
-                    ParityRow(
-                        plan.name, FAIL, batch, reason=f"{len(outputs)} outputs, the reference has {len(expected)}", time_ms=ms, **common
-                    )
-                )
-                continue
-            kept[batch] = outputs
-            for name, actual, ref in zip(names, outputs, expected):
-                try:
-                    m = compare(actual, ref, **band)
-                except ValueError as exc:
-                    rows.append(ParityRow(plan.name, FAIL, batch, name, reason=str(exc), time_ms=ms, **common))
-                    continue
-                ok, verdict = tolerance.judge(m)
-                rows.append(
-                    ParityRow(
-                        plan.name,
-                        PASS if ok else FAIL,
-                        batch,
-                        name,
-                        verdict,
-                        max_abs=m.max_abs,
-                        max_rel=m.max_rel,
-                        rel_l2=m.rel_l2,
-                        cosine=m.cosine,
-                        psnr=m.psnr,
-                        nan_count=m.nan_count,
-                        inf_count=m.inf_count,
-                        time_ms=ms,
-                        outside_band=m.outside_band,
-                        **common,
-                    )
-                )
-        return rows, runner.providers, kept
-    finally:
-        runner.release()
-
-
 def _pick_images(
     rows: list[ParityRow], kept: dict[str, dict[int, list[np.ndarray]]], refs, names, batch: int, samples: int
 ) -> list[ImageSample]:
@@ -297,8 +156,9 @@ def check_parity(
     ``args``, kept in memory (a model that does not trace gives "not run" rows with the reason).
     ``max_rel_l2`` overrides the relative-L2
     limits of :mod:`.tolerances`; ``rtol``/``atol`` add an element-wise ``allclose`` check (see there).
-    The report's ``data`` keeps the inputs and reference outputs. ``repeats`` runs per batch give the
-    median time. Raises :class:`~modconv_export.errors.ModconvExportError` on usage errors (missing
+    The report's ``data`` keeps the inputs and reference outputs. Up to ``repeats`` runs per batch give the
+    median time; a backend whose runs of a batch take a second or more is run once (the check needs its
+    outputs, not its time: see :data:`.plan.REPEAT_BUDGET_S`). Raises :class:`~modconv_export.errors.ModconvExportError` on usage errors (missing
     file, bad arguments, an original model that rejects the inputs); backend failures are rows.
     """
     if not isinstance(model, nn.Module):
@@ -329,7 +189,8 @@ def check_parity(
     try:
         with EagerRunner(model, "cpu", name=CPU_REFERENCE) as reference:
             for b, x in inputs.items():
-                refs[CPU_REFERENCE][b], ref_ms[b] = _timed(reference, x, 1)
+                step(f"verify: {CPU_REFERENCE} at batch {b}")
+                refs[CPU_REFERENCE][b], ref_ms[b] = timed(reference, x, 1)
     except Exception as exc:
         raise ModconvExportError(f"the original model fails on the parity inputs: {exception_line(exc)}") from exc
 
@@ -369,12 +230,12 @@ def check_parity(
                 raise cache["trace"]
             return cache["trace"]
 
-    for plan in _plans(model, rewritten, paths["onnx"], onnx_half, ts_source, devices, openvino, precision):
+    for plan in plans(model, rewritten, paths["onnx"], onnx_half, ts_source, devices, openvino, precision):
         if plan.reference not in refs:  # the CUDA reference did not run: fall back to the CPU one
             plan.reference = CPU_REFERENCE
         tolerance = resolve_tolerance(plan.name, plan.precision or precision, rtol, atol, max_rel_l2)
         tolerances[plan.name] = tolerance.to_dict()
-        plan_rows, plan_providers, outputs = _run_plan(plan, inputs, refs, names, precision, tolerance, repeats)
+        plan_rows, plan_providers, outputs = run_plan(plan, inputs, refs, names, precision, tolerance, repeats)
         rows += plan_rows
         if plan_providers:
             used[plan.name] = plan_providers

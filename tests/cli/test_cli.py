@@ -129,7 +129,14 @@ def test_checkpoint_export_with_the_console_script(checkpoint_run, decoder):
     proc, out = checkpoint_run
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "error" not in proc.stderr  # -v: stderr carries progress lines only
-    assert "modconv-export: exporting" in proc.stderr
+    assert re.search(r"^modconv-export: \[\s*\d+\.\d s\] exporting ", proc.stderr, re.M)
+    # the stages' own steps, each with the time since the command started, in the order they run
+    steps = [re.sub(r"^modconv-export: \[\s*\d+\.\d s\] ", "", line) for line in proc.stderr.splitlines()]
+    assert len(steps) == len(proc.stderr.splitlines()) and all(not s.startswith("modconv-export:") for s in steps)
+    expected = ["rewrite: module rules", "rewrite: capturing the graph (torch.export)", "export: translating to ONNX (dynamo exporter, opset 18)",
+                "export: checking the graph (onnx.checker, strict shape inference)", "export: writing the file",
+                "verify: eager-original-cpu at batch 3", "verify: ort-cpu at batch 1", "verify: ort-cpu at batch 3"]  # fmt: skip
+    assert [s for s in steps if s in expected] == expected, steps
     _, report = rewrite_model(decoder)
     counts = report.counts()
     line = f"rewrote {report.count()} modules (equal_lr: {counts['equal_lr']}, blur: {counts['blur']}, modulated_conv: {counts['modulated_conv']})"

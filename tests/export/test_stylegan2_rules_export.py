@@ -118,7 +118,7 @@ needs_upstream = pytest.mark.skipif(UPSTREAM_MISSING is not None, reason=f"upstr
 @needs_upstream
 def test_missing_noise_exports_as_zero_noise(tmp_path):
     generator = models.basicsr_generator(load_upstream(), seed=3)
-    with pytest.warns(UserWarning, match="no noise given; using zero noise"):
+    with pytest.warns(UserWarning, match="draws random noise when called without noise; the export form adds zero noise"):
         path = export_onnx(models.MissingNoise(generator), (torch.randn(2, S),), tmp_path / "zero.onnx", exporter="torchscript")
     proto = onnx.load(str(path))
     assert not [n.op_type for n in proto.graph.node if "Random" in n.op_type]

@@ -486,3 +486,25 @@ def test_report_keeps_the_inputs_and_reference_outputs(model, args, files):
         expected = model(*map(torch.from_numpy, data.inputs[2]))
     assert np.array_equal(data.expected[2][0], expected.numpy())
     assert data.inputs[2][0].shape[0] == 2 and set(data.times_ms) == {1, 2}
+
+
+class _CountingRunner:
+    """A backend that only counts its runs (the harness's timing loop needs nothing else)."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    def infer(self, inputs):
+        self.runs += 1
+        return [np.zeros(1, dtype=np.float32)]
+
+
+@pytest.mark.parametrize("budget_s, runs", [(0.0, 1), (60.0, 3)], ids=["slow-backend", "fast-backend"])
+def test_a_batch_runs_again_only_while_its_runs_are_short(monkeypatch, budget_s, runs):
+    """Verification costs one run per backend and batch once a run takes long; short ones give a median."""
+    from modconv_export.verify import plan
+
+    monkeypatch.setattr(plan, "REPEAT_BUDGET_S", budget_s)
+    runner = _CountingRunner()
+    outputs, ms = plan.timed(runner, (), repeats=3)
+    assert runner.runs == runs and len(outputs) == 1 and ms >= 0

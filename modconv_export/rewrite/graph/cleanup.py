@@ -6,7 +6,10 @@
   values no larger than what they are computed from are folded (a broadcast bias stays a broadcast),
   except convolution weights, which are always folded (a kernel expanded over channels included).
 * **Reshapes.** ``reshape(reshape(x, a), b)`` is ``reshape(x, b)``: the rewrites fold and unfold the
-  batch around each convolution, and the model's own views then meet the rewrite's.
+  batch around each convolution, and the model's own views then meet the rewrite's -- after which the
+  fold and the unfold of a rewritten conv are reshapes of a value to the shape it has, and go
+  (:func:`drop_identity_reshapes`, on the capture's symbolic shapes: every later trace of the graph
+  pays for each reshape of a symbolic batch in sympy).
 * **Unused.** Dead nodes, and parameters no node reads any more (a rewritten conv's per-sample weight
   chain, its original parameter), are removed so the files do not carry them.
 """
@@ -21,7 +24,7 @@ from .facts import GraphFacts, analyze
 
 aten = torch.ops.aten
 
-__all__ = ["fold_constants", "merge_reshapes", "remove_unused"]
+__all__ = ["drop_identity_reshapes", "fold_constants", "merge_reshapes", "remove_unused"]
 
 _RESHAPES = {aten.view.default, aten.reshape.default, aten._unsafe_view.default}
 
@@ -114,6 +117,32 @@ def merge_reshapes(graph: fx.Graph) -> int:
             merged += 1
     graph.eliminate_dead_code()
     return merged
+
+
+def _same_shape(a: object, b: object) -> bool:
+    """Whether two fake values have the same shape as expressions (``s0 * 512`` is ``512 * s0``)."""
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) or a.dim() != b.dim():
+        return False
+    exprs = [[d.node.expr if isinstance(d, torch.SymInt) else d for d in v.shape] for v in (a, b)]
+    return all(x == y for x, y in zip(*exprs))
+
+
+def drop_identity_reshapes(graph: fx.Graph) -> int:
+    """Let readers of a reshape to the shape its input already has read the input; how many went.
+
+    Decided on the nodes' fake values of a *dynamic* capture, where a symbolic shape equals another
+    only as an expression -- that is, at every batch size (a static capture's equal sizes may be a
+    coincidence of its batch size, and are left alone)."""
+    dropped = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in _RESHAPES or not isinstance(node.args[0], fx.Node):
+            continue
+        source = node.args[0]
+        if _same_shape(source.meta.get("val"), node.meta.get("val")) and source.meta["val"].dtype == node.meta["val"].dtype:
+            node.replace_all_uses_with(source)
+            graph.erase_node(node)
+            dropped += 1
+    return dropped
 
 
 def remove_unused(gm: fx.GraphModule) -> None:

@@ -20,6 +20,7 @@ import torch
 import torch.fx as fx
 
 from ..._util import relative_l2
+from .conv_proof import SAMPLED
 from .evaluate import evaluate
 from .facts import GraphFacts, module_path
 from .products import product_factors
@@ -106,19 +107,24 @@ def rewrite_sum_of_squares(gm: fx.GraphModule, site: SumOfSquares, values: dict[
     unit = evaluate(gm, site.product, {**known, site.factor: torch.ones_like(factor)})
     if unit.dim() == 0 or unit.shape[0] != batch or total.dim() == 0 or total.shape[0] != batch:
         return "its product has no leading batch axis"
-    if relative_l2(unit, unit[:1].expand_as(unit)) > 1e-6:
+    # Which axis the factor scales, told on a sample of the product's elements (the matmul form is then
+    # checked against the sum itself, below): a per-sample product is weight-sized at batch 3.
+    generator = torch.Generator().manual_seed(1)
+    count = unit[0].numel()
+    positions = torch.randint(count, (SAMPLED,), generator=generator) if count > SAMPLED else torch.arange(count)
+    sampled = unit.reshape(batch, -1)[:, positions]
+    if relative_l2(sampled, sampled[:1]) > 1e-6:
         return "its constant part differs between samples"
     per_sample = factor.reshape(batch, -1)
     width = per_sample.shape[1]
-    trial = (torch.rand(factor.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64) + 0.5).to(factor.dtype)
-    scaled = evaluate(gm, site.product, {**known, site.factor: trial})
+    trial = (torch.rand(factor.shape, generator=generator, dtype=torch.float64) + 0.5).to(factor.dtype)
+    scaled = evaluate(gm, site.product, {**known, site.factor: trial}).reshape(batch, -1)[:, positions]
+    coordinates = torch.unravel_index(positions, unit.shape[1:])
     axis = None
     for candidate in range(1, unit.dim()):
         if unit.shape[candidate] != width:
             continue
-        shape = [batch] + [1] * (unit.dim() - 1)
-        shape[candidate] = width
-        if relative_l2(scaled, unit * trial.reshape(batch, -1).reshape(shape)) <= 1e-5:
+        if relative_l2(scaled, sampled * trial.reshape(batch, -1)[:, coordinates[candidate - 1]]) <= 1e-5:
             axis = candidate
             break
     if axis is None or axis not in site.axes:

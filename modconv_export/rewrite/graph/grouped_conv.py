@@ -9,14 +9,13 @@ replaced by the exact equivalent with one constant weight for every sample::
 
     conv(x * s, K) * d + b    (transposed: conv_transpose(x * s, K^T) * d + b)
 
-(``b`` only where the grouped conv had a bias: its ``B*Cout`` values become one row per sample) keeping the model's own nodes computing ``s`` and ``d``. Finding a candidate needs only the pattern
-(groups = batch, a weight that is a product, see :mod:`.products`); accepting it needs numbers:
-
-1. the weight evaluated with every per-sample factor set to one gives ``K`` in the conv's own layout
-   (reshapes, transposes and flips of whatever codebase included) -- and the same ``K`` for every group;
-2. each factor set to random values must scale ``K`` exactly along its input or output channels (or as a
-   per-sample scalar), which says whether it is a style or a demodulation factor;
-3. the replacement, evaluated on the probe run's real values, must reproduce the conv's output.
+(``b`` only where the grouped conv had a bias: its ``B*Cout`` values become one row per sample) keeping
+the model's own nodes computing ``s`` and ``d``. Finding a candidate needs only the pattern (groups =
+batch, a weight that is a product, see :mod:`.products`); accepting it needs numbers, on its weight chain
+alone (:mod:`.conv_proof`: ``K``, the same for every sample; each factor's role from a random point; the
+weight at the probe's real factors equal to ``K`` scaled by them, every element -- convolution being
+linear, that *is* the equality of the two convolutions for every input, no feature map needed); and the
+replacement, run on ``meta`` tensors of the probe's shapes, must give the conv's output shape and dtype.
 A candidate failing any step stays as it is and is reported with its module path and the reason.
 """
 
@@ -30,8 +29,9 @@ import torch
 import torch.fx as fx
 from torch.fx.operator_schemas import normalize_function
 
-from ..._util import exception_line, relative_l2
+from ..._util import exception_line
 from .batch import batch_affine
+from .conv_proof import prove
 from .evaluate import evaluate
 from .facts import GraphFacts, module_path
 from .products import Factor, product_factors
@@ -99,11 +99,15 @@ class GroupedConv:
     per_sample: int  # groups of each sample's own convolution (1 for a modulated conv)
 
     def needed(self) -> set[fx.Node]:
-        """Nodes whose probe values the proof reads."""
-        nodes = {self.call.node, self.call.weight, self.call.input}
+        """Nodes whose probe values the proof reads: the per-sample factors and a bias (no feature map)."""
+        nodes = {f.node for f in self.factors}
         if isinstance(self.call.bias, fx.Node):
             nodes.add(self.call.bias)
-        return nodes | {f.node for f in self.factors}
+        return nodes
+
+    def shaped(self) -> set[fx.Node]:
+        """Nodes whose probe *shapes* the proof reads: the conv's input and output."""
+        return {self.call.input, self.call.node}
 
 
 def find_grouped_convs(graph: fx.Graph, facts: GraphFacts, symbol: Any) -> tuple[list[GroupedConv], list[tuple[str, str, bool]]]:
@@ -136,44 +140,6 @@ def find_grouped_convs(graph: fx.Graph, facts: GraphFacts, symbol: Any) -> tuple
             continue
         found.append(GroupedConv(call, path, tuple(factors), a))
     return found, misses
-
-
-def _tolerance(dtype: torch.dtype) -> float:
-    return 1e-5 if dtype in (torch.float32, torch.float64) else 1e-2
-
-
-def _channel_index(kernel: torch.Tensor, groups: int, transposed: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each ``[row, col]`` of a per-sample conv weight with ``groups`` groups: its input and output channel."""
-    rows, cols = kernel.shape[:2]
-    r = torch.arange(rows).unsqueeze(1).expand(rows, cols)
-    c = torch.arange(cols).unsqueeze(0).expand(rows, cols)
-    if transposed:  # weight [C_in, C_out / groups, *k]
-        return r, (r // (rows // groups)) * cols + c
-    return (r // (rows // groups)) * cols + c, r  # weight [C_out, C_in / groups, *k]
-
-
-def _role(
-    weights: torch.Tensor, kernel: torch.Tensor, factor: torch.Tensor, index: dict[str, torch.Tensor], widths: dict[str, int]
-) -> str | None:
-    """Whether ``weights`` (``[B, *kernel.shape]``) equal ``kernel`` scaled by ``factor`` per input channel,
-    per output channel or as a whole; ``None`` when none of these holds.
-
-    ``factor`` holds one row per sample (``[B, n]``) or one row for the whole batch (``[1, n]``: StyleGAN3
-    normalises its styles over the batch, a scalar every sample shares).
-    """
-    rows, per_row = factor.shape
-    tol = _tolerance(kernel.dtype)
-    spatial = [1] * (kernel.dim() - 2)
-    for role in ("in", "out", "scalar"):
-        if per_row != widths[role]:
-            continue
-        if role == "scalar":
-            scale = factor.reshape(rows, 1, 1, *spatial)
-        else:
-            scale = factor[:, index[role]].reshape(rows, *kernel.shape[:2], *spatial)
-        if relative_l2(weights, (kernel.unsqueeze(0) * scale).expand_as(weights)) <= tol:
-            return role
-    return None
 
 
 class _Builder:
@@ -216,6 +182,24 @@ def _scale(build: _Builder, factors: list[tuple[Factor, torch.Tensor, int]], dty
     return result
 
 
+def _shape_of(node: Any, values: dict[fx.Node, Any], shapes: dict[fx.Node, tuple]) -> tuple | None:
+    if shapes.get(node) is not None:
+        return tuple(shapes[node])
+    value = values.get(node)
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else None
+
+
+def _dtype(node: Any, default: torch.dtype) -> torch.dtype:
+    value = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return value.dtype if isinstance(value, torch.Tensor) else default
+
+
+def _meta_run(gm: fx.GraphModule, node: fx.Node, known: dict[fx.Node, Any]) -> torch.Tensor:
+    """``node`` evaluated on ``meta`` copies of ``known``'s tensors: its shape and dtype, no arithmetic."""
+    meta = {n: v.to("meta") if isinstance(v, torch.Tensor) else v for n, v in known.items()}
+    return evaluate(gm, node, meta)
+
+
 def _buffer_name(gm: fx.GraphModule, path: str) -> str:
     stem = re.sub(r"\W", "_", path) or "root"
     name, i = f"_modconv_kernel_{stem}", 1
@@ -224,91 +208,61 @@ def _buffer_name(gm: fx.GraphModule, path: str) -> str:
     return name
 
 
-def rewrite_grouped_conv(gm: fx.GraphModule, site: GroupedConv, values: dict[fx.Node, Any], batch: int) -> str | None:
+def rewrite_grouped_conv(
+    gm: fx.GraphModule, site: GroupedConv, values: dict[fx.Node, Any], batch: int, shapes: dict[fx.Node, tuple] | None = None
+) -> str | None:
     """Replace ``site`` in ``gm`` by its constant-weight form; the reason when it cannot be proven exact.
 
-    ``values`` are the probe run's values (at batch size ``batch``) of at least ``site.needed()`` and of
-    every size node; on failure the graph is left as it was.
+    ``values`` are the probe's values (at batch size ``batch``) of at least ``site.needed()`` and of every
+    size node; ``shapes`` the probe's shapes of ``site.shaped()`` (``values`` is read for them where not
+    given). No feature map is computed: see the module docstring. On failure the graph is left as it was.
     """
-    call = site.call
-    x, weight, out = values[call.input], values[call.weight], values[call.node]
-    rank = weight.dim() - 2  # spatial dimensions
-    if rank not in _CONV_BY_RANK or x.dim() != rank + 2 or x.shape[0] != 1 or weight.shape[0] % batch:
-        return f"its input {tuple(x.shape)} is not the batch folded into channels"
-    rows = weight.shape[0] // batch  # each sample's own weight
-    groups = site.per_sample
-    c_in = rows if call.transposed else weight.shape[1] * groups
-    c_out = weight.shape[1] * groups if call.transposed else rows
-    if x.shape[1] != batch * c_in or rows % groups:
-        return f"its input has {x.shape[1]} channels, not batch x {c_in}"
-
-    # Sizes, the input and the factors only: the weight chain itself must be computed, not looked up.
+    shapes = tuple(_shape_of(n, values, shapes or {}) for n in (site.call.input, site.call.node))
+    if None in shapes:
+        return "its input or output shape at the probe's batch size is not known"
+    proven = prove(gm, site, values, batch, shapes)
+    if isinstance(proven, str):
+        return proven
+    call, kernel, roles, c_in, c_out = site.call, proven.kernel, proven.roles, proven.c_in, proven.c_out
+    x_meta = torch.empty(proven.x_shape, dtype=_dtype(call.input, kernel.dtype), device="meta")
+    out_dtype = _dtype(call.node, kernel.dtype)
     known = {n: v for n, v in values.items() if not isinstance(v, torch.Tensor)}
-    known[call.input] = x
-    ones = {f.node: torch.ones_like(values[f.node]) for f in site.factors}
-    unit = evaluate(gm, call.weight, {**known, **ones})
-    kernel = unit[:rows].clone()
-    if relative_l2(unit.reshape(batch, *kernel.shape), kernel.expand(batch, *kernel.shape)) > _tolerance(kernel.dtype):
-        return "its kernel differs between samples even with the per-sample factors set to one"
-
-    index = dict(zip(("in", "out"), _channel_index(kernel, groups, call.transposed)))
-    widths = {"in": c_in, "out": c_out, "scalar": 1}
-    roles: dict[str, list[tuple[Factor, torch.Tensor, int]]] = {"in": [], "out": [], "scalar": []}
-    generator = torch.Generator().manual_seed(0)
-    for factor in site.factors:
-        value = values[factor.node]
-        trial = (torch.rand(value.shape, generator=generator, dtype=torch.float64) + 0.5).to(value.dtype)
-        scaled = evaluate(gm, call.weight, {**known, **ones, factor.node: trial}).reshape(batch, *kernel.shape)
-        role = None
-        for rows in (batch, 1):  # one row of values per sample, or one for the whole batch
-            if role is None and trial.numel() % rows == 0 and trial.numel() // rows in widths.values():
-                role = _role(scaled, kernel, (trial**factor.sign).reshape(rows, -1), index, widths)
-        if role is None:
-            return f"its factor {factor.node.name} {tuple(value.shape)} does not scale input or output channels"
-        roles[role].append((factor, value, widths[role]))
-
+    factors = {f.node: values[f.node] for f in site.factors}
+    bias = {call.bias: values[call.bias]} if isinstance(call.bias, fx.Node) else {}
     graph = gm.graph
     build = _Builder(graph, call.node)
     name = _buffer_name(gm, site.path)
     gm.register_buffer(name, kernel)
-    spatial = [1] * rank
-    plain, plain_padding, transposed = _CONV_BY_RANK[rank]
+    spatial = [1] * (kernel.dim() - 2)
+    plain, plain_padding, transposed = _CONV_BY_RANK[kernel.dim() - 2]
+    groups = site.per_sample
     try:
-        folded = build(aten.reshape.default, call.input, [-1, c_in, *x.shape[2:]])
-        style = _scale(build, roles["in"], x.dtype)
+        folded = build(aten.reshape.default, call.input, [-1, c_in, *proven.x_shape[2:]])
+        style = _scale(build, roles["in"], x_meta.dtype)
         if style is not None:
             folded = build(aten.mul.Tensor, folded, build(aten.reshape.default, style, [-1, c_in, *spatial]))
         const = build.get_attr(name)
         if call.transposed:
             conv = build(transposed, folded, const, None, call.stride, call.padding, call.output_padding, groups, call.dilation)
         else:
-            conv = build(
-                plain_padding if isinstance(call.padding, str) else plain,
-                folded,
-                const,
-                None,
-                call.stride,
-                call.padding,
-                call.dilation,
-                groups,
-            )
-        demod = _scale(build, roles["out"] + roles["scalar"], out.dtype)
+            op = plain_padding if isinstance(call.padding, str) else plain
+            conv = build(op, folded, const, None, call.stride, call.padding, call.dilation, groups)
+        demod = _scale(build, roles["out"] + roles["scalar"], out_dtype)
         if demod is not None:
             width = c_out if roles["out"] else 1
             conv = build(aten.mul.Tensor, conv, build(aten.reshape.default, demod, [-1, width, *spatial]))
         if call.bias is not None:  # B*Cout values, sample-major like the output channels: one row per sample
             conv = build(aten.add.Tensor, conv, build(aten.reshape.default, call.bias, [-1, c_out, *spatial]))
-        result = build(aten.reshape.default, conv, [1, -1, *out.shape[2:]])
-        bias = {call.bias: values[call.bias]} if call.bias is not None else {}
-        error = relative_l2(evaluate(gm, result, {**known, **bias, **{f.node: values[f.node] for f in site.factors}}), out)
+        result = build(aten.reshape.default, conv, [1, -1, *proven.out_shape[2:]])
+        form = _meta_run(gm, result, {**known, call.input: x_meta, const: kernel, **factors, **bias})
     except Exception as exc:  # a shape or dtype the construction did not foresee: not this pattern
+        form, reason = None, f"its constant-weight form fails on the probe's shapes ({exception_line(exc, 160)})"
+    if form is not None and (tuple(form.shape) != tuple(proven.out_shape) or form.dtype != out_dtype):
+        form, reason = None, f"its constant-weight form gives {tuple(form.shape)} {form.dtype}, not {tuple(proven.out_shape)} {out_dtype}"
+    if form is None:
         build.undo()
         delattr(gm, name)
-        return f"its constant-weight form fails on the probe ({exception_line(exc, 160)})"
-    if not error <= _tolerance(out.dtype):
-        build.undo()
-        delattr(gm, name)
-        return f"its constant-weight form differs on the probe (relative L2 {error:.2e})"
+        return reason
     call.node.replace_all_uses_with(result)
     graph.erase_node(call.node)
     return None
