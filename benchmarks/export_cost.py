@@ -2,6 +2,7 @@
 
     python benchmarks/export_cost.py --json benchmarks/results/export_cost.json --markdown   # the README table
     python benchmarks/export_cost.py --models rosinality --sizes 256,1024 --kinds ours,stock
+    python benchmarks/export_cost.py --models rosinality:256/512/1024,lats:128/256,gfpgan:256/512   # own sizes
     python benchmarks/export_cost.py --quick                  # CI smoke: small models at 32 px, no CLI runs
 
 Every measurement runs in a fresh child process (this script with ``--child``), so one measurement's
@@ -275,7 +276,8 @@ def format_markdown(rows: list[Row]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                        help=f"comma-separated, of {', '.join(MODELS)}; MODEL:S1/S2 gives that model its own sizes")  # fmt: skip
     parser.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)))
     parser.add_argument("--kinds", default=",".join(DEFAULT_KINDS), help="ours, stock, eager-bN (comma-separated)")
     parser.add_argument("--cli", default=None, help=f"MODEL:SIZE of the whole-command runs ('' for none; default {','.join(DEFAULT_CLI)})")
@@ -299,11 +301,11 @@ def main(argv: list[str] | None = None) -> int:
         args.sizes = "32"
     if args.cli is None:
         args.cli = "" if args.quick else ",".join(DEFAULT_CLI)
-    models = [m for m in args.models.split(",") if m]
+    sizes = [int(s) for s in args.sizes.split(",")]
+    models = {m: [int(s) for s in own.split("/")] if own else sizes for m, _, own in (i.partition(":") for i in args.models.split(",") if i)}
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         parser.error(f"unknown model {unknown[0]}; choose from {', '.join(MODELS)}")
-    sizes = [int(s) for s in args.sizes.split(",")]
     kinds = [k for k in args.kinds.split(",") if k]
     cli = [(m, int(s)) for m, _, s in (item.partition(":") for item in args.cli.split(",") if item)]
 
@@ -313,9 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     env["load_average_before"] = list(os.getloadavg())
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for model in models:
+        for model, model_sizes in models.items():
             reason = MODELS[model][1]()
-            for size in sizes:
+            for size in model_sizes:
                 for kind in kinds:
                     row = Row(model, size, kind, f"skipped: {reason}") if reason else measure(model, size, kind, args, Path(tmp))
                     rows.append(row)
