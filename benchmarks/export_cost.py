@@ -302,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.cli is None:
         args.cli = "" if args.quick else ",".join(DEFAULT_CLI)
     sizes = [int(s) for s in args.sizes.split(",")]
-    models = {m: [int(s) for s in own.split("/")] if own else sizes for m, _, own in (i.partition(":") for i in args.models.split(",") if i)}
+    models = {
+        m: [int(s) for s in own.split("/")] if own else sizes for m, _, own in (i.partition(":") for i in args.models.split(",") if i)
+    }
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         parser.error(f"unknown model {unknown[0]}; choose from {', '.join(MODELS)}")

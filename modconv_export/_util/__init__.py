@@ -63,7 +63,12 @@ class _Bounded(reprlib.Repr):
         return "{" + ", ".join(items) + (", ..." if len(x) > self.maxdict else "") + "}"
 
     def repr_set(self, x: set, level: int) -> str:
-        return self._repr_iterable(x, level, "{", "}", self.maxset) if x else "set()"
+        if not x:
+            return "set()"
+        if level <= 0:
+            return "{...}"
+        items = [self.repr1(v, level - 1) for v in itertools.islice(x, self.maxset)]
+        return "{" + ", ".join(items) + (", ..." if len(x) > self.maxset else "") + "}"
 
 
 _BOUNDED = _Bounded()

@@ -75,11 +75,13 @@ def check_fits(need: int, what: str) -> None:
 
 def is_allocation_failure(exc: BaseException) -> bool:
     """Whether ``exc`` (or what it wraps) is an allocation failure."""
-    seen = 0
-    while exc is not None and seen < 8:
-        if isinstance(exc, MemoryError) or any(s in str(exc).lower() for s in _OOM_TEXT):
+    current: BaseException | None = exc
+    for _ in range(8):
+        if current is None:
+            break
+        if isinstance(current, MemoryError) or any(s in str(current).lower() for s in _OOM_TEXT):
             return True
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+        current = current.__cause__ or current.__context__
     return False
 
 

@@ -50,9 +50,9 @@ def _ir_conv_nodes(model: ir.Model) -> list[ConvInfo]:
         shape = weight.const_value.shape if weight is not None and weight.is_initializer() and weight.const_value is not None else None
         found.append(
             ConvInfo(
-                name=node.name or (node.outputs[0].name if node.outputs else ""),
+                name=node.name or (node.outputs[0].name or "" if node.outputs else ""),
                 group=int(node.attributes["group"].as_int()) if "group" in node.attributes else 1,
-                weight=weight.name if weight is not None else "",
+                weight=(weight.name or "") if weight is not None else "",
                 weight_is_initializer=bool(initializer),
                 weight_shape=tuple(shape.numpy()) if shape is not None else None,
             )

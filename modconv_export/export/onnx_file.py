@@ -149,14 +149,14 @@ def _export_dynamo(model, args, input_names, output_names, opset, dynamic_batch,
     import torch.fx.traceback as fx_traceback
 
     dynamic_shapes = dynamic_batch_shapes(model, args) if dynamic_batch else None
-    context = contextlib.nullcontext()
+    context: contextlib.AbstractContextManager = contextlib.nullcontext()
     program = _program_of(model) if isinstance(model, GraphExportForm) and dynamic_batch else None
     if program is not None:
         model, dynamic_shapes = program, None  # the capture's own program, or the rewritten graph as one: no second trace
     elif isinstance(model, GraphExportForm):
         model, context = _WithModuleNames(model), fx_traceback.preserve_node_meta()
     with context:
-        program = torch.onnx.export(
+        exported = torch.onnx.export(
             model,
             args,
             dynamo=True,
@@ -169,9 +169,10 @@ def _export_dynamo(model, args, input_names, output_names, opset, dynamic_batch,
             verbose=False,
             report=False,
         )
+    assert exported is not None  # dynamo=True always returns its ONNXProgram
     if dynamic_shapes is None and dynamic_batch:
-        _name_batch_axis(program)
-    return program.model
+        _name_batch_axis(exported)
+    return exported.model
 
 
 def _name_batch_axis(program: Any) -> None:
@@ -188,7 +189,7 @@ def _export_legacy(model, args, input_names, output_names, opset, dynamic_batch)
     torch.onnx.export(
         model,
         args,
-        buffer,
+        buffer,  # type: ignore[arg-type]  # the legacy exporter writes to a file object too
         dynamo=False,
         input_names=input_names,
         output_names=output_names,
@@ -210,7 +211,7 @@ def _pin_output_shapes(model: ir.Model, outputs: Any, dynamic_batch: bool) -> No
     for value, tensor in zip(model.graph.outputs, tensors):
         if not isinstance(tensor, torch.Tensor) or value.shape is None or len(value.shape) != tensor.dim():
             continue
-        dims = list(tensor.shape)
+        dims: list[int | ir.SymbolicDim] = list(tensor.shape)
         if dynamic_batch and tensor.dim() > 0:
             dims[0] = value.shape[0] if not isinstance(value.shape[0], int) else ir.SymbolicDim("batch")
         value.shape = ir.Shape(dims)

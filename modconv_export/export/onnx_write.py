@@ -34,6 +34,12 @@ LARGE_BYTES = 4096
 PROTOBUF_LIMIT = 2**31 - 1
 
 
+def _tensor(value: ir.Value) -> ir.TensorProtocol:
+    """A large initializer's tensor (:func:`weights_apart` keeps only those that have one)."""
+    assert value.const_value is not None
+    return value.const_value
+
+
 @contextlib.contextmanager
 def weights_apart(model: ir.Model, *, as_inputs: bool = False) -> Iterator[list[ir.Value]]:
     """Within the block, ``model``'s large initializers are out of its graph (``as_inputs``: typed graph
@@ -42,7 +48,7 @@ def weights_apart(model: ir.Model, *, as_inputs: bool = False) -> Iterator[list[
     order = list(graph.initializers.values())
     large = [v for v in order if v.const_value is not None and v.const_value.nbytes > LARGE_BYTES]
     for value in large:
-        graph.initializers.pop(value.name)
+        graph.initializers.pop(str(value.name))  # an initializer is registered by its name
         if as_inputs:
             graph.inputs.append(value)
     try:
@@ -64,7 +70,7 @@ def onnx_chunks(model: ir.Model, value_info: Iterable[onnx.ValueInfoProto] | Non
     if value_info is not None:
         del skeleton.graph.value_info[:]
         skeleton.graph.value_info.extend(value_info)
-    total = skeleton.ByteSize() + sum(v.const_value.nbytes for v in large)
+    total = skeleton.ByteSize() + sum(_tensor(v).nbytes for v in large)
     if total > PROTOBUF_LIMIT:
         raise ExportError(f"the model needs {total / 2**30:.1f} GB, more than an ONNX file without external data can hold (2 GB)")
     return _parts(skeleton, large)
@@ -75,8 +81,9 @@ def _parts(skeleton: onnx.ModelProto, large: list[ir.Value]) -> Iterator[bytes]:
     del skeleton
     for value in large:
         part = onnx.ModelProto()
-        value.const_value.name = value.name
-        ir.serde.serialize_tensor_into(part.graph.initializer.add(), from_=value.const_value)
+        tensor = _tensor(value)
+        tensor.name = value.name
+        ir.serde.serialize_tensor_into(part.graph.initializer.add(), from_=tensor)
         yield part.SerializeToString()
 
 

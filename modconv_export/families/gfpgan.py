@@ -74,7 +74,7 @@ class GFPGANv1Clean(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         feat = F.leaky_relu(self.conv_body_first(image), LEAK)
-        skips = []
+        skips: list[torch.Tensor] = []
         for block in self.conv_body_down:
             feat = block(feat)
             skips.insert(0, feat)

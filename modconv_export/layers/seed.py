@@ -173,6 +173,7 @@ class ModulatedConv2d(nn.Module):
         self.bias = nn.Parameter(torch.Tensor(1, fout, 1, 1))
         self.conv = F.conv2d
 
+        self.mlp_class_std: nn.Module
         if normalize_mlp:
             self.mlp_class_std = nn.Sequential(EqualLinear(latent_dim, fin), PixelNorm())
         else:
@@ -180,6 +181,7 @@ class ModulatedConv2d(nn.Module):
 
         self.blur = Blur(fout)
 
+        self.padding: nn.Module
         if padding_type == "reflect":
             self.padding = nn.ReflectionPad2d(padding_size)
         else:

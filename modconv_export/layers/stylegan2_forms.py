@@ -194,6 +194,10 @@ class StyleGAN2ModulatedConvForm(nn.Module):
         self.modulation = modulation
         self.smooth = smooth
 
+    def _smooth(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.smooth is not None  # the constructor requires it for the modes that call this
+        return self.smooth(x)
+
     def forward(self, input: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         s = self.modulation(style).reshape(-1, self.in_channels)
         s4 = s.reshape(-1, self.in_channels, 1, 1)
@@ -202,7 +206,7 @@ class StyleGAN2ModulatedConvForm(nn.Module):
         elif self.mode == "down_bilinear":
             x = F.interpolate(input, scale_factor=0.5, mode="bilinear", align_corners=False) * s4
         elif self.mode == "down_strided":
-            x = self.smooth(input) * s4
+            x = self._smooth(input) * s4
         else:
             x = input * s4
         if self.mode == "up_transposed":
@@ -214,7 +218,7 @@ class StyleGAN2ModulatedConvForm(nn.Module):
         if self.demodulate:
             out = out * demodulation(s, self.weight_sq_sum_t, self.eps).reshape(-1, self.out_channels, 1, 1)
         if self.mode == "up_transposed":
-            out = self.smooth(out)
+            out = self._smooth(out)
         return out
 
     def extra_repr(self) -> str:

@@ -229,10 +229,11 @@ def check_declared_storages(
         raise LoadError(
             f"{path}: is truncated or corrupt: it declares {format_bytes(declared)} of tensor data in a {format_bytes(size)} {container}"
         )
-    for key, need in facts.storages.items() if records is not None else ():
-        if need > records.get(key, -1):
-            found = f"its record holds {format_bytes(records[key])}" if key in records else "the archive has no record of it"
-            raise LoadError(f"{path}: is malformed: tensor storage {key[:40]!r} declares {format_bytes(need)} but {found}")
+    if records is not None:
+        for key, need in facts.storages.items():
+            if need > records.get(key, -1):
+                found = f"its record holds {format_bytes(records[key])}" if key in records else "the archive has no record of it"
+                raise LoadError(f"{path}: is malformed: tensor storage {key[:40]!r} declares {format_bytes(need)} but {found}")
 
 
 def _scanned(scan, path: Path):

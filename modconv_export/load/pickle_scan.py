@@ -64,6 +64,15 @@ def _torch_name(module: str, name: str) -> str:
     return f"{module}.{name}"
 
 
+def _memo_key(arg: object) -> int:
+    """A memo opcode's argument (``pickletools`` decodes it as a number; ``PUT``'s text form included)."""
+    if isinstance(arg, int):
+        return arg
+    if isinstance(arg, str) and arg.isdigit():
+        return int(arg)
+    raise ValueError(f"memo key {arg!r} is not a number")
+
+
 class TooDeep(ValueError):
     """The pickle nests its data deeper than any model file does (found before anything is built)."""
 
@@ -188,11 +197,11 @@ class _Machine:
         if name in _SCALARS:
             stack.append(arg if isinstance(arg, (int, float)) or (isinstance(arg, str) and len(arg) <= 256) else _OTHER)
         elif name in _PUTS:
-            self.memo[int(arg)] = stack[-1]
+            self.memo[_memo_key(arg)] = stack[-1]
         elif name in _GETS:
-            if int(arg) not in self.memo:
+            if _memo_key(arg) not in self.memo:
                 raise ValueError(f"memo key {arg} is read before it is written")
-            stack.append(self.memo[int(arg)])
+            stack.append(self.memo[_memo_key(arg)])
         elif name == "MEMOIZE":
             self.memo[len(self.memo)] = stack[-1]
         elif name in ("EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET", "EMPTY_TUPLE"):

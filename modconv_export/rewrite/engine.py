@@ -88,7 +88,8 @@ def _probe_calls(rule: Rule, module: nn.Module, recorded: list[ModuleCall] | Non
         return []
     if recorded:
         adapt = rule.adapt_call
-        return [ModuleCall(*adapt(module, c.args, c.kwargs)) if adapt else c for c in recorded]
+        drawn = [call.materialized(seed) for seed, call in enumerate(recorded)]  # shapes recorded: values drawn now
+        return [ModuleCall(*adapt(module, c.args, c.kwargs), values=c.values) if adapt else c for c in drawn]
     inputs = rule.probe_inputs(module)
     return [] if inputs is None else [ModuleCall(tuple(inputs), {}, source="synthetic")]
 
@@ -135,13 +136,15 @@ def _apply_rules(module: nn.Module, path: str, report: RewriteReport, recorded: 
         if not rule.looks_like(module):
             continue
         reason, note, calls = rule.check(module), None, []
+        if reason is None and rule.skip_plain_torch and recorded and all(is_plain_torch(module, c) for c in recorded):
+            continue  # already plain torch where the model calls it: the graph stage handles it, whatever it computes
         if reason is None:
             try:
                 calls = _probe_calls(rule, module, recorded)
             except Exception as exc:
                 reason = f"its probe inputs cannot be made ({exception_line(exc, 160)})"
-        if reason is None and rule.skip_plain_torch and calls and all(is_plain_torch(module, c) for c in calls):
-            continue  # already plain torch: the graph stage handles it, whatever it computes
+        if reason is None and rule.skip_plain_torch and not recorded and calls and all(is_plain_torch(module, c) for c in calls):
+            continue
         if reason is None:
             try:
                 result = rule.replace(module)
@@ -162,12 +165,11 @@ def _apply_rules(module: nn.Module, path: str, report: RewriteReport, recorded: 
 
 
 def _rewrite_tree(module: nn.Module, path: str, report: RewriteReport, recording: Recording | None) -> nn.Module:
-    recorded = recording.calls.get(module) if recording is not None else None
     for name, child in list(module.named_children()):
         new_child = _rewrite_tree(child, f"{path}.{name}" if path else name, report, recording)
         if new_child is not child:
             module._modules[name] = new_child
-    return _apply_rules(module, path, report, recorded)
+    return _apply_rules(module, path, report, recording.calls.get(module) if recording is not None else None)
 
 
 def _stand_in(rule: Rule, module: nn.Module) -> nn.Module:
@@ -191,7 +193,13 @@ def _record(model: nn.Module, args: tuple) -> Recording:
         rule = next((r for r in rules if r.replaces_unrunnable and r.looks_like(module) and r.check(module) is None), None)
         if rule is not None:
             stand_ins[module] = functools.partial(_stand_in, rule, module)
-    recording = record_calls(model, at_batch(args, RECORD_BATCH, seed=0), chosen, stand_ins)
+    probe = at_batch(args, RECORD_BATCH, seed=0)
+    recording = record_calls(model, probe, chosen, stand_ins, shapes_only=True)
+    if recording.error is None and not recording.cannot_run:
+        return recording
+    # The fake pass could not tell (an op without a fake kernel, an integer argument, a module that raised
+    # there): the real pass, which keeps copies of the real arguments.
+    recording = record_calls(model, probe, chosen, stand_ins)
     if recording.error is not None:
         recording = record_calls(model, args, chosen, stand_ins)
     return recording

@@ -33,7 +33,7 @@ LowerFn = Callable[..., Any]
 
 @dataclass(frozen=True)
 class FunctionLowering:
-    function: type
+    function: type[torch.autograd.Function]
     lower: LowerFn
 
     @property
@@ -49,11 +49,11 @@ def _validate_function(function: Any) -> None:
         raise LoweringError(f"a lowering is registered for a torch.autograd.Function subclass, got {function!r}")
 
 
-def _uses_ctx(function: type) -> bool:
+def _uses_ctx(function: type[torch.autograd.Function]) -> bool:
     return not _is_setup_context_defined(function.setup_context)
 
 
-def _arity(function: type) -> int:
+def _arity(function: type[torch.autograd.Function]) -> int:
     params = list(inspect.signature(function.forward).parameters.values())
     if _uses_ctx(function):
         params = params[1:]

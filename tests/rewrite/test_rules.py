@@ -207,7 +207,7 @@ def test_rule_case(rule, case, factory, inputs, expected):
     misses = [why for path, r, why in report.near_misses if r == rule]
     if expected in (LEFT, REJECTED):
         assert rule not in {r for _, r in report.rewritten} and type(exportable.layer) is type(model.layer)
-        assert len(misses) == (expected == REJECTED) and all("on the input the model gives it" in why for why in misses), misses
+        assert len(misses) == (expected == REJECTED) and all("on an input of the shape the model gives it" in why for why in misses), misses
         return
     assert misses == [] and report.near_misses == []
     # proven on what the model gives the layer (recorded from its forward), unless the rule has no probe
@@ -318,7 +318,9 @@ def test_a_synthetic_probe_cannot_see_a_sliced_input_but_the_recorded_one_does()
     assert report.proofs == [("layer", "scaled_equal_linear", "synthetic")]
     with pytest.raises(RuntimeError), torch.no_grad():
         blind(*args)
-    with pytest.warns(UserWarning, match="layer: looks like scaled_equal_linear but its export form fails on the input the model gives it"):
+    with pytest.warns(
+        UserWarning, match="layer: looks like scaled_equal_linear but its export form fails on an input of the shape the model gives it"
+    ):
         exportable, report = rewrite_model(model, example_inputs=args, graph=False)
     assert report.rewritten == [] and type(exportable.layer) is WidthLinear
 
@@ -398,3 +400,30 @@ def test_a_rewritten_model_that_rejects_the_inputs_names_the_rule(monkeypatch, t
     )
     assert message.endswith("; the module rule batch_of_two_doubler rewrote inner.1 first there")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_the_recording_pass_runs_on_fake_tensors_and_on_real_ones_only_where_it_must():
+    """The module rules' forward pass costs no feature maps: it runs on fake tensors and each module is
+    proven on random inputs of the shapes it received; an integer argument (whose values a proof may
+    need) makes it run on the real inputs and keep them."""
+    from modconv_export.rewrite.recorded import TensorShape, record_calls
+
+    class Indexed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+            return self.layer(x[:, :4]).index_select(1, index)
+
+    model = Indexed()
+    args = (torch.randn(2, 6), torch.tensor([2, 0]))
+    fake = record_calls(model, args, [model.layer], shapes_only=True)
+    (call,) = fake.calls[model.layer]
+    assert fake.error is None and call.args == (TensorShape((2, 4), torch.float32),)
+    drawn = call.materialized(seed=1)
+    assert not drawn.values and drawn.args[0].shape == (2, 4) and torch.equal(drawn.args[0], call.materialized(seed=1).args[0])
+    needs_values = record_calls(model, args, [model], shapes_only=True)
+    assert needs_values.error is not None and "int64" in needs_values.error
+    (real,) = record_calls(model, args, [model]).calls[model]
+    assert real.values and torch.equal(real.args[1], args[1]) and torch.equal(real.args[0], args[0])
