@@ -36,6 +36,7 @@ from ..._util.memory import give_back
 from ..._util.progress import counted, step
 from ...errors import RewriteError
 from ...layers.graph_form import GraphExportForm
+from ..report import NearMiss, Note, RewriteReport, Rewritten
 from .capture import CaptureError, GraphCapture, at_batch, capture
 from .cleanup import CLEANUP_PASSES, fold_constants
 from .contract import GraphContext, GraphPass, GraphRule, NoMatch, Probe, run_passes
@@ -103,26 +104,26 @@ def _form(gm: fx.GraphModule, captured: GraphCapture, args: tuple, outputs: Any,
     return form
 
 
-def _prepare(context: GraphContext, passes: Sequence[GraphPass], report: Any) -> bool:
+def _prepare(context: GraphContext, passes: Sequence[GraphPass], report: RewriteReport) -> bool:
     """Run ``passes``, their notes into ``report``, the facts read again after each that changed the graph;
     whether one changed what the graph computes."""
     changed = False
     for graph_pass in passes:
         result = graph_pass.run(context)
-        report.notes.extend((path, graph_pass.name, note) for path, note in result.notes)
+        report.notes.extend(Note(path, graph_pass.name, note) for path, note in result.notes)
         if result.modified:
             context.facts = analyze(context.gm.graph)
         changed = changed or (result.modified and not graph_pass.keeps_program)
     return changed
 
 
-def _find(context: GraphContext, rules: Sequence[GraphRule], report: Any) -> list[tuple[GraphRule, Sequence[Any]]]:
+def _find(context: GraphContext, rules: Sequence[GraphRule], report: RewriteReport) -> list[tuple[GraphRule, Sequence[Any]]]:
     """Every rule's candidates on the same graph; near misses into ``report``, a blocking one refused."""
     found = []
     for rule in rules:
         sites, misses = rule.find(context)
         if rule.reports:
-            report.near_misses.extend((miss.path, rule.name, miss.reason) for miss in misses)
+            report.near_misses.extend(NearMiss(miss.path, rule.name, miss.reason) for miss in misses)
         blocking = next((miss for miss in misses if miss.blocking), None)
         if blocking is not None:
             _refuse(rule, blocking)
@@ -130,7 +131,7 @@ def _find(context: GraphContext, rules: Sequence[GraphRule], report: Any) -> lis
     return found
 
 
-def _apply(context: GraphContext, found: list[tuple[GraphRule, Sequence[Any]]], probe: Probe, report: Any) -> None:
+def _apply(context: GraphContext, found: list[tuple[GraphRule, Sequence[Any]]], probe: Probe, report: RewriteReport) -> None:
     """Prove and replace every candidate, rule by rule; what failed into ``report``, a blocking failure refused."""
     failed: list[tuple[GraphRule, NoMatch]] = []
     for rule, sites in found:
@@ -138,10 +139,10 @@ def _apply(context: GraphContext, found: list[tuple[GraphRule, Sequence[Any]]], 
             result = rule.apply(context, site, probe)
             give_back()  # the proof's weight-sized temporaries
             if result is None:
-                report.rewritten.append((site.path, rule.name))
+                report.rewritten.append(Rewritten(site.path, rule.name))
             elif rule.reports:
                 failed.append((rule, result))
-    report.near_misses.extend((miss.path, rule.name, miss.reason) for rule, miss in failed)
+    report.near_misses.extend(NearMiss(miss.path, rule.name, miss.reason) for rule, miss in failed)
     blocking = next(((rule, miss) for rule, miss in failed if miss.blocking), None)
     if blocking is not None:
         _refuse(*blocking)
@@ -150,7 +151,7 @@ def _apply(context: GraphContext, found: list[tuple[GraphRule, Sequence[Any]]], 
 def rewrite_graph(
     model: nn.Module,
     args: tuple,
-    report: Any,
+    report: RewriteReport,
     *,
     rules: Sequence[GraphRule] = GRAPH_RULE_ORDER,
     passes: Sequence[GraphPass] = GRAPH_PASSES,
