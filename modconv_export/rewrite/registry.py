@@ -137,7 +137,8 @@ _ACTIVE: ContextVar[RuleRegistry | None] = ContextVar("modconv_export_rules", de
 
 def active_rules() -> RuleRegistry:
     """The registry a rewrite without ``rules`` uses: the one :func:`use_rules` set here, else :data:`BUILTIN_RULES`."""
-    return _ACTIVE.get() or BUILTIN_RULES
+    chosen = _ACTIVE.get()
+    return BUILTIN_RULES if chosen is None else chosen  # an empty registry is a choice too (it is falsy)
 
 
 @contextmanager

@@ -134,7 +134,9 @@ def test_two_fixed_batch_captures_generalise_to_any_batch():
 def test_captures_that_differ_in_more_than_batch_sizes_are_refused():
     with pytest.raises(RewriteError, match=r"^mul_tensor differs between batch sizes 2 and 3: a constant changes from 0.5 to 0.25$"):
         generalize(_captured(2), _captured(3, scale=0.25), (2, 3))
-    with pytest.raises(RewriteError, match=r"^reshape_default differs between batch sizes 2 and 4: a size changes from 4 to 7, not linearly"):
+    with pytest.raises(
+        RewriteError, match=r"^reshape_default differs between batch sizes 2 and 4: a size changes from 4 to 7, not linearly"
+    ):
         generalize(_captured(2), _nonlinear(), (2, 4))
     with pytest.raises(RewriteError, match=r"^the model computes differently at batch sizes 2 and 3 \(from mul_tensor\)"):
         generalize(_captured(2), _captured(3, op=aten.add.Tensor), (2, 3))

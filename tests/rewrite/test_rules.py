@@ -414,3 +414,5 @@ def test_a_rule_registry_is_an_object_a_call_is_given():
     with use_rules(only_blur):
         assert [r.name for r in registered_rules()] == ["blur"]
     assert [r.name for r in registered_rules()] == builtin and len(builtin) == len(RULE_CASES)
+    with use_rules(RuleRegistry()):  # an empty registry is a registry: the graph rewrite alone
+        assert registered_rules() == [] and rewrite_model(model)[1].rewritten == []
