@@ -11,6 +11,7 @@ import re
 import signal
 
 __all__ = [
+    "AmbiguousFamilyError",
     "CaptureError",
     "CheckpointError",
     "ExportError",
@@ -101,3 +102,7 @@ class OutOfMemory(ModconvExportError):
 
 class UnknownFamilyError(ModconvExportError):
     """A state_dict matches no registered family (or a family name is unknown)."""
+
+
+class AmbiguousFamilyError(UnknownFamilyError, LoadError):
+    """A state_dict matches several registered families: loading it as one of them would be a guess."""

@@ -44,8 +44,8 @@ def rewrite(module: torch.nn.Module, inputs: Inputs, precision: str, console: Co
     else:
         left = "the module rules rewrote every layer" if module_counts else "the model has none"
         console.say(f"traced graph: no batch-grouped convolution left to rewrite ({left})")
-    for path, rule in report.rewritten:
-        console.detail(f"  {path or '<root>'} -> {rule}")
+    for done in report.rewritten:
+        console.detail(f"  {done.path or '<root>'} -> {done.rule}")
     for line in report.describe_notes():  # e.g. how noise injection was made deterministic
         console.say(f"  note: {line}")
     if report.near_misses:
@@ -88,7 +88,7 @@ def export(
                         input_names=inputs.names, output_names=family_outputs, precision=args.precision,
                         keep_debug_metadata=args.keep_debug_metadata, metadata=family_properties(loaded.family, inputs.names))  # fmt: skip
         except ExportError as exc:
-            misses = [p for p, _, _ in rewrite.near_misses]
+            misses = [miss.path for miss in rewrite.near_misses]
             better = (
                 describe_export_failure(prepared.source or exportable, inputs.tensors, exc.__cause__, args.exporter, misses)
                 if exc.__cause__
@@ -207,9 +207,9 @@ def summary(args: argparse.Namespace, loaded: LoadedModel, inputs: Inputs, rewri
         },  # fmt: skip
         "inputs": {n: list(s) for n, s in zip(inputs.names, inputs.shapes)},
         "rewrite": {
-            "rewritten": [{"path": p, "rule": r} for p, r in rewrite.rewritten],
-            "near_misses": [{"path": p, "rule": r, "reason": why} for p, r, why in rewrite.near_misses],
-            "notes": [{"path": p, "rule": r, "note": note} for p, r, note in rewrite.notes],
+            "rewritten": [done.to_json() for done in rewrite.rewritten],
+            "near_misses": [miss.to_json() for miss in rewrite.near_misses],
+            "notes": [note.to_json() for note in rewrite.notes],
         },  # fmt: skip
         "export": exported,
     }

@@ -2,7 +2,10 @@
 
 from . import decoder, lats  # noqa: F401  (each module registers its family)
 from .registry import (
+    FAMILIES,
+    AmbiguousFamilyError,
     Family,
+    FamilyRegistry,
     InputSpec,
     TensorInfo,
     UnknownFamilyError,
@@ -14,7 +17,10 @@ from .registry import (
 )
 
 __all__ = [
+    "FAMILIES",
+    "AmbiguousFamilyError",
     "Family",
+    "FamilyRegistry",
     "InputSpec",
     "TensorInfo",
     "UnknownFamilyError",

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from ..errors import UnknownFamilyError
+from ..errors import AmbiguousFamilyError, UnknownFamilyError
 
 __all__ = [
+    "FAMILIES",
+    "AmbiguousFamilyError",
     "Family",
+    "FamilyRegistry",
     "InputSpec",
     "TensorInfo",
     "UnknownFamilyError",
@@ -135,14 +138,15 @@ class Family:
         return model.eval()
 
 
-_FAMILIES: dict[str, Family] = {}
+def _readable(pattern: str) -> str:
+    """A key pattern as a person reads it: ``^mapping\\.\\d+\\.weight$`` -> ``mapping.N.weight``."""
+    return pattern.strip("^$").replace(r"\d+", "N").replace("\\", "")
 
 
-def register_family(family: Family) -> Family:
+def _validate(family: Family) -> None:
+    """A malformed family fails where it is declared (import time), not when a file meets it."""
     if not re.fullmatch(r"[a-z][a-z0-9_\-]*", family.name):
         raise ValueError(f"family name must be lower-case identifier-like, got {family.name!r}")
-    if family.name in _FAMILIES:
-        raise ValueError(f"model family {family.name!r} is registered twice")
     if not family.key_patterns or not family.outputs:
         raise ValueError(f"family {family.name!r} needs key_patterns and outputs")
     if family.tensors:  # optional, but a declared name must be a real input or output (typos fail here)
@@ -150,44 +154,81 @@ def register_family(family: Family) -> Family:
         unknown = sorted(set(family.tensors) - names) if family.presets else []
         if unknown:
             raise ValueError(f"family {family.name!r} declares tensors it does not have: {', '.join(unknown)}")
-    _FAMILIES[family.name] = family
-    return family
+
+
+class FamilyRegistry:
+    """The families a load can recognise, by name, in registration order; a call can be given one
+    (``recognize(state_dict, families=FamilyRegistry([...]))``). :data:`FAMILIES` is the toolkit's."""
+
+    def __init__(self, families: Iterable[Family] = ()) -> None:
+        self._families: dict[str, Family] = {}
+        for family in families:
+            self.register(family)
+
+    def register(self, family: Family) -> Family:
+        _validate(family)
+        if family.name in self._families:
+            raise ValueError(f"model family {family.name!r} is registered twice")
+        self._families[family.name] = family
+        return family
+
+    def unregister(self, name: str) -> None:
+        del self._families[name]
+
+    def __iter__(self) -> Iterator[Family]:
+        return iter(list(self._families.values()))
+
+    def get(self, name: str) -> Family:
+        try:
+            return self._families[name]
+        except KeyError:
+            known = ", ".join(sorted(self._families)) or "none"
+            raise UnknownFamilyError(f"unknown model family {name!r} (known: {known})") from None
+
+    def tried(self) -> str:
+        """Every family with the keys it looks for, as a person reads them."""
+        described = (f"{f.name} (keys like {', '.join(map(_readable, f.key_patterns))})" for f in self)
+        return "; ".join(described) or "no families registered"
+
+    def recognize(self, state_dict: Mapping[str, Any]) -> Family:
+        """The one family whose key patterns all match ``state_dict``; :class:`UnknownFamilyError` when none
+        does, :class:`AmbiguousFamilyError` (a :class:`LoadError`) naming them when several do: a guess
+        between them could load the wrong model."""
+        found = [family for family in self if family.matches(state_dict)]
+        if len(found) > 1:
+            raise AmbiguousFamilyError(
+                f"state_dict matches {len(found)} model families ({', '.join(f.name for f in found)}): it is ambiguous"
+            )
+        if found:
+            return found[0]
+        raise UnknownFamilyError(f"state_dict matches no known model family; looked for: {self.tried()}")
+
+
+#: The toolkit's families (each ``families/<name>.py`` registers its own) and the user's.
+FAMILIES = FamilyRegistry()
+
+
+def register_family(family: Family) -> Family:
+    """Add ``family`` to :data:`FAMILIES`; a duplicate or malformed family is an error."""
+    return FAMILIES.register(family)
 
 
 def registered_families() -> list[Family]:
-    return list(_FAMILIES.values())
+    return list(FAMILIES)
 
 
 def get_family(name: str) -> Family:
-    try:
-        return _FAMILIES[name]
-    except KeyError:
-        known = ", ".join(sorted(_FAMILIES)) or "none"
-        raise UnknownFamilyError(f"unknown model family {name!r} (known: {known})") from None
-
-
-def _readable(pattern: str) -> str:
-    """A key pattern as a person reads it: ``^mapping\\.\\d+\\.weight$`` -> ``mapping.N.weight``."""
-    return pattern.strip("^$").replace(r"\d+", "N").replace("\\", "")
+    return FAMILIES.get(name)
 
 
 def families_tried() -> str:
-    """Every family with the keys it looks for, as a person reads them."""
-    return (
-        "; ".join(f"{f.name} (keys like {', '.join(map(_readable, f.key_patterns))})" for f in _FAMILIES.values())
-        or "no families registered"
-    )
+    return FAMILIES.tried()
 
 
-def recognize(state_dict: Mapping[str, Any]) -> Family:
-    """The one family whose key patterns all match ``state_dict``; :class:`UnknownFamilyError` when none does,
-    or when two do (a guess between them could load the wrong model)."""
-    found = [family for family in _FAMILIES.values() if family.matches(state_dict)]
-    if len(found) > 1:
-        raise UnknownFamilyError(f"state_dict matches {len(found)} model families ({', '.join(f.name for f in found)}): it is ambiguous")
-    if found:
-        return found[0]
-    raise UnknownFamilyError(f"state_dict matches no known model family; looked for: {families_tried()}")
+def recognize(state_dict: Mapping[str, Any], families: FamilyRegistry | None = None) -> Family:
+    """The one family of ``families`` (default :data:`FAMILIES`) that ``state_dict`` belongs to (see
+    :meth:`FamilyRegistry.recognize`)."""
+    return (families if families is not None else FAMILIES).recognize(state_dict)
 
 
 def prefixes_of(family: Family, keys: Sequence[str]) -> list[str]:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from .._util import short_repr
-from ..errors import LoadError, UnknownFamilyError
+from ..errors import AmbiguousFamilyError, LoadError, UnknownFamilyError
 from ..families import Family, prefixes_of, recognize, registered_families
 
 __all__ = ["NESTED_STATE_KEYS", "Selection", "describe", "is_state_dict", "select_state_dict", "with_family"]
@@ -188,9 +188,9 @@ def with_family(candidates: list[Selection], path: Path) -> Selection:
         try:
             found.append(Selection(candidate.state, candidate.route, candidate.prefix, candidate.containers, recognize(candidate.state)))
             continue
+        except AmbiguousFamilyError as exc:
+            raise LoadError(f"{path}: {_named(candidate, exc)}") from None
         except UnknownFamilyError as exc:
-            if "ambiguous" in str(exc):
-                raise LoadError(f"{path}: {_named(candidate, exc)}") from None
             unknown = unknown or (candidate, exc)
         for prefix, family in _families_under(candidate):
             found.append(

@@ -2,13 +2,19 @@
 
 from . import rules  # noqa: F401  (registers the built-in rules)
 from .engine import RewriteReport, copy_module, make_exportable, rewrite_model, rewrite_report
-from .registry import STAGES, Replacement, Rule, register_rule, registered_rules, unregister_rule
+from .registry import STAGES, Replacement, Rule, RuleRegistry, register_rule, registered_rules, unregister_rule, use_rules
+from .report import NearMiss, Note, Proof, Rewritten
 
 __all__ = [
     "STAGES",
+    "NearMiss",
+    "Note",
+    "Proof",
     "Replacement",
+    "Rewritten",
     "RewriteReport",
     "Rule",
+    "RuleRegistry",
     "copy_module",
     "make_exportable",
     "register_rule",
@@ -16,4 +22,5 @@ __all__ = [
     "rewrite_model",
     "rewrite_report",
     "unregister_rule",
+    "use_rules",
 ]

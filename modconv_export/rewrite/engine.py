@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import functools
 import warnings
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,62 +22,14 @@ from .._util import as_tuple, exception_line, relative_l2
 from .._util.progress import step
 from ..errors import RewriteError
 from .recorded import ModuleCall, Recording, is_plain_torch, record_calls
-from .registry import Replacement, Rule, registered_rules
+from .registry import Replacement, Rule, RuleRegistry, active_rules
+from .report import NearMiss, Note, Proof, RewriteReport, Rewritten
 
 __all__ = ["RewriteReport", "copy_module", "rewrite_model", "make_exportable", "rewrite_report"]
 
 _REPORT_ATTR = "_modconv_export_report"
 #: Batch size of the forward pass the module rules' inputs are recorded from.
 RECORD_BATCH = 2
-
-
-@dataclass
-class RewriteReport:
-    """What :func:`rewrite_model` did: rewritten module paths and near misses with their reasons."""
-
-    rewritten: list[tuple[str, str]] = field(default_factory=list)  # (module path, rule name)
-    near_misses: list[tuple[str, str, str]] = field(default_factory=list)  # (path, rule, reason)
-    #: (path, rule, note): what a user should know about a replacement (its :class:`Replacement` note), e.g.
-    #: that random noise became zero noise or that the original could not be run for the probe.
-    notes: list[tuple[str, str, str]] = field(default_factory=list)
-    #: (path, rule, inputs): what each module rule's replacement was compared on -- ``"recorded"`` (the
-    #: inputs the model gives the module), ``"synthetic"`` (built from its parameters) or ``"none"``.
-    proofs: list[tuple[str, str, str]] = field(default_factory=list)
-
-    @property
-    def paths(self) -> list[str]:
-        """Paths (as in ``named_modules``; ``""`` is the root) of the modules that were replaced."""
-        return [path for path, _ in self.rewritten]
-
-    def count(self, rule: str | None = None) -> int:
-        return sum(1 for _, r in self.rewritten if rule is None or r == rule)
-
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for _, rule in self.rewritten:
-            out[rule] = out.get(rule, 0) + 1
-        return out
-
-    def describe_near_misses(self) -> list[str]:
-        return [f"{path or '<root>'}: looks like {rule} but {reason}" for path, rule, reason in self.near_misses]
-
-    def first_rewrite_at(self, path: str) -> tuple[str, str] | None:
-        """``(path, rule)``: the first module rule applied to the module at ``path``, else to the nearest module
-        around it, else to one inside it -- where to look when the rewritten model fails at ``path``."""
-        applied = [(p, r) for p, r in self.rewritten if not r.startswith("graph:")]
-        around = [(p, r) for p, r in applied if p == "" or path == p or path.startswith(p + ".")]
-        inside = [(p, r) for p, r in applied if path == "" or p.startswith(path + ".")]
-        if around:
-            nearest = max(len(p) for p, _ in around)
-            return next((p, r) for p, r in around if len(p) == nearest)
-        return inside[0] if inside else None
-
-    def describe_notes(self) -> list[str]:
-        """One line per distinct (rule, note), naming the modules it applies to."""
-        grouped: dict[tuple[str, str], list[str]] = {}
-        for path, rule, note in self.notes:
-            grouped.setdefault((rule, note), []).append(path or "<root>")
-        return [f"{rule} ({len(paths)}: {', '.join(paths)}): {note}" for (rule, note), paths in grouped.items()]
 
 
 def _probe_calls(rule: Rule, module: nn.Module, recorded: list[ModuleCall] | None) -> list[ModuleCall]:
@@ -131,8 +82,8 @@ def _proof_error(rule: Rule, before: nn.Module, after: nn.Module, calls: list[Mo
     return None, None
 
 
-def _apply_rules(module: nn.Module, path: str, report: RewriteReport, recorded: list[ModuleCall] | None) -> nn.Module:
-    for rule in registered_rules():
+def _apply_rules(module: nn.Module, path: str, report: RewriteReport, recorded: list[ModuleCall] | None, rules: RuleRegistry) -> nn.Module:
+    for rule in rules:
         if not rule.looks_like(module):
             continue
         reason, note, calls = rule.check(module), None, []
@@ -155,21 +106,21 @@ def _apply_rules(module: nn.Module, path: str, report: RewriteReport, recorded: 
                 replacement = result.module
                 reason, note = _proof_error(rule, module, replacement, calls)
         if reason is not None:
-            report.near_misses.append((path, rule.name, reason))
+            report.near_misses.append(NearMiss(path, rule.name, reason))
             continue
-        report.rewritten.append((path, rule.name))
-        report.proofs.append((path, rule.name, calls[0].source if calls else "none"))
-        report.notes.extend((path, rule.name, text) for text in (result.note, note) if text)
+        report.rewritten.append(Rewritten(path, rule.name))
+        report.proofs.append(Proof(path, rule.name, calls[0].source if calls else "none"))
+        report.notes.extend(Note(path, rule.name, text) for text in (result.note, note) if text)
         module = replacement
     return module
 
 
-def _rewrite_tree(module: nn.Module, path: str, report: RewriteReport, recording: Recording | None) -> nn.Module:
+def _rewrite_tree(module: nn.Module, path: str, report: RewriteReport, recording: Recording | None, rules: RuleRegistry) -> nn.Module:
     for name, child in list(module.named_children()):
-        new_child = _rewrite_tree(child, f"{path}.{name}" if path else name, report, recording)
+        new_child = _rewrite_tree(child, f"{path}.{name}" if path else name, report, recording, rules)
         if new_child is not child:
             module._modules[name] = new_child
-    return _apply_rules(module, path, report, recording.calls.get(module) if recording is not None else None)
+    return _apply_rules(module, path, report, recording.calls.get(module) if recording is not None else None, rules)
 
 
 def _stand_in(rule: Rule, module: nn.Module) -> nn.Module:
@@ -177,13 +128,13 @@ def _stand_in(rule: Rule, module: nn.Module) -> nn.Module:
     return result.module if isinstance(result, Replacement) else result
 
 
-def _record(model: nn.Module, args: tuple) -> Recording:
+def _record(model: nn.Module, args: tuple, registry: RuleRegistry) -> Recording:
     """The calls of every module a rule looks at, from one forward pass of ``model`` at batch 2 (distinct
     samples, as the graph stage's probe), else at the example's own batch. A module a rule may replace
     where it cannot run (a CUDA-only op) has that replacement stand in for it where it fails."""
     from .graph.capture import at_batch
 
-    rules = registered_rules()
+    rules = registry.ordered()
     compared = [rule for rule in rules if rule.probe_inputs is not None]  # a fold is the same arithmetic by construction
     chosen = [m for m in model.modules() if any(rule.looks_like(m) for rule in compared)]
     if not chosen:  # nothing to prove: no forward pass (at 1024 px it costs what the model's forward costs)
@@ -220,7 +171,7 @@ def copy_module(model: nn.Module) -> nn.Module:
 
 
 def rewrite_model(
-    model: nn.Module, *, strict: bool = False, example_inputs: Any = None, graph: bool = True
+    model: nn.Module, *, strict: bool = False, example_inputs: Any = None, graph: bool = True, rules: RuleRegistry | None = None
 ) -> tuple[nn.Module, RewriteReport]:
     """Return an export-ready deep copy of ``model`` (eval mode) and the report of what changed.
 
@@ -230,16 +181,17 @@ def rewrite_model(
     captured as a graph and every convolution grouped by the batch is rewritten there (:mod:`.graph`; not
     with ``graph=False``): the result is a :class:`~modconv_export.rewrite.graph.GraphExportForm` that runs
     at any batch size, whatever code the model comes from. ``strict=True`` raises :class:`RewriteError` on
-    any near miss instead of warning.
+    any near miss instead of warning. ``rules`` are the module rules to apply (default: :func:`.registry.active_rules`).
     """
+    rules = rules if rules is not None else active_rules()
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
     report = RewriteReport()
     step("rewrite: module rules")
     copied = copy_module(model).eval()
     args = as_tuple(example_inputs) if example_inputs is not None else None
-    recording = _record(copied, args) if args is not None else None
-    rewritten = _rewrite_tree(copied, "", report, recording).eval()
+    recording = _record(copied, args, rules) if args is not None else None
+    rewritten = _rewrite_tree(copied, "", report, recording, rules).eval()
     if args is not None and graph:
         from .graph import rewrite_graph
 
@@ -258,7 +210,7 @@ def _settle(report: RewriteReport, strict: bool) -> None:
         warnings.warn("modules left unrewritten: " + "; ".join(lines), stacklevel=3)
 
 
-def make_exportable(model: nn.Module, example_inputs: Any = None, *, strict: bool = False) -> nn.Module:
+def make_exportable(model: nn.Module, example_inputs: Any = None, *, strict: bool = False, rules: RuleRegistry | None = None) -> nn.Module:
     """A deep copy of ``model`` in eval mode in export form; the original model is untouched.
 
     Without ``example_inputs``: the module rules only (seed ``ModulatedConv2d`` -> input-modulated conv,
@@ -267,7 +219,7 @@ def make_exportable(model: nn.Module, example_inputs: Any = None, *, strict: boo
     and returns a module that runs at any batch size with constant convolution weights.
     :func:`rewrite_report` on the result lists what was rewritten, with module paths.
     """
-    return rewrite_model(model, strict=strict, example_inputs=example_inputs)[0]
+    return rewrite_model(model, strict=strict, example_inputs=example_inputs, rules=rules)[0]
 
 
 def rewrite_report(module: nn.Module) -> RewriteReport:

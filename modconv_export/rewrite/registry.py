@@ -21,18 +21,35 @@ Order is declared, not implied: every rule belongs to a :data:`STAGES` entry -- 
 -- and within a stage rules run in name order. Children are rewritten before their parents, so a parent's
 rule may require its children's export forms (its ``check`` says so when they are missing).
 
-Rules register with :func:`register_rule`; a duplicate name or a malformed rule fails at import time.
+Rules register with :func:`register_rule` (into :data:`BUILTIN_RULES`) or a :class:`RuleRegistry`'s ``rule``
+decorator; a duplicate name or a malformed rule fails at import time. A rewrite uses the registry it is
+given, else the one :func:`use_rules` makes current, else the built-in one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-__all__ = ["STAGES", "Replacement", "Rule", "register_rule", "registered_rule", "registered_rules", "unregister_rule"]
+__all__ = [
+    "BUILTIN_RULES",
+    "STAGES",
+    "Replacement",
+    "Rule",
+    "RuleRegistry",
+    "active_rules",
+    "register_rule",
+    "registered_rule",
+    "registered_rules",
+    "unregister_rule",
+    "use_rules",
+]
 
 ProbeFn = Callable[[nn.Module], tuple | None]
 #: Makes a recorded call comparable between a module and its replacement (e.g. explicit noise for a layer
@@ -75,7 +92,64 @@ class Rule:
     description: str = ""
 
 
-_RULES: dict[str, Rule] = {}
+class RuleRegistry:
+    """An ordered set of module rules, looked up by name; a call can be given one (``rewrite_model(...,
+    rules=RuleRegistry([...]))``). :data:`BUILTIN_RULES` holds the toolkit's rules and those registered
+    with :func:`register_rule`; :func:`active_rules` is the one a call without ``rules`` uses."""
+
+    def __init__(self, rules: Iterable[Rule] = ()) -> None:
+        self._rules: dict[str, Rule] = {}
+        for rule in rules:
+            self.add(rule)
+
+    def add(self, rule: Rule) -> Rule:
+        """Add ``rule``; a name already present is an error (a rule replaces another only after :meth:`remove`)."""
+        if rule.name in self._rules:
+            raise ValueError(f"rewrite rule {rule.name!r} is registered twice")
+        self._rules[rule.name] = rule
+        return rule
+
+    def remove(self, name: str) -> None:
+        del self._rules[name]
+
+    def get(self, name: str) -> Rule | None:
+        return self._rules.get(name)
+
+    def ordered(self) -> list[Rule]:
+        """The rules in the order they are tried on a module: by stage, then by name."""
+        return sorted(self._rules.values(), key=lambda r: (STAGES.index(r.stage), r.name))
+
+    def __iter__(self) -> Iterator[Rule]:
+        return iter(self.ordered())
+
+    def __len__(self) -> int:
+        return len(self._rules)
+
+    def rule(self, name: str, **options: Any) -> Callable[[Callable[[nn.Module], nn.Module]], Callable[[nn.Module], nn.Module]]:
+        """Decorator adding ``replace`` as the rule ``name`` to this registry (see :func:`register_rule`)."""
+        return _decorator(self, name, **options)
+
+
+#: The toolkit's rules and every rule registered with :func:`register_rule`.
+BUILTIN_RULES = RuleRegistry()
+_ACTIVE: ContextVar[RuleRegistry | None] = ContextVar("modconv_export_rules", default=None)
+
+
+def active_rules() -> RuleRegistry:
+    """The registry a rewrite without ``rules`` uses: the one :func:`use_rules` set here, else :data:`BUILTIN_RULES`."""
+    chosen = _ACTIVE.get()
+    return BUILTIN_RULES if chosen is None else chosen  # an empty registry is a choice too (it is falsy)
+
+
+@contextmanager
+def use_rules(rules: RuleRegistry) -> Iterator[RuleRegistry]:
+    """Within the block, every rewrite that is given no ``rules`` (an export included) uses ``rules``;
+    restored on exit, even on error (``use_rules(RuleRegistry())``: the graph rewrite alone)."""
+    token = _ACTIVE.set(rules)
+    try:
+        yield rules
+    finally:
+        _ACTIVE.reset(token)
 
 
 def register_rule(
@@ -90,8 +164,24 @@ def register_rule(
     skip_plain_torch: bool = False,
     replaces_unrunnable: bool = False,
 ) -> Callable[[Callable[[nn.Module], nn.Module]], Callable[[nn.Module], nn.Module]]:
-    """Decorator registering ``replace`` (module -> module or :class:`Replacement`) as the rule ``name``."""
+    """Decorator registering ``replace`` (module -> module or :class:`Replacement`) as the rule ``name``
+    in :data:`BUILTIN_RULES`."""
+    return _decorator(
+        BUILTIN_RULES,
+        name,
+        looks_like=looks_like,
+        check=check,
+        probe_inputs=probe_inputs,
+        probe_tolerance=probe_tolerance,
+        stage=stage,
+        adapt_call=adapt_call,
+        skip_plain_torch=skip_plain_torch,
+        replaces_unrunnable=replaces_unrunnable,
+    )
 
+
+def _validate(name: str, looks_like: Any, check: Any, probe_inputs: Any, adapt_call: Any, stage: str) -> None:
+    """A malformed rule fails where it is declared (import time), not when a model meets it."""
     if not name or not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
         raise ValueError(f"rule name must be a non-empty identifier, got {name!r}")
     for part, value in (("looks_like", looks_like), ("check", check)):
@@ -103,42 +193,54 @@ def register_rule(
     if stage not in STAGES:
         raise ValueError(f"rule {name!r}: stage must be one of {', '.join(STAGES)}, got {stage!r}")
 
+
+def _decorator(
+    registry: RuleRegistry,
+    name: str,
+    *,
+    looks_like: Callable[[nn.Module], bool],
+    check: Callable[[nn.Module], str | None],
+    stage: str = "layer",
+    probe_inputs: ProbeFn | None = None,
+    adapt_call: AdaptFn | None = None,
+    **options: Any,
+) -> Callable[[Callable[[nn.Module], nn.Module]], Callable[[nn.Module], nn.Module]]:
+    _validate(name, looks_like, check, probe_inputs, adapt_call, stage)
+
     def decorate(replace: Callable[[nn.Module], nn.Module]) -> Callable[[nn.Module], nn.Module]:
-        if name in _RULES:
-            raise ValueError(f"rewrite rule {name!r} is registered twice")
         if not callable(replace):
             raise TypeError(f"rule {name!r}: replace must be callable")
-        _RULES[name] = Rule(
+        description = (replace.__doc__ or "").strip().splitlines()[0] if replace.__doc__ else ""
+        rule = Rule(
             name=name,
             looks_like=looks_like,
             check=check,
             replace=replace,
             probe_inputs=probe_inputs,
-            probe_tolerance=probe_tolerance,
-            stage=stage,
             adapt_call=adapt_call,
-            skip_plain_torch=skip_plain_torch,
-            replaces_unrunnable=replaces_unrunnable,
-            description=(replace.__doc__ or "").strip().splitlines()[0] if replace.__doc__ else "",
+            stage=stage,
+            description=description,
+            **options,
         )
+        registry.add(rule)
         return replace
 
     return decorate
 
 
 def unregister_rule(name: str) -> None:
-    """Remove a rule (for users replacing a built-in one, and for tests)."""
-    del _RULES[name]
+    """Remove a rule from :data:`BUILTIN_RULES` (for users replacing a built-in one)."""
+    BUILTIN_RULES.remove(name)
 
 
 def registered_rule(name: str) -> Rule | None:
-    """The rule registered as ``name``, or ``None``."""
-    return _RULES.get(name)
+    """The rule registered as ``name`` in the registry in use (:func:`active_rules`), or ``None``."""
+    return active_rules().get(name)
 
 
 def registered_rules() -> list[Rule]:
-    """All rules, in the order they are tried on a module."""
-    return sorted(_RULES.values(), key=lambda r: (STAGES.index(r.stage), r.name))
+    """All rules of the registry in use (:func:`active_rules`), in the order they are tried on a module."""
+    return active_rules().ordered()
 
 
 def param_device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:

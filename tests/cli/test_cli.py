@@ -141,7 +141,7 @@ def test_checkpoint_export_with_the_console_script(checkpoint_run, decoder):
     counts = report.counts()
     line = f"rewrote {report.count()} modules (equal_lr: {counts['equal_lr']}, blur: {counts['blur']}, modulated_conv: {counts['modulated_conv']})"
     assert line in proc.stdout
-    for path, rule in report.rewritten:  # -v lists every rewritten module
+    for path, rule in ((done.path, done.rule) for done in report.rewritten):  # -v lists every rewritten module
         assert f"  {path} -> {rule}\n" in proc.stdout
     assert re.search(r"exported .*g\.onnx \(dynamo exporter, opset 18, fp32, dynamic batch\) in \d+\.\d s", proc.stdout)
     assert "traced graph: no batch-grouped convolution left to rewrite (the module rules rewrote every layer)" in proc.stdout

@@ -17,7 +17,7 @@ import torch
 
 from modconv_export import make_exportable, rewrite_report
 from modconv_export.cli import main
-from modconv_export.errors import LoadError, UnknownFamilyError
+from modconv_export.errors import LoadError
 from modconv_export.export.metadata import read_properties
 from modconv_export.families import get_family, recognize, registry
 from modconv_export.families.rosinality import infer_config, standard_channels
@@ -150,11 +150,27 @@ def test_toolkit_checkpoint_keeps_its_options_and_takes_new_ones(generator, file
         assert again.config["latent"] == "z" and torch.equal(again.module.latent_avg, truncated.module.latent_avg)
 
 
-def test_two_families_matching_one_state_dict_is_ambiguous(generator, monkeypatch):
-    twin = registry.Family("twin", "the same keys", FAMILY.key_patterns, FAMILY.infer_config, FAMILY.build, FAMILY.inputs, ("image",))
-    monkeypatch.setitem(registry._FAMILIES, "twin", twin)
-    with pytest.raises(UnknownFamilyError, match=r"matches 2 model families \(rosinality, twin\): it is ambiguous"):
-        recognize(generator.state_dict())
+def _twin():
+    return registry.Family("twin", "the same keys", FAMILY.key_patterns, FAMILY.infer_config, FAMILY.build, FAMILY.inputs, ("image",))
+
+
+def test_two_families_matching_one_state_dict_is_ambiguous(generator):
+    families = registry.FamilyRegistry([FAMILY, _twin()])
+    with pytest.raises(registry.AmbiguousFamilyError, match=r"^state_dict matches 2 model families \(rosinality, twin\): it is ambiguous$"):
+        recognize(generator.state_dict(), families=families)
+    assert recognize(generator.state_dict()) is FAMILY  # the toolkit's registry has one family with these keys
+
+
+def test_a_file_two_families_match_is_refused_naming_both(generator, tmp_path):
+    """Loading never picks one of two matching families: one LoadError line names both, nothing loads."""
+    torch.save(generator.state_dict(), tmp_path / "g.pt")
+    registry.FAMILIES.register(_twin())
+    try:
+        with pytest.raises(LoadError) as caught:
+            load_model(tmp_path / "g.pt")
+    finally:
+        registry.FAMILIES.unregister("twin")
+    assert str(caught.value) == f"{tmp_path / 'g.pt'}: state_dict matches 2 model families (rosinality, twin): it is ambiguous"
 
 
 def test_config_is_read_off_the_shapes(generator):
@@ -184,7 +200,7 @@ def test_a_file_without_noise_buffers_gets_zero_noise_in_the_export(generator, f
     tiny = randomize(FAMILY.build({"size": 8, "style_dim": 8, "n_mlp": 1, "channels": [4, 4], "noise": False}), seed=2)
     z = torch.randn(2, 8)
     form = make_exportable(tiny, (z,))
-    notes = [note for _, rule, note in rewrite_report(form).notes if rule == GRAPH_RULES["noise"]]
+    notes = [note.note for note in rewrite_report(form).notes if note.rule == GRAPH_RULES["noise"]]
     assert len(notes) == 3 and all("the export adds zero noise" in n for n in notes)
     for conv in [tiny.conv1, *tiny.convs]:
         conv.noise.weight.data.zero_()  # zero noise strength == zero noise

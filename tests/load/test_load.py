@@ -56,7 +56,7 @@ def tiny_family():
         )
     )
     yield family
-    family_registry._FAMILIES.pop(family.name)
+    family_registry.FAMILIES.unregister(family.name)
 
 
 def _tiny_state(width: int = 6, seed: int = 0) -> dict:

@@ -16,7 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import modconv_export._util as util
 from modconv_export import export_onnx, make_exportable, rewrite_report
-from modconv_export.rewrite import registry
+from modconv_export.rewrite import RuleRegistry, use_rules
 from modconv_export.rewrite.graph import evaluate as evaluation
 from modconv_export.rewrite.graph.grouped_conv import CONV_OPS
 
@@ -55,10 +55,9 @@ def novel():
 
 def test_proofs_never_run_a_convolution_on_numbers(novel, monkeypatch):
     """Every batch-grouped conv is proven on its weight chain: no convolution runs on a feature map."""
-    monkeypatch.setattr(registry, "_RULES", {})
     with _RealConvolutions() as seen:
-        form = make_exportable(novel, _inputs(1, 0), strict=True)
-    assert {p for p, rule in rewrite_report(form).rewritten if rule == CONV} == {"stem", "down", "up", "out"}
+        form = make_exportable(novel, _inputs(1, 0), strict=True, rules=RuleRegistry())
+    assert {done.path for done in rewrite_report(form).rewritten if done.rule == CONV} == {"stem", "down", "up", "out"}
     assert seen.inputs == []
     x = _inputs(4, 1)
     with torch.no_grad():
@@ -67,11 +66,11 @@ def test_proofs_never_run_a_convolution_on_numbers(novel, monkeypatch):
 
 def test_onnx_export_traces_the_model_once(novel, monkeypatch, tmp_path):
     """The rewritten graph reaches the ONNX exporter as a program: ``torch.export`` runs for the capture only."""
-    monkeypatch.setattr(registry, "_RULES", {})
     calls = []
     real = torch.export.export
     monkeypatch.setattr(torch.export, "export", lambda *a, **k: calls.append(1) or real(*a, **k))
-    path = export_onnx(novel, _inputs(1, 0), tmp_path / "novel.onnx")
+    with use_rules(RuleRegistry()):
+        path = export_onnx(novel, _inputs(1, 0), tmp_path / "novel.onnx")
     assert len(calls) == 1
     for batch in (1, 3):
         x = _inputs(batch, 10 + batch)

@@ -14,14 +14,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from modconv_export import RewriteError, export_onnx, make_exportable, rewrite_report
-from modconv_export.rewrite import registry
+from modconv_export.rewrite import Rewritten, RuleRegistry, use_rules
 
 from helpers import relative_l2
 
 
 @pytest.fixture(autouse=True)
-def no_module_rules(monkeypatch):
-    monkeypatch.setattr(registry, "_RULES", {})
+def no_module_rules():
+    with use_rules(RuleRegistry()):
+        yield
 
 
 class PerSampleConv(nn.Module):
@@ -85,7 +86,7 @@ def _square(k, s):
 def test_factorisable_weight_is_rewritten_and_exact(make_weight):
     model = Outer(make_weight).eval()
     form = make_exportable(model, ARGS)
-    assert ("block", "graph:batch_grouped_conv") in rewrite_report(form).rewritten
+    assert Rewritten("block", "graph:batch_grouped_conv") in rewrite_report(form).rewritten
     x, z = torch.randn(5, 3, 8, 8), torch.randn(5, 6)
     with torch.no_grad():
         assert relative_l2(form(x, z), model(x, z)) <= 1e-5
@@ -144,7 +145,7 @@ def test_gaussian_draws_become_zero_noise_with_a_note(tmp_path):
     model = Noisy().eval()
     form = make_exportable(model, (torch.randn(1, 2, 4, 4),))
     notes = rewrite_report(form).notes
-    assert len(notes) == 1 and notes[0][1] == "graph:noise" and "zero noise" in notes[0][2]
+    assert len(notes) == 1 and notes[0].rule == "graph:noise" and "zero noise" in notes[0].note
     x = torch.randn(3, 2, 4, 4)
     assert torch.equal(form(x), x * 2)
     path = export_onnx(model, (torch.randn(1, 2, 4, 4),), tmp_path / "noisy.onnx")

@@ -20,7 +20,7 @@ import torch
 
 from modconv_export import export_onnx, export_torchscript, make_exportable, rewrite_report
 from modconv_export.export.checks import computed_conv_weights, conv_nodes, dynamic_batch_axes
-from modconv_export.rewrite import registry
+from modconv_export.rewrite import RuleRegistry, use_rules
 
 from fixtures.foreign_layers import frozen_batch, novel_stylegan
 from fixtures.stylegan2 import models
@@ -33,9 +33,10 @@ DEMOD = "graph:demodulation"
 
 
 @pytest.fixture
-def no_module_rules(monkeypatch):
+def no_module_rules():
     """Only the graph path: the module rules registry is empty for the test."""
-    monkeypatch.setattr(registry, "_RULES", {})
+    with use_rules(RuleRegistry()):
+        yield
 
 
 def _novel():
@@ -103,7 +104,7 @@ def test_report_names_every_modulated_conv(name, built, no_module_rules):
     model, inputs, paths, demodulations = built(name)
     form = make_exportable(model, inputs(1, 0), strict=True)
     report = rewrite_report(form)
-    assert {p for p, rule in report.rewritten if rule == CONV} == paths
+    assert {done.path for done in report.rewritten if done.rule == CONV} == paths
     assert report.count(DEMOD) == demodulations
     assert report.near_misses == []
     for batch in (1, 4):
@@ -117,8 +118,7 @@ def exported(request, built, tmp_path_factory):
     name, fmt = request.param
     model, inputs, _, _ = built(name)
     path = tmp_path_factory.mktemp(name) / f"{fmt}.{'pt' if fmt == 'jit' else 'onnx'}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(registry, "_RULES", {})
+    with use_rules(RuleRegistry()):
         if fmt == "jit":
             export_torchscript(model, inputs(1, 0), path)
         else:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from modconv_export import RewriteError, export_onnx, export_torchscript, make_exportable, rewrite_report
 from modconv_export.export.checks import computed_conv_weights, conv_nodes, dynamic_batch_axes
-from modconv_export.rewrite import registry
+from modconv_export.rewrite import RuleRegistry, use_rules
 
 from fixtures.foreign_layers import modconv_spellings as spellings
 from helpers import relative_l2, run_exported
@@ -32,8 +32,9 @@ FORMATS += [(s, "torchscript") for s in ("einsum", "bias_in_conv", "conv1d", "co
 
 
 @pytest.fixture(autouse=True)
-def no_module_rules(monkeypatch):
-    monkeypatch.setattr(registry, "_RULES", {})
+def no_module_rules():
+    with use_rules(RuleRegistry()):
+        yield
 
 
 @pytest.mark.parametrize("spelling", spellings.SPELLINGS)

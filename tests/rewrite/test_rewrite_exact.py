@@ -80,11 +80,11 @@ def test_original_model_untouched(tiny_decoder, tiny_args):
 
 def test_report_lists_rewritten_paths(tiny_decoder):
     report = rewrite_report(make_exportable(tiny_decoder))
-    modconvs = {p for p, r in report.rewritten if r == "modulated_conv"}
+    modconvs = {done.path for done in report.rewritten if done.rule == "modulated_conv"}
     assert modconvs == {"conv_in", "conv_up", "conv_down", "to_rgb"}
-    blurs = {p for p, r in report.rewritten if r == "blur"}
+    blurs = {done.path for done in report.rewritten if done.rule == "blur"}
     assert blurs == {"blur", "conv_in.blur", "conv_up.blur", "conv_down.blur", "to_rgb.blur"}
-    folds = {p for p, r in report.rewritten if r == "equal_lr"}
+    folds = {done.path for done in report.rewritten if done.rule == "equal_lr"}
     assert "mapping.1.linear" in folds and "to_rgb.mlp_class_std.linear" in folds
     assert report.near_misses == []
 

@@ -19,7 +19,7 @@ import torch.nn as nn
 from modconv_export import ExportError, RewriteError, export_onnx, rewrite_model
 from modconv_export.layers.seed import Blur, EqualConv2d, EqualLinear, ModulatedConv2d
 from modconv_export.layers.seed_forms import DepthwiseBlur, SeedModulatedConvForm
-from modconv_export.rewrite import registered_rules
+from modconv_export.rewrite import Proof, Rewritten, registered_rules
 
 from fixtures.foreign_layers.width_dial import Clasp
 from fixtures.user_layers.my_stylegan import Smooth, SmoothFn, StyleConv, StyleLinear, UserGenerator
@@ -204,15 +204,15 @@ def test_rule_case(rule, case, factory, inputs, expected):
         exportable, report = rewrite_model(model, example_inputs=args, graph=False)
     with torch.no_grad():
         assert relative_l2(exportable(*args), model(*args)) <= 1e-5
-    misses = [why for path, r, why in report.near_misses if r == rule]
+    misses = [miss.reason for miss in report.near_misses if miss.rule == rule]
     if expected in (LEFT, REJECTED):
-        assert rule not in {r for _, r in report.rewritten} and type(exportable.layer) is type(model.layer)
+        assert rule not in {done.rule for done in report.rewritten} and type(exportable.layer) is type(model.layer)
         assert len(misses) == (expected == REJECTED) and all("on an input of the shape the model gives it" in why for why in misses), misses
         return
     assert misses == [] and report.near_misses == []
     # proven on what the model gives the layer (recorded from its forward), unless the rule has no probe
     has_probe = next(r for r in registered_rules() if r.name == rule).probe_inputs is not None
-    assert {how for _, r, how in report.proofs if r == rule} == {"recorded" if has_probe else "none"}
+    assert {proof.inputs for proof in report.proofs if proof.rule == rule} == {"recorded" if has_probe else "none"}
     if expected is not None:
         assert isinstance(exportable.layer, expected)
 
@@ -222,7 +222,7 @@ def test_user_generator_in_unknown_module_is_rewritten():
     model = UserGenerator().eval()
     x, z = torch.randn(3, 4, 8, 8), torch.randn(3, 8)
     exportable, report = rewrite_model(model)
-    assert sorted(p for p, r in report.rewritten if r == "modulated_conv") == ["body.0", "body.1", "body.2"]
+    assert sorted(done.path for done in report.rewritten if done.rule == "modulated_conv") == ["body.0", "body.1", "body.2"]
     assert all(isinstance(layer, SeedModulatedConvForm) for layer in exportable.body)
     with torch.no_grad():
         assert relative_l2(exportable(x, z), model(x, z)) <= 1e-5
@@ -257,7 +257,7 @@ def test_near_misses_are_reported_with_path_and_reason():
     model = randomize(Holder(), seed=2)
     with pytest.warns(UserWarning, match="stages.0"):
         exportable, report = rewrite_model(model)
-    misses = {path: reason for path, rule, reason in report.near_misses if rule == "modulated_conv"}
+    misses = {miss.path: miss.reason for miss in report.near_misses if miss.rule == "modulated_conv"}
     assert set(misses) == {"stages.0", "stages.1"}
     assert "padding" in misses["stages.0"] and "ConstantPad2d" in misses["stages.0"]
     assert "differs" in misses["stages.1"]
@@ -315,7 +315,7 @@ def test_a_synthetic_probe_cannot_see_a_sliced_input_but_the_recorded_one_does()
     model = randomize(OneLayer(WidthLinear(6, 4), 1), seed=3)
     args = (torch.randn(2, 4),)
     blind, report = rewrite_model(model)
-    assert report.proofs == [("layer", "scaled_equal_linear", "synthetic")]
+    assert report.proofs == [Proof("layer", "scaled_equal_linear", "synthetic")]
     with pytest.raises(RuntimeError), torch.no_grad():
         blind(*args)
     with pytest.warns(
@@ -355,8 +355,8 @@ def test_a_module_that_cannot_run_here_stands_in_by_its_replacement_while_record
     with pytest.raises(NameError):
         model(x, latent)
     exportable, report = rewrite_model(model, example_inputs=(x, latent), graph=False)
-    assert {p: how for p, _, how in report.proofs if p in ("act", "conv")} == {"act": "recorded", "conv": "recorded"}
-    [(path, rule, note)] = report.notes
+    assert {proof.path: proof.inputs for proof in report.proofs if proof.path in ("act", "conv")} == {"act": "recorded", "conv": "recorded"}
+    [(path, rule, note)] = [(n.path, n.rule, n.note) for n in report.notes]
     assert (path, rule) == ("act", "fused_leaky_relu") and "not compared numerically" in note and "fused_act_ext" in note
     expected = model.conv(nn.functional.leaky_relu(x + model.act.bias.view(1, -1, 1, 1), 0.2) * 2**0.5, latent)
     with torch.no_grad():
@@ -385,14 +385,14 @@ class Wrapped(nn.Module):
         return self.inner(x)
 
 
-def test_a_rewritten_model_that_rejects_the_inputs_names_the_rule(monkeypatch, tmp_path):
-    from modconv_export.rewrite import register_rule, registry
+def test_a_rewritten_model_that_rejects_the_inputs_names_the_rule(tmp_path):
+    from modconv_export.rewrite import RuleRegistry, use_rules
 
-    monkeypatch.setattr(registry, "_RULES", {})
-    register_rule("batch_of_two_doubler", looks_like=lambda m: type(m) is Doubler, check=lambda m: None, probe_inputs=lambda m: None)(
+    rules = RuleRegistry()
+    rules.rule("batch_of_two_doubler", looks_like=lambda m: type(m) is Doubler, check=lambda m: None, probe_inputs=lambda m: None)(
         lambda m: BatchOfTwoDoubler()
     )
-    with pytest.raises(ExportError) as caught:
+    with pytest.raises(ExportError) as caught, use_rules(rules):
         export_onnx(Wrapped(), (torch.randn(1, 4),), tmp_path / "m.onnx")
     message = str(caught.value)
     assert message.startswith(
@@ -427,3 +427,21 @@ def test_the_recording_pass_runs_on_fake_tensors_and_on_real_ones_only_where_it_
     assert needs_values.error is not None and "int64" in needs_values.error
     (real,) = record_calls(model, args, [model]).calls[model]
     assert real.values and torch.equal(real.args[1], args[1]) and torch.equal(real.args[0], args[0])
+
+
+def test_a_rule_registry_is_an_object_a_call_is_given():
+    """``rules=`` chooses the module rules of one call; ``use_rules`` those of a block, restored after it."""
+    from modconv_export.rewrite import RuleRegistry, registered_rules, use_rules
+
+    only_blur = RuleRegistry([next(r for r in registered_rules() if r.name == "blur")])
+    with pytest.raises(ValueError, match=r"rewrite rule 'blur' is registered twice"):
+        only_blur.add(only_blur.get("blur"))
+    model = ActThenConv()
+    assert [done.rule for done in rewrite_model(model)[1].rewritten] == ["fused_leaky_relu", "equal_lr", "blur", "modulated_conv"]
+    assert rewrite_model(model, rules=only_blur)[1].rewritten == [Rewritten("conv.blur", "blur")]
+    builtin = [r.name for r in registered_rules()]
+    with use_rules(only_blur):
+        assert [r.name for r in registered_rules()] == ["blur"]
+    assert [r.name for r in registered_rules()] == builtin and len(builtin) == len(RULE_CASES)
+    with use_rules(RuleRegistry()):  # an empty registry is a registry: the graph rewrite alone
+        assert registered_rules() == [] and rewrite_model(model)[1].rewritten == []

@@ -54,9 +54,9 @@ def test_the_dial_changes_the_widths_the_layers_see():
 
 def test_every_sliced_modulated_conv_is_rewritten_and_no_rule_touches_a_sliced_bias(exported):
     _, report, _ = exported
-    assert {p for p, r in report.rewritten if r == CONV} == MODCONVS
-    assert {p for p, r in report.rewritten if r == DEMOD} == MODCONVS - {"ink"}  # the to-image layer does not demodulate
-    assert [p for p, r in report.rewritten if not r.startswith("graph:")] == []
+    assert {done.path for done in report.rewritten if done.rule == CONV} == MODCONVS
+    assert {done.path for done in report.rewritten if done.rule == DEMOD} == MODCONVS - {"ink"}  # the to-image layer does not demodulate
+    assert [done.path for done in report.rewritten if not done.rule.startswith("graph:")] == []
     assert report.near_misses == []
 
 

@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from modconv_export import RewriteError, rewrite_model
 from modconv_export.layers.stylegan2_forms import ZERO_NOISE_NOTE, BiasLeakyReLU, NoisyStyleConv, StyleGAN2ModulatedConvForm, UpFirDn2d
+from modconv_export.rewrite import Note, Proof
 
 from fixtures.stylegan2 import layers as sg2
 from fixtures.stylegan2 import reference_ops
@@ -43,9 +44,9 @@ class One(nn.Module):
 def _rewritten_equal(layer: nn.Module, args: tuple, rule: str, tol: float = 1e-5):
     model = One(layer).eval()
     exportable, report = rewrite_model(model, example_inputs=args, graph=False)
-    assert rule in {r for _, r in report.rewritten}, report.rewritten
+    assert rule in {done.rule for done in report.rewritten}, report.rewritten
     assert report.near_misses == []
-    assert {how for _, r, how in report.proofs if r == rule} == {"recorded"}  # on what the model gives the layer
+    assert {proof.inputs for proof in report.proofs if proof.rule == rule} == {"recorded"}  # on what the model gives the layer
     with torch.no_grad():
         assert relative_l2(exportable(*args), model(*args)) <= tol
     return exportable, report
@@ -175,13 +176,13 @@ def test_basicsr_fused_activation_without_cpu_code_is_replaced_and_says_so(up):
         real(x)
     exportable, report = rewrite_model(One(real))
     assert isinstance(exportable.layer, BiasLeakyReLU) and report.near_misses == []
-    [(path, rule, note)] = report.notes
+    [(path, rule, note)] = [(n.path, n.rule, n.note) for n in report.notes]
     assert (path, rule) == ("layer", "fused_leaky_relu") and "not compared numerically" in note and "fused_act_ext" in note
     with torch.no_grad():
         assert relative_l2(exportable(x), reference_ops.fused_leaky_relu(x, real.bias)) <= 1e-6
     # on example inputs: the model cannot run, so the replacement stands in while the inputs are recorded
     _, report = rewrite_model(One(real), example_inputs=(x,), graph=False)
-    assert report.proofs == [("layer", "fused_leaky_relu", "recorded")] and report.notes[0][2] == note
+    assert report.proofs == [Proof("layer", "fused_leaky_relu", "recorded")] and report.notes[0].note == note
 
 
 # ---------------------------------------------------------------- near misses, with reasons
@@ -230,7 +231,7 @@ def test_near_miss_is_reported(case, factory, rule, reason):
     model = One(perturb(factory(), seed=3))
     with pytest.warns(UserWarning, match="looks like"):
         exportable, report = rewrite_model(model)
-    misses = {(p, r): why for p, r, why in report.near_misses}
+    misses = {(miss.path, miss.rule): miss.reason for miss in report.near_misses}
     assert reason in misses[("layer", rule)], misses
     assert type(exportable.layer) is type(model.layer)
     with pytest.raises(RewriteError, match=rule):
@@ -247,12 +248,12 @@ def test_missing_noise_becomes_zero_noise_and_is_reported(flavour):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a clean rewrite: no near-miss warning
         exportable, report = rewrite_model(model)
-    assert report.notes == [("layer", "style_conv_noise", ZERO_NOISE_NOTE)]
+    assert report.notes == [Note("layer", "style_conv_noise", ZERO_NOISE_NOTE)]
     assert report.describe_notes() == [f"style_conv_noise (1: layer): {ZERO_NOISE_NOTE}"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # recorded without noise: compared with explicit noise, no near miss
         _, recorded = rewrite_model(model, example_inputs=(x, style), graph=False)
-    assert ("layer", "style_conv_noise", "recorded") in recorded.proofs and recorded.notes == report.notes
+    assert Proof("layer", "style_conv_noise", "recorded") in recorded.proofs and recorded.notes == report.notes
     with torch.no_grad(), pytest.warns(UserWarning, match="zero noise"):
         out = exportable(x, style)
     with torch.no_grad():

@@ -27,7 +27,7 @@ import torch
 
 from modconv_export import export_onnx, export_torchscript, make_exportable, rewrite_report
 from modconv_export.export.checks import computed_conv_weights, conv_nodes
-from modconv_export.rewrite import registry
+from modconv_export.rewrite import RuleRegistry, use_rules
 
 from fixtures.stylegan2.models import perturb
 from helpers import FIXTURES, relative_l2, run_exported
@@ -69,15 +69,16 @@ def _z(batch: int, seed: int) -> tuple[torch.Tensor]:
 
 
 @pytest.fixture
-def graph_only(monkeypatch):
-    monkeypatch.setattr(registry, "_RULES", {})
+def graph_only():
+    with use_rules(RuleRegistry()):
+        yield
 
 
 def test_every_modulated_conv_is_found_in_the_graph(generator, graph_only):
     name, model, modconvs = generator
     form = make_exportable(model, _z(1, 0), strict=True)
     report = rewrite_report(form)
-    paths = [p for p, rule in report.rewritten if rule == "graph:batch_grouped_conv"]
+    paths = [done.path for done in report.rewritten if done.rule == "graph:batch_grouped_conv"]
     conv_paths = [p for p in paths if not p.endswith("blur")]
     assert len(set(conv_paths)) == modconvs, paths
     assert all(p.startswith("generator.") for p in paths)

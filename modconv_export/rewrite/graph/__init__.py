@@ -25,31 +25,36 @@ convolution weights, exportable to ONNX by either exporter and to TorchScript by
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from ..._util import relative_l2
 from ..._util.memory import give_back
 from ..._util.progress import counted, step
 from ...errors import RewriteError
 from ...layers.graph_form import GraphExportForm
+from ..report import NearMiss, Note, RewriteReport, Rewritten
 from .capture import CaptureError, GraphCapture, at_batch, capture
-from .cleanup import drop_identity_reshapes, fold_constants, merge_reshapes, remove_unused
-from .demodulation import find_sums_of_squares, rewrite_sum_of_squares
-from .evaluate import concrete_shape, evaluate_many, sizes_at
+from .cleanup import CLEANUP_PASSES, fold_constants
+from .contract import GraphContext, GraphPass, GraphRule, NoMatch, Probe, run_passes
+from .demodulation import DEMODULATION_RULE
+from .evaluate import concrete_shape
 from .facts import analyze
-from .grouped_conv import find_grouped_convs, rewrite_grouped_conv
-from .noise import zero_gaussian_draws
-from .program import ProgramSignature, fake_values
-from .selections import push_selections
+from .grouped_conv import GROUPED_CONV_RULE
+from .noise import NOISE_PASS
+from .probe import PROBE_BATCH, compare_outputs, flat_tensors, probe_values
+from .program import ProgramSignature
+from .selections import SELECTIONS_PASS
 
 __all__ = [
     "CaptureError",
     "GraphCapture",
     "GraphExportForm",
+    "GRAPH_PASSES",
+    "GRAPH_RULE_ORDER",
     "GRAPH_RULES",
     "HALF_TOLERANCE",
     "PROBE_BATCH",
@@ -58,35 +63,19 @@ __all__ = [
     "rewrite_graph",
 ]
 
-#: Batch size of the probe run that proves each replacement (distinct from the capture's 2).
-PROBE_BATCH = 3
+#: The passes that prepare the graph for the rules, in order: noise draws to zeros, selections pushed.
+GRAPH_PASSES: tuple[GraphPass, ...] = (NOISE_PASS, SELECTIONS_PASS)
+#: The graph rules, in the order they find and then rewrite: a demodulation is found on the graph the
+#: convolutions were found on, and rewritten after them.
+GRAPH_RULE_ORDER: tuple[GraphRule, ...] = (GROUPED_CONV_RULE, DEMODULATION_RULE)
 #: Names under which graph rewrites appear in a :class:`~modconv_export.rewrite.RewriteReport`.
-GRAPH_RULES = {
-    "conv": "graph:batch_grouped_conv",
-    "demod": "graph:demodulation",
-    "noise": "graph:noise",
-}
-#: Relative L2 a graph generalised from fixed batch sizes may differ from the model (float reassociation).
-GRAPH_TOLERANCE = 1e-4
+GRAPH_RULES = {"conv": GROUPED_CONV_RULE.name, "demod": DEMODULATION_RULE.name, "noise": NOISE_PASS.name}
 #: Relative L2 the float16 graph may differ from the float32 one on the probe (the fp16 parity limit).
 HALF_TOLERANCE = 1e-2
 
 
-def _flat(outputs: Any) -> list[torch.Tensor]:
-    from torch.utils import _pytree as pytree
-
-    return [o for o in pytree.tree_leaves(outputs) if isinstance(o, torch.Tensor)]
-
-
-def _compare(actual: list[torch.Tensor], expected: list[torch.Tensor]) -> float:
-    if len(actual) != len(expected) or any(a.shape != e.shape for a, e in zip(actual, expected)):
-        return float("inf")
-    return max((relative_l2(a, e) for a, e in zip(actual, expected)), default=0.0)
-
-
-def _refuse(miss: tuple[str, str]) -> None:
-    path, reason = miss
-    raise RewriteError(f"{path or 'the model'}: a convolution grouped by the batch cannot be made batch-independent: {reason}")
+def _refuse(rule: GraphRule, miss: NoMatch) -> None:
+    raise RewriteError(f"{miss.path or 'the model'}: {rule.refusal}: {miss.reason}")
 
 
 def _batch_of(args: tuple) -> int | None:
@@ -115,118 +104,86 @@ def _form(gm: fx.GraphModule, captured: GraphCapture, args: tuple, outputs: Any,
     return form
 
 
-def _recorded_run(gm: fx.GraphModule, inputs: tuple, wanted: set, shaped: set) -> tuple[dict, dict, list]:
-    """One run of ``gm``: the values of ``wanted`` nodes and of every non-tensor node, the shapes of
-    ``shaped`` nodes, and the flat outputs (every other value is freed after its last use)."""
-    values: dict[fx.Node, Any] = {}
-    shapes: dict[fx.Node, tuple] = {}
-
-    class _Recorder(fx.Interpreter):
-        def run_node(self, node: fx.Node) -> Any:
-            value = super().run_node(node)
-            if not isinstance(value, torch.Tensor):
-                values[node] = value
-            elif node in wanted:
-                values[node] = value.clone()  # a later op of the run must not change what was recorded
-            if node in shaped and isinstance(value, torch.Tensor):
-                shapes[node] = tuple(value.shape)
-            return value
-
-    with torch.no_grad():
-        outputs = _flat(_Recorder(gm).run(*inputs))
-    return values, shapes, outputs
+def _prepare(context: GraphContext, passes: Sequence[GraphPass], report: RewriteReport) -> bool:
+    """Run ``passes``, their notes into ``report``, the facts read again after each that changed the graph;
+    whether one changed what the graph computes."""
+    changed = False
+    for graph_pass in passes:
+        result = graph_pass.run(context)
+        report.notes.extend(Note(path, graph_pass.name, note) for path, note in result.notes)
+        if result.modified:
+            context.facts = analyze(context.gm.graph)
+        changed = changed or (result.modified and not graph_pass.keeps_program)
+    return changed
 
 
-def _probe_values(model: nn.Module, captured: GraphCapture, args: tuple, wanted: set, shaped: set) -> tuple[dict, dict]:
-    """The probe's values of ``wanted`` (and of every size node) and shapes of ``shaped`` nodes."""
-    gm, probe = captured.module, at_batch(args, PROBE_BATCH, seed=0)
-    if not captured.generalized:
-        sizes = sizes_at(gm.graph, PROBE_BATCH, captured.symbol)
-        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-        values = evaluate_many(gm, wanted, {**dict(zip(placeholders, probe)), **sizes})
-        shapes = {n: concrete_shape(n, PROBE_BATCH, captured.symbol) for n in shaped}
-        return {**sizes, **values}, shapes
-    values, shapes, outputs = _recorded_run(gm, probe, wanted, shaped)
-    for batch, inputs in ((PROBE_BATCH, probe), (1, at_batch(args, 1, seed=1))):
-        with torch.no_grad():
-            actual = outputs if batch == PROBE_BATCH else _flat(gm(*inputs))
-            error = _compare(actual, _flat(model(*inputs)))
-        if not error <= GRAPH_TOLERANCE:
-            raise RewriteError(
-                f"the model's graph, generalised from fixed batch sizes, does not reproduce it at batch size {batch} (relative L2 {error:.2e})"
-            )
-        del actual
-    return values, shapes
+def _find(context: GraphContext, rules: Sequence[GraphRule], report: RewriteReport) -> list[tuple[GraphRule, Sequence[Any]]]:
+    """Every rule's candidates on the same graph; near misses into ``report``, a blocking one refused."""
+    found = []
+    for rule in rules:
+        sites, misses = rule.find(context)
+        if rule.reports:
+            report.near_misses.extend(NearMiss(miss.path, rule.name, miss.reason) for miss in misses)
+        blocking = next((miss for miss in misses if miss.blocking), None)
+        if blocking is not None:
+            _refuse(rule, blocking)
+        found.append((rule, sites))
+    return found
 
 
-def _annotated(gm: fx.GraphModule) -> bool:
-    """Fake values for the nodes the passes added; ``False`` where an op has no fake kernel (the graph is
-    correct as it is, only not tidied; its export then traces it again)."""
-    try:
-        return fake_values(gm)
-    except Exception:
-        return False
+def _apply(context: GraphContext, found: list[tuple[GraphRule, Sequence[Any]]], probe: Probe, report: RewriteReport) -> None:
+    """Prove and replace every candidate, rule by rule; what failed into ``report``, a blocking failure refused."""
+    failed: list[tuple[GraphRule, NoMatch]] = []
+    for rule, sites in found:
+        for site in counted(sites, rule.progress):
+            result = rule.apply(context, site, probe)
+            give_back()  # the proof's weight-sized temporaries
+            if result is None:
+                report.rewritten.append(Rewritten(site.path, rule.name))
+            elif rule.reports:
+                failed.append((rule, result))
+    report.near_misses.extend(NearMiss(miss.path, rule.name, miss.reason) for rule, miss in failed)
+    blocking = next(((rule, miss) for rule, miss in failed if miss.blocking), None)
+    if blocking is not None:
+        _refuse(*blocking)
 
 
-def rewrite_graph(model: nn.Module, args: tuple, report: Any) -> GraphExportForm:
+def rewrite_graph(
+    model: nn.Module,
+    args: tuple,
+    report: RewriteReport,
+    *,
+    rules: Sequence[GraphRule] = GRAPH_RULE_ORDER,
+    passes: Sequence[GraphPass] = GRAPH_PASSES,
+    cleanup: Sequence[GraphPass] = CLEANUP_PASSES,
+) -> GraphExportForm:
     """Capture and rewrite ``model`` (see the module docstring); what was done goes into ``report``.
 
-    ``args`` are example inputs (tensors, axis 0 the batch). Raises :class:`RewriteError` when the model
-    cannot be captured, or when a batch-grouped convolution cannot be proven equal to a constant-weight one
-    (the message names its module path and why) -- never returns a graph with a frozen batch.
+    ``args`` are example inputs (tensors, axis 0 the batch). ``passes`` prepare the graph, every rule of
+    ``rules`` finds its candidates on it, one probe run gives the values their proofs read, each rule
+    proves and replaces its candidates in order, and ``cleanup`` tidies the result. Raises
+    :class:`RewriteError` when the model cannot be captured, or when a batch-grouped convolution cannot be
+    proven equal to a constant-weight one (the message names its module path and why) -- never returns a
+    graph with a frozen batch.
     """
     step("rewrite: capturing the graph (torch.export)")
     captured = capture(model, args)
     gm = captured.module
     outputs = _example_outputs(gm, captured.out_spec, _batch_of(args), captured.symbol)
-    draws = zero_gaussian_draws(gm.graph)
-    for path, op in draws:
-        report.notes.append(
-            (
-                path,
-                GRAPH_RULES["noise"],
-                f"draws Gaussian noise ({op}); the export adds zero noise there (pass noise explicitly to keep other values)",
-            )
-        )
-    facts = analyze(gm.graph)
-    if push_selections(gm.graph, facts):  # (K * s)[:, :out, :in] -> K[:, :out, :in] * s[:, :, :in]
-        facts = analyze(gm.graph)
-    convs, misses = find_grouped_convs(gm.graph, facts, captured.symbol)
-    report.near_misses.extend((path, GRAPH_RULES["conv"], reason) for path, reason, _ in misses)
-    blocking = [(path, reason) for path, reason, blocks in misses if blocks]
-    if blocking:
-        _refuse(blocking[0])
-    sums = find_sums_of_squares(gm.graph, facts)
-    if not (convs or sums or draws or captured.generalized) and not fold_constants(gm, dry_run=True):
+    context = GraphContext(gm, analyze(gm.graph), captured.symbol, captured.generalized)
+    changed = _prepare(context, passes, report)
+    found = _find(context, rules, report)
+    if not (any(sites for _, sites in found) or changed or captured.generalized) and not fold_constants(gm, dry_run=True):
         return _form(gm, captured, args, outputs, program=captured.program)  # nothing to rewrite
-    wanted = set().union(*(c.needed() for c in convs), *(s.needed() for s in sums))
+    wanted = set().union(*(site.needed() for _, sites in found for site in sites))
+    shaped = set().union(*(site.shaped() for _, sites in found for site in sites))
     step(f"rewrite: probe values at batch {PROBE_BATCH}" + (" (a run of the generalised graph)" if captured.generalized else ""))
-    values, shapes = _probe_values(model, captured, args, wanted, set().union(*(c.shaped() for c in convs)))
-
-    failed = []
-    for site in counted(convs, "rewrite: proving batch-grouped convolutions"):
-        reason = rewrite_grouped_conv(gm, site, values, PROBE_BATCH, shapes)
-        give_back()  # the proof's weight-sized temporaries
-        if reason is None:
-            report.rewritten.append((site.path, GRAPH_RULES["conv"]))
-        else:
-            failed.append((site.path, reason))
-    for site in counted(sums, "rewrite: proving demodulations"):
-        if rewrite_sum_of_squares(gm, site, values, PROBE_BATCH) is None:
-            report.rewritten.append((site.path, GRAPH_RULES["demod"]))
-        give_back()
-    report.near_misses.extend((path, GRAPH_RULES["conv"], reason) for path, reason in failed)
-    if failed:
-        _refuse(failed[0])
-    del values
+    probe = probe_values(model, captured, args, wanted, shaped)
+    _apply(context, found, probe, report)
+    del probe
 
     step("rewrite: folding constants")
-    remove_unused(gm)
-    fold_constants(gm)
-    merge_reshapes(gm.graph)
-    if not captured.generalized and _annotated(gm):  # the replacements' shapes, as the capture's own
-        drop_identity_reshapes(gm.graph)
-    remove_unused(gm)
+    run_passes(cleanup, context)
     return _form(gm, captured, args, outputs)
 
 
@@ -257,10 +214,10 @@ def half_form(form: GraphExportForm, args: tuple) -> GraphExportForm:
     half.signature = form.signature
     probe = at_batch(tuple(args), PROBE_BATCH, seed=0)
     with torch.no_grad():
-        actual, expected = _flat(half(*probe)), _flat(form(*probe))
+        actual, expected = flat_tensors(half(*probe)), flat_tensors(form(*probe))
     if not all(bool(torch.isfinite(a).all()) for a in actual):
         raise RewriteError("in float16 the model's outputs are not finite on the probe inputs")
-    error = _compare(actual, expected)
+    error = compare_outputs(actual, expected)
     if not error <= HALF_TOLERANCE:
         raise RewriteError(
             f"in float16 the model's outputs differ from float32 by relative L2 {error:.2e} on the probe (limit {HALF_TOLERANCE:.0e})"

@@ -26,6 +26,7 @@ from torch.utils import _pytree as pytree
 from ..._util import exception_line, quiet
 from ...errors import CaptureError
 from .batch import batch_symbol
+from .edit import buffer_name
 
 __all__ = ["CaptureError", "GraphCapture", "at_batch", "capture", "dynamic_batch_shapes", "plain_graph_module"]
 
@@ -117,7 +118,7 @@ def _inline_regions(gm: fx.GraphModule) -> None:
                 elif node.op == "output":
                     outputs = fx.node.map_arg(node.args[0], env.__getitem__)
                 elif node.op == "get_attr":
-                    name, value = f"_modconv_region_{owner.target}_{node.target}".replace(".", "_"), getattr(body, node.target)
+                    name, value = buffer_name(gm, "region", f"{owner.target}_{node.target}"), getattr(body, node.target)
                     if isinstance(value, torch.Tensor):
                         gm.register_buffer(name, value)
                     else:

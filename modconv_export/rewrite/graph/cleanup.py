@@ -19,12 +19,14 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
+from .contract import GraphContext, GraphPass, PassResult
+from .edit import inherit_meta, register_constant
 from .evaluate import attribute, evaluate
 from .facts import GraphFacts, analyze
 
 aten = torch.ops.aten
 
-__all__ = ["drop_identity_reshapes", "fold_constants", "merge_reshapes", "remove_unused"]
+__all__ = ["CLEANUP_PASSES", "drop_identity_reshapes", "fold_constants", "merge_reshapes", "remove_unused"]
 
 _RESHAPES = {aten.view.default, aten.reshape.default, aten._unsafe_view.default}
 
@@ -88,13 +90,9 @@ def fold_constants(gm: fx.GraphModule, facts: GraphFacts | None = None, *, dry_r
             folded += 1
             continue
         value = evaluate(gm, node, {}) if value is None else value
-        name = f"_modconv_folded_{folded}"
-        while hasattr(gm, name):
-            name += "_"
-        gm.register_buffer(name, value.detach().clone().contiguous())
+        name = register_constant(gm, "folded", folded, value.detach().clone().contiguous())
         with graph.inserting_before(node):
-            const = graph.get_attr(name)
-        const.meta.update({k: node.meta[k] for k in ("nn_module_stack", "val") if k in node.meta})
+            const = inherit_meta(graph.get_attr(name), node, value=True)
         node.replace_all_uses_with(const)
         folded += 1
     if not dry_run:
@@ -145,13 +143,15 @@ def drop_identity_reshapes(graph: fx.Graph) -> int:
     return dropped
 
 
-def remove_unused(gm: fx.GraphModule) -> None:
-    """Dead code, then every parameter, buffer and submodule no ``get_attr`` reads any more."""
-    gm.graph.eliminate_dead_code()
+def remove_unused(gm: fx.GraphModule) -> bool:
+    """Dead code, then every parameter, buffer and submodule no ``get_attr`` reads any more; whether
+    anything went."""
+    removed = gm.graph.eliminate_dead_code()
     used = {node.target for node in gm.graph.nodes if node.op == "get_attr"}
     for name, _ in list(gm.named_parameters(remove_duplicate=False)) + list(gm.named_buffers(remove_duplicate=False)):
         if name in used:
             continue
+        removed = True
         owner_path, _, leaf = name.rpartition(".")
         owner = gm.get_submodule(owner_path) if owner_path else gm
         if leaf in owner._parameters:
@@ -160,3 +160,33 @@ def remove_unused(gm: fx.GraphModule) -> None:
             del owner._buffers[leaf]
     gm.delete_all_unused_submodules()
     gm.recompile()
+    return removed
+
+
+def _annotated(gm: fx.GraphModule) -> bool:
+    """Fake values for the nodes the passes added; ``False`` where an op has no fake kernel (the graph is
+    correct as it is, only not tidied; its export then traces it again)."""
+    from .program import fake_values
+
+    try:
+        return fake_values(gm)
+    except Exception:
+        return False
+
+
+def _drop_identity(context: GraphContext) -> PassResult:
+    """:func:`drop_identity_reshapes` on a dynamic capture whose added nodes have fake values (the
+    replacements' shapes, as the capture's own); a generalised graph has no symbolic shapes to compare."""
+    if context.generalized or not _annotated(context.gm):
+        return PassResult(False)
+    return PassResult(drop_identity_reshapes(context.gm.graph) > 0)
+
+
+#: The tidying after the rules, in order (see the module docstring).
+CLEANUP_PASSES = (
+    GraphPass("graph:remove_unused", lambda context: PassResult(remove_unused(context.gm))),
+    GraphPass("graph:fold_constants", lambda context: PassResult(fold_constants(context.gm) > 0)),
+    GraphPass("graph:merge_reshapes", lambda context: PassResult(merge_reshapes(context.gm.graph) > 0)),
+    GraphPass("graph:drop_identity_reshapes", _drop_identity),
+    GraphPass("graph:remove_unused", lambda context: PassResult(remove_unused(context.gm))),
+)

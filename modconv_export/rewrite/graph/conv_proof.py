@@ -24,6 +24,7 @@ import torch
 import torch.fx as fx
 
 from ..._util import relative_l2
+from .contract import NoMatch
 from .evaluate import evaluate
 from .products import Factor
 
@@ -157,25 +158,26 @@ def _unplaced(chain, site, values, layout, tol) -> str:
     return "its factors do not scale input or output channels together"
 
 
-def prove(gm: fx.GraphModule, site: GroupedConv, values: dict[fx.Node, Any], batch: int, shapes: tuple) -> Proven | str:
+def prove(gm: fx.GraphModule, site: GroupedConv, values: dict[fx.Node, Any], batch: int, shapes: tuple) -> Proven | NoMatch:
     """The module docstring's steps for ``site`` at the probe (``values`` of its factors and of every size
-    node, at batch size ``batch``; ``shapes`` of its input and output); the reason where a step fails."""
+    node, at batch size ``batch``; ``shapes`` of its input and output); where a step fails, why (a
+    blocking :class:`~.contract.NoMatch`: the conv cannot stay as it is)."""
     call = site.call
     x_shape, out_shape = shapes
     chain = _WeightChain(gm, site, values, batch)
     unit = chain({})
     if unit.dim() - 2 not in (1, 2, 3) or len(x_shape) != unit.dim() or x_shape[0] != 1 or unit.shape[0] % batch:
-        return f"its input {x_shape} is not the batch folded into channels"
+        return NoMatch(site.path, f"its input {x_shape} is not the batch folded into channels", blocking=True)
     rows, groups = unit.shape[0] // batch, site.per_sample  # rows: each sample's own weight
     c_in = rows if call.transposed else unit.shape[1] * groups
     c_out = unit.shape[1] * groups if call.transposed else rows
     if x_shape[1] != batch * c_in or rows % groups:
-        return f"its input has {x_shape[1]} channels, not batch x {c_in}"
+        return NoMatch(site.path, f"its input has {x_shape[1]} channels, not batch x {c_in}", blocking=True)
     kernel, tol = unit[:rows].clone(), tolerance(unit.dtype)
     generator = torch.Generator().manual_seed(0)
     layout = _Sampled(kernel, groups, call.transposed, {"in": c_in, "out": c_out, "scalar": 1}, batch, generator)
     if relative_l2(layout.pick(unit), layout.kernel.unsqueeze(0)) > tol:
-        return "its kernel differs between samples even with the per-sample factors set to one"
+        return NoMatch(site.path, "its kernel differs between samples even with the per-sample factors set to one", blocking=True)
     del unit
     factors = list(site.factors)
     trials = [(torch.rand(values[f.node].shape, generator=generator, dtype=torch.float64) + 0.5).to(values[f.node].dtype) for f in factors]
@@ -184,12 +186,14 @@ def prove(gm: fx.GraphModule, site: GroupedConv, values: dict[fx.Node, Any], bat
     choice = _assign(layout, weights, [t**f.sign for f, t in zip(factors, trials)], options, tol)
     del weights
     if choice is None:
-        return _unplaced(chain, site, values, layout, tol)
+        return NoMatch(site.path, _unplaced(chain, site, values, layout, tol), blocking=True)
     real = [((values[f.node] ** f.sign).reshape(r, -1), role) for f, (role, r) in zip(factors, choice)]
     expected = _predict(kernel, real, groups, call.transposed)
     error = relative_l2(chain({f.node: values[f.node] for f in factors}).reshape(batch, *kernel.shape), expected)
     if not error <= tol:
-        return f"its weight is not the kernel times its factors at the probe's values (relative L2 {error:.2e})"
+        return NoMatch(
+            site.path, f"its weight is not the kernel times its factors at the probe's values (relative L2 {error:.2e})", blocking=True
+        )
     roles: dict[str, list[tuple[Factor, torch.Tensor, int]]] = {role: [] for role in _ROLES}
     for factor, (role, _) in zip(factors, choice):
         roles[role].append((factor, values[factor.node], layout.widths[role]))

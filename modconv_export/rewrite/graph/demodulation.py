@@ -20,14 +20,16 @@ import torch
 import torch.fx as fx
 
 from ..._util import relative_l2
+from .contract import GraphContext, GraphRule, NoMatch, Probe
 from .conv_proof import SAMPLED
+from .edit import GraphEdit
 from .evaluate import evaluate
 from .facts import GraphFacts, module_path
 from .products import product_factors
 
 aten = torch.ops.aten
 
-__all__ = ["SumOfSquares", "find_sums_of_squares", "rewrite_sum_of_squares"]
+__all__ = ["DEMODULATION_RULE", "SumOfSquares", "find_sums_of_squares", "prove_sum_of_squares", "replace_sum_of_squares"]
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,11 @@ class SumOfSquares:
     path: str
 
     def needed(self) -> set[fx.Node]:
+        """The probe values the proof reads: the sum (checked against) and the factor (no feature map)."""
         return {self.total, self.factor}
+
+    def shaped(self) -> set[fx.Node]:
+        return set()
 
 
 def _squared(node: fx.Node) -> fx.Node | None:
@@ -84,6 +90,7 @@ def _summed_axes(square: fx.Node, rank: int) -> tuple[fx.Node, tuple[int, ...]] 
 
 
 def find_sums_of_squares(graph: fx.Graph, facts: GraphFacts) -> list[SumOfSquares]:
+    """Every sum over a square of a product with one per-sample factor (the pattern; no numbers)."""
     found = []
     for node in graph.nodes:
         product = _squared(node)
@@ -94,76 +101,96 @@ def find_sums_of_squares(graph: fx.Graph, facts: GraphFacts) -> list[SumOfSquare
         if summed is None:
             continue
         factors = product_factors(product, facts)
-        if isinstance(factors, str) or len(factors) != 1 or factors[0].sign != 1:
+        if isinstance(factors, NoMatch) or len(factors) != 1 or factors[0].sign != 1:
             continue
         found.append(SumOfSquares(summed[0], product, factors[0].node, summed[1], module_path(summed[0])))
     return found
 
 
-def rewrite_sum_of_squares(gm: fx.GraphModule, site: SumOfSquares, values: dict[fx.Node, Any], batch: int) -> str | None:
-    """Replace ``site.total`` by ``(s^2 @ Q)`` reshaped; the reason when it does not apply or is not exact."""
-    known = {n: v for n, v in values.items() if not isinstance(v, torch.Tensor)}  # sizes
-    factor, total = values[site.factor], values[site.total]
-    unit = evaluate(gm, site.product, {**known, site.factor: torch.ones_like(factor)})
+@dataclass(frozen=True)
+class _SumProof:
+    """What the probe established: ``Q`` (``[width, everything kept]``, in the ``compute`` dtype), and the
+    probe values the matmul form is checked on (sizes, the factor) and against (the sum)."""
+
+    weight_sq: torch.Tensor
+    width: int
+    compute: torch.dtype
+    known: dict[fx.Node, Any]
+    factor: torch.Tensor
+    total: torch.Tensor
+
+
+def _scaled_axis(context: GraphContext, site: SumOfSquares, probe: Probe, unit: torch.Tensor, sample: tuple, known: dict) -> int | None:
+    """The axis of the product the factor scales, told on ``sample``: ``(positions, the unit product's values
+    there, the generator that drew them)``."""
+    batch, factor = probe.batch, probe.values[site.factor]
+    positions, sampled, generator = sample  # the generator goes on from drawing the positions
+    width = factor.reshape(batch, -1).shape[1]
+    trial = (torch.rand(factor.shape, generator=generator, dtype=torch.float64) + 0.5).to(factor.dtype)
+    scaled = evaluate(context.gm, site.product, {**known, site.factor: trial}).reshape(batch, -1)[:, positions]
+    coordinates = torch.unravel_index(positions, unit.shape[1:])
+    for candidate in range(1, unit.dim()):
+        if unit.shape[candidate] != width:
+            continue
+        if relative_l2(scaled, sampled * trial.reshape(batch, -1)[:, coordinates[candidate - 1]]) <= 1e-5:
+            return candidate
+    return None
+
+
+def prove_sum_of_squares(context: GraphContext, site: SumOfSquares, probe: Probe) -> _SumProof | NoMatch:
+    """``Q = sum K^2`` over the summed axes the factor does not scale, once the probe shows that the product's
+    constant part is the same for every sample and the factor scales exactly one summed axis (told on a
+    sample of the product's elements -- a per-sample product is weight-sized at batch 3; the matmul form
+    is then checked against the sum itself)."""
+    known = {n: v for n, v in probe.values.items() if not isinstance(v, torch.Tensor)}  # sizes
+    factor, total, batch = probe.values[site.factor], probe.values[site.total], probe.batch
+    unit = evaluate(context.gm, site.product, {**known, site.factor: torch.ones_like(factor)})
     if unit.dim() == 0 or unit.shape[0] != batch or total.dim() == 0 or total.shape[0] != batch:
-        return "its product has no leading batch axis"
-    # Which axis the factor scales, told on a sample of the product's elements (the matmul form is then
-    # checked against the sum itself, below): a per-sample product is weight-sized at batch 3.
+        return NoMatch(site.path, "its product has no leading batch axis")
     generator = torch.Generator().manual_seed(1)
     count = unit[0].numel()
     positions = torch.randint(count, (SAMPLED,), generator=generator) if count > SAMPLED else torch.arange(count)
     sampled = unit.reshape(batch, -1)[:, positions]
     if relative_l2(sampled, sampled[:1]) > 1e-6:
-        return "its constant part differs between samples"
-    per_sample = factor.reshape(batch, -1)
-    width = per_sample.shape[1]
-    trial = (torch.rand(factor.shape, generator=generator, dtype=torch.float64) + 0.5).to(factor.dtype)
-    scaled = evaluate(gm, site.product, {**known, site.factor: trial}).reshape(batch, -1)[:, positions]
-    coordinates = torch.unravel_index(positions, unit.shape[1:])
-    axis = None
-    for candidate in range(1, unit.dim()):
-        if unit.shape[candidate] != width:
-            continue
-        if relative_l2(scaled, sampled * trial.reshape(batch, -1)[:, coordinates[candidate - 1]]) <= 1e-5:
-            axis = candidate
-            break
+        return NoMatch(site.path, "its constant part differs between samples")
+    axis = _scaled_axis(context, site, probe, unit, (positions, sampled, generator), known)
     if axis is None or axis not in site.axes:
-        return "its per-sample factor does not scale one summed axis"
-
+        return NoMatch(site.path, "its per-sample factor does not scale one summed axis")
+    width = factor.reshape(batch, -1).shape[1]
     kernel = unit[0].double() ** 2  # axes of the product without the batch
     others = tuple(a - 1 for a in site.axes if a != axis)
     weight_sq = kernel.sum(dim=others, keepdim=True) if others else kernel
     weight_sq = weight_sq.movedim(axis - 1, 0).reshape(width, -1)  # [width, everything kept]
     compute = torch.float32 if factor.dtype in (torch.float16, torch.bfloat16) else factor.dtype
-    name = f"_modconv_sumsq_{len([n for n in gm.graph.nodes if n.op == 'get_attr'])}"
-    while hasattr(gm, name):
-        name += "_"
-    gm.register_buffer(name, weight_sq.to(compute).contiguous())
+    return _SumProof(weight_sq.to(compute).contiguous(), width, compute, known, factor, total)
 
-    graph = gm.graph
-    added: list[fx.Node] = []
 
-    def add(target, *args, **kwargs) -> fx.Node:
-        with graph.inserting_before(site.total):
-            node = graph.call_function(target, args, kwargs) if target != "get_attr" else graph.get_attr(args[0])
-        for key in ("nn_module_stack", "stack_trace"):
-            if key in site.total.meta:
-                node.meta[key] = site.total.meta[key]
-        added.append(node)
-        return node
-
-    s = add(aten.reshape.default, site.factor, [-1, width])
-    if factor.dtype != compute:
-        s = add(aten._to_copy.default, s, dtype=compute)
-    result = add(aten.mm.default, add(aten.mul.Tensor, s, s), add("get_attr", name))
-    if total.dtype != compute:
-        result = add(aten._to_copy.default, result, dtype=total.dtype)
-    result = add(aten.reshape.default, result, [-1, *total.shape[1:]])
-    error = relative_l2(evaluate(gm, result, {**known, site.factor: factor}), total)
+def replace_sum_of_squares(context: GraphContext, site: SumOfSquares, proof: _SumProof) -> NoMatch | None:
+    """Let readers of ``site.total`` read ``(s^2 @ Q)`` reshaped, once it reproduces the sum on the probe."""
+    factor, total = proof.factor, proof.total
+    edit = GraphEdit(context.gm, site.total)
+    s = edit(aten.reshape.default, site.factor, [-1, proof.width])
+    if factor.dtype != proof.compute:
+        s = edit(aten._to_copy.default, s, dtype=proof.compute)
+    result = edit(aten.mm.default, edit(aten.mul.Tensor, s, s), edit.constant("sumsq", site.path, proof.weight_sq))
+    if total.dtype != proof.compute:
+        result = edit(aten._to_copy.default, result, dtype=total.dtype)
+    result = edit(aten.reshape.default, result, [-1, *total.shape[1:]])
+    error = relative_l2(evaluate(context.gm, result, {**proof.known, site.factor: factor}), total)
     if not error <= (1e-5 if total.dtype in (torch.float32, torch.float64) else 1e-2):
-        for node in reversed(added):
-            graph.erase_node(node)
-        delattr(gm, name)
-        return f"its matmul form differs on the probe (relative L2 {error:.2e})"
-    site.total.replace_all_uses_with(result)
+        edit.undo()
+        return NoMatch(site.path, f"its matmul form differs on the probe (relative L2 {error:.2e})")
+    edit.replace(result, erase=False)
     return None
+
+
+#: The graph rule: demodulations from the style instead of the per-sample weight. A sum left as it is is
+#: correct, only slower: its candidates are not reported.
+DEMODULATION_RULE = GraphRule(
+    name="graph:demodulation",
+    find=lambda context: (find_sums_of_squares(context.gm.graph, context.facts), []),
+    prove=prove_sum_of_squares,
+    replace=replace_sum_of_squares,
+    progress="rewrite: proving demodulations",
+    reports=False,
+)

@@ -21,7 +21,6 @@ A candidate failing any step stays as it is and is reported with its module path
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,14 +30,25 @@ from torch.fx.operator_schemas import normalize_function
 
 from ..._util import exception_line
 from .batch import batch_affine
-from .conv_proof import prove
+from .contract import GraphContext, GraphRule, NoMatch, Probe
+from .conv_proof import Proven, prove
+from .edit import GraphEdit
 from .evaluate import evaluate
 from .facts import GraphFacts, module_path
 from .products import Factor, product_factors
 
 aten = torch.ops.aten
 
-__all__ = ["CONV_OPS", "ConvCall", "GroupedConv", "conv_call", "find_grouped_convs", "rewrite_grouped_conv"]
+__all__ = [
+    "CONV_OPS",
+    "GROUPED_CONV_RULE",
+    "ConvCall",
+    "GroupedConv",
+    "conv_call",
+    "find_grouped_convs",
+    "prove_grouped_conv",
+    "replace_grouped_conv",
+]
 
 #: Every ATen convolution a captured graph can hold, by spatial rank: ``(plain, plain with string padding,
 #: transposed)``. A StyleGAN2 generator uses 2-D; 1-D modulated convs exist in audio and sequence models.
@@ -110,16 +120,16 @@ class GroupedConv:
         return {self.call.input, self.call.node}
 
 
-def find_grouped_convs(graph: fx.Graph, facts: GraphFacts, symbol: Any) -> tuple[list[GroupedConv], list[tuple[str, str, bool]]]:
-    """Candidates, and ``(module path, reason, blocking)`` for every conv that looks per-sample but cannot
-    be rewritten; ``blocking`` when its groups depend on the batch (no export can keep that conv).
+def find_grouped_convs(graph: fx.Graph, facts: GraphFacts, symbol: Any) -> tuple[list[GroupedConv], list[NoMatch]]:
+    """Candidates, and a :class:`NoMatch` for every conv that looks per-sample but cannot be rewritten --
+    ``blocking`` when its groups depend on the batch (no export can keep that conv).
 
     A candidate's groups are a multiple of the batch: one convolution per sample (``groups = batch``, a
     modulated conv) or one grouped/depthwise convolution per sample on the batch folded into channels
     (``groups = C * batch``, e.g. a blur applied after the fold).
     """
     found: list[GroupedConv] = []
-    misses: list[tuple[str, str, bool]] = []
+    misses: list[NoMatch] = []
     for node in graph.nodes:
         call = conv_call(node)
         if call is None:
@@ -128,48 +138,22 @@ def find_grouped_convs(graph: fx.Graph, facts: GraphFacts, symbol: Any) -> tuple
         affine = batch_affine(call.groups, symbol)
         if affine is None:
             if facts.is_value_dependent(call.weight):
-                misses.append((path, "its weight depends on the inputs but its groups are not the batch size", False))
+                misses.append(NoMatch(path, "its weight depends on the inputs but its groups are not the batch size"))
             continue
         a, c = affine
         if a < 1 or c != 0:
-            misses.append((path, f"its groups are {a}*batch{c:+d}: not a whole number of groups per sample", True))
+            misses.append(NoMatch(path, f"its groups are {a}*batch{c:+d}: not a whole number of groups per sample", blocking=True))
             continue
         factors = product_factors(call.weight, facts)
-        if isinstance(factors, str):
-            misses.append((path, f"its weight is not a constant kernel times per-sample factors ({factors})", True))
+        if isinstance(factors, NoMatch):
+            reason = f"its weight is not a constant kernel times per-sample factors ({factors.reason})"
+            misses.append(NoMatch(path, reason, blocking=True))
             continue
         found.append(GroupedConv(call, path, tuple(factors), a))
     return found, misses
 
 
-class _Builder:
-    """Adds nodes before ``anchor``, copying its module metadata (for reports and ONNX names)."""
-
-    def __init__(self, graph: fx.Graph, anchor: fx.Node) -> None:
-        self.graph, self.anchor, self.added = graph, anchor, []
-
-    def __call__(self, target: Any, *args: Any, **kwargs: Any) -> fx.Node:
-        with self.graph.inserting_before(self.anchor):
-            node = self.graph.call_function(target, args, kwargs)
-        for key in ("nn_module_stack", "stack_trace", "source_fn_stack"):
-            if key in self.anchor.meta:
-                node.meta[key] = self.anchor.meta[key]
-        self.added.append(node)
-        return node
-
-    def get_attr(self, name: str) -> fx.Node:
-        with self.graph.inserting_before(self.anchor):
-            node = self.graph.get_attr(name)
-        self.added.append(node)
-        return node
-
-    def undo(self) -> None:
-        for node in reversed(self.added):
-            self.graph.erase_node(node)
-        self.added = []
-
-
-def _scale(build: _Builder, factors: list[tuple[Factor, torch.Tensor, int]], dtype: torch.dtype) -> fx.Node | None:
+def _scale(build: GraphEdit, factors: list[tuple[Factor, torch.Tensor, int]], dtype: torch.dtype) -> fx.Node | None:
     """The product of ``factors`` (each reshaped to ``[B, width]``) as a node in ``dtype``, or ``None``."""
     result = None
     for factor, _, width in factors:
@@ -200,69 +184,92 @@ def _meta_run(gm: fx.GraphModule, node: fx.Node, known: dict[fx.Node, Any]) -> t
     return evaluate(gm, node, meta)
 
 
-def _buffer_name(gm: fx.GraphModule, path: str) -> str:
-    stem = re.sub(r"\W", "_", path) or "root"
-    name, i = f"_modconv_kernel_{stem}", 1
-    while hasattr(gm, name):
-        name, i = f"_modconv_kernel_{stem}_{i}", i + 1
-    return name
+@dataclass(frozen=True)
+class _ConvProof:
+    """What :func:`prove_grouped_conv` hands :func:`replace_grouped_conv`: the proof and the probe values
+    the construction check runs on (sizes, factors, a bias)."""
+
+    proven: Proven
+    known: dict[fx.Node, Any]
 
 
-def rewrite_grouped_conv(
-    gm: fx.GraphModule, site: GroupedConv, values: dict[fx.Node, Any], batch: int, shapes: dict[fx.Node, tuple] | None = None
-) -> str | None:
-    """Replace ``site`` in ``gm`` by its constant-weight form; the reason when it cannot be proven exact.
+def prove_grouped_conv(context: GraphContext, site: GroupedConv, probe: Probe) -> _ConvProof | NoMatch:
+    """The weight-chain proof of ``site`` (:mod:`.conv_proof`) at the probe; no feature map is computed.
 
-    ``values`` are the probe's values (at batch size ``batch``) of at least ``site.needed()`` and of every
-    size node; ``shapes`` the probe's shapes of ``site.shaped()`` (``values`` is read for them where not
-    given). No feature map is computed: see the module docstring. On failure the graph is left as it was.
+    ``probe`` holds the values of at least ``site.needed()`` and of every size node, and the shapes of
+    ``site.shaped()`` (read from the values where not given).
     """
-    shapes = tuple(_shape_of(n, values, shapes or {}) for n in (site.call.input, site.call.node))
+    values = probe.values
+    shapes = tuple(_shape_of(n, values, probe.shapes) for n in (site.call.input, site.call.node))
     if None in shapes:
-        return "its input or output shape at the probe's batch size is not known"
-    proven = prove(gm, site, values, batch, shapes)
-    if isinstance(proven, str):
+        return NoMatch(site.path, "its input or output shape at the probe's batch size is not known", blocking=True)
+    proven = prove(context.gm, site, values, probe.batch, shapes)
+    if isinstance(proven, NoMatch):
         return proven
-    call, kernel, roles, c_in, c_out = site.call, proven.kernel, proven.roles, proven.c_in, proven.c_out
-    x_meta = torch.empty(proven.x_shape, dtype=_dtype(call.input, kernel.dtype), device="meta")
-    out_dtype = _dtype(call.node, kernel.dtype)
+    call = site.call
     known = {n: v for n, v in values.items() if not isinstance(v, torch.Tensor)}
-    factors = {f.node: values[f.node] for f in site.factors}
-    bias = {call.bias: values[call.bias]} if isinstance(call.bias, fx.Node) else {}
-    graph = gm.graph
-    build = _Builder(graph, call.node)
-    name = _buffer_name(gm, site.path)
-    gm.register_buffer(name, kernel)
+    known.update({f.node: values[f.node] for f in site.factors})
+    if isinstance(call.bias, fx.Node):
+        known[call.bias] = values[call.bias]
+    return _ConvProof(proven, known)
+
+
+def _constant_weight_form(
+    build: GraphEdit, site: GroupedConv, proven: Proven, x_dtype: torch.dtype, out_dtype: torch.dtype
+) -> tuple[fx.Node, fx.Node]:
+    """``conv(x * s, K) * d + b`` folded back to the grouped conv's layout, built before the conv: its
+    result node and the node reading ``K``."""
+    call, kernel, roles, c_in, c_out = site.call, proven.kernel, proven.roles, proven.c_in, proven.c_out
     spatial = [1] * (kernel.dim() - 2)
     plain, plain_padding, transposed = _CONV_BY_RANK[kernel.dim() - 2]
     groups = site.per_sample
+    folded = build(aten.reshape.default, call.input, [-1, c_in, *proven.x_shape[2:]])
+    style = _scale(build, roles["in"], x_dtype)
+    if style is not None:
+        folded = build(aten.mul.Tensor, folded, build(aten.reshape.default, style, [-1, c_in, *spatial]))
+    const = build.constant("kernel", site.path, kernel)
+    if call.transposed:
+        conv = build(transposed, folded, const, None, call.stride, call.padding, call.output_padding, groups, call.dilation)
+    else:
+        op = plain_padding if isinstance(call.padding, str) else plain
+        conv = build(op, folded, const, None, call.stride, call.padding, call.dilation, groups)
+    demod = _scale(build, roles["out"] + roles["scalar"], out_dtype)
+    if demod is not None:
+        width = c_out if roles["out"] else 1
+        conv = build(aten.mul.Tensor, conv, build(aten.reshape.default, demod, [-1, width, *spatial]))
+    if call.bias is not None:  # B*Cout values, sample-major like the output channels: one row per sample
+        conv = build(aten.add.Tensor, conv, build(aten.reshape.default, call.bias, [-1, c_out, *spatial]))
+    return build(aten.reshape.default, conv, [1, -1, *proven.out_shape[2:]]), const
+
+
+def replace_grouped_conv(context: GraphContext, site: GroupedConv, proof: _ConvProof) -> NoMatch | None:
+    """Replace ``site`` by its constant-weight form, which, run on ``meta`` tensors of the probe's shapes,
+    must give the conv's output shape and dtype; on failure the graph is left as it was."""
+    gm, call, proven = context.gm, site.call, proof.proven
+    kernel = proven.kernel
+    x_meta = torch.empty(proven.x_shape, dtype=_dtype(call.input, kernel.dtype), device="meta")
+    out_dtype = _dtype(call.node, kernel.dtype)
+    build = GraphEdit(gm, call.node)
     try:
-        folded = build(aten.reshape.default, call.input, [-1, c_in, *proven.x_shape[2:]])
-        style = _scale(build, roles["in"], x_meta.dtype)
-        if style is not None:
-            folded = build(aten.mul.Tensor, folded, build(aten.reshape.default, style, [-1, c_in, *spatial]))
-        const = build.get_attr(name)
-        if call.transposed:
-            conv = build(transposed, folded, const, None, call.stride, call.padding, call.output_padding, groups, call.dilation)
-        else:
-            op = plain_padding if isinstance(call.padding, str) else plain
-            conv = build(op, folded, const, None, call.stride, call.padding, call.dilation, groups)
-        demod = _scale(build, roles["out"] + roles["scalar"], out_dtype)
-        if demod is not None:
-            width = c_out if roles["out"] else 1
-            conv = build(aten.mul.Tensor, conv, build(aten.reshape.default, demod, [-1, width, *spatial]))
-        if call.bias is not None:  # B*Cout values, sample-major like the output channels: one row per sample
-            conv = build(aten.add.Tensor, conv, build(aten.reshape.default, call.bias, [-1, c_out, *spatial]))
-        result = build(aten.reshape.default, conv, [1, -1, *proven.out_shape[2:]])
-        form = _meta_run(gm, result, {**known, call.input: x_meta, const: kernel, **factors, **bias})
+        result, const = _constant_weight_form(build, site, proven, x_meta.dtype, out_dtype)
+        form = _meta_run(gm, result, {**proof.known, call.input: x_meta, const: kernel})
     except Exception as exc:  # a shape or dtype the construction did not foresee: not this pattern
-        form, reason = None, f"its constant-weight form fails on the probe's shapes ({exception_line(exc, 160)})"
-    if form is not None and (tuple(form.shape) != tuple(proven.out_shape) or form.dtype != out_dtype):
-        form, reason = None, f"its constant-weight form gives {tuple(form.shape)} {form.dtype}, not {tuple(proven.out_shape)} {out_dtype}"
-    if form is None:
         build.undo()
-        delattr(gm, name)
-        return reason
-    call.node.replace_all_uses_with(result)
-    graph.erase_node(call.node)
+        return NoMatch(site.path, f"its constant-weight form fails on the probe's shapes ({exception_line(exc, 160)})", blocking=True)
+    if tuple(form.shape) != tuple(proven.out_shape) or form.dtype != out_dtype:
+        build.undo()
+        reason = f"its constant-weight form gives {tuple(form.shape)} {form.dtype}, not {tuple(proven.out_shape)} {out_dtype}"
+        return NoMatch(site.path, reason, blocking=True)
+    build.replace(result)
     return None
+
+
+#: The graph rule: batch-grouped convolutions to constant-weight ones.
+GROUPED_CONV_RULE = GraphRule(
+    name="graph:batch_grouped_conv",
+    find=lambda context: find_grouped_convs(context.gm.graph, context.facts, context.symbol),
+    prove=prove_grouped_conv,
+    replace=replace_grouped_conv,
+    progress="rewrite: proving batch-grouped convolutions",
+    refusal="a convolution grouped by the batch cannot be made batch-independent",
+)

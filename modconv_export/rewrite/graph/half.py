@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from .edit import inherit_meta, register_constant
 from .evaluate import attribute
 from .facts import node_inputs
 from .grouped_conv import CONV_OPS
@@ -51,8 +52,7 @@ def _cast(graph: fx.Graph, value: fx.Node, dtype: torch.dtype, before: fx.Node, 
     key = (value, dtype)
     if key not in cache:
         with graph.inserting_before(before):
-            cache[key] = graph.call_function(aten._to_copy.default, (value,), {"dtype": dtype})
-        cache[key].meta.update({k: value.meta[k] for k in ("nn_module_stack",) if k in value.meta})
+            cache[key] = inherit_meta(graph.call_function(aten._to_copy.default, (value,), {"dtype": dtype}), value)
     return cache[key]
 
 
@@ -118,8 +118,8 @@ def to_half_graph(gm: fx.GraphModule) -> fx.GraphModule:
                     return value
                 name = halves.get(value.target)
                 if name is None:
-                    name = halves[value.target] = f"_modconv_half_{len(halves)}"
-                    gm.register_buffer(name, attribute(gm, value.target).detach().to(_HALF))
+                    halved = attribute(gm, value.target).detach().to(_HALF)
+                    name = halves[value.target] = register_constant(gm, "half", len(halves), halved)
                 with graph.inserting_before(node):
                     return graph.get_attr(name)
             if dtype.get(value, _FLOAT) != wanted:

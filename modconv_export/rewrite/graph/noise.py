@@ -13,11 +13,13 @@ import torch
 import torch.fx as fx
 
 from ...errors import RewriteError
+from .contract import GraphContext, GraphPass, PassResult
+from .edit import inherit_meta
 from .facts import module_path, target_name
 
 aten = torch.ops.aten
 
-__all__ = ["zero_gaussian_draws"]
+__all__ = ["NOISE_PASS", "zero_gaussian_draws"]
 
 _LIKE = {aten.normal_.default, aten.randn_like.default, aten.normal_functional.default}
 _SIZED = {aten.randn.default}
@@ -39,8 +41,21 @@ def zero_gaussian_draws(graph: fx.Graph) -> list[tuple[str, str]]:
                 raise RewriteError(
                     f"{module_path(node) or 'the model'} draws random numbers ({target_name(node)}) that an export cannot reproduce"
                 )
-        zeros.meta.update({k: node.meta[k] for k in ("nn_module_stack", "stack_trace", "val") if k in node.meta})
+        inherit_meta(zeros, node, value=True)
         node.replace_all_uses_with(zeros)
         graph.erase_node(node)
         replaced.append((module_path(zeros), target_name(node)))
     return replaced
+
+
+#: What the report tells the user about each draw replaced.
+NOISE_NOTE = "draws Gaussian noise ({op}); the export adds zero noise there (pass noise explicitly to keep other values)"
+
+
+def _zero_noise(context: GraphContext) -> PassResult:
+    draws = zero_gaussian_draws(context.gm.graph)
+    return PassResult(bool(draws), tuple((path, NOISE_NOTE.format(op=op)) for path, op in draws))
+
+
+#: The pass: a graph that drew noise computes something else now, so the capture is not exported as is.
+NOISE_PASS = GraphPass("graph:noise", _zero_noise)

@@ -22,7 +22,8 @@ import torch
 import torch.fx as fx
 from torch.fx.operator_schemas import normalize_function
 
-from .facts import GraphFacts
+from .contract import NoMatch
+from .facts import GraphFacts, module_path
 
 aten = torch.ops.aten
 
@@ -120,8 +121,9 @@ def _is_outer_product(equation: object) -> bool:
 _MAX_STEPS = 10_000
 
 
-def product_factors(root: fx.Node, facts: GraphFacts) -> list[Factor] | str:
-    """The value-dependent factors of ``root`` read as a product, or why it is not one.
+def product_factors(root: fx.Node, facts: GraphFacts) -> list[Factor] | NoMatch:
+    """The value-dependent factors of ``root`` read as a product, or why it is not one (a
+    :class:`~.contract.NoMatch` at ``root``'s module).
 
     Constant and shape-only subexpressions are not factors (they are evaluated with the rest). A node
     reached along several paths enters with the summed power (``s * s`` is ``s`` squared); factors whose
@@ -133,7 +135,7 @@ def product_factors(root: fx.Node, facts: GraphFacts) -> list[Factor] | str:
     while stack:
         steps += 1
         if steps > _MAX_STEPS:
-            return "its product has too many terms"
+            return NoMatch(module_path(root), "its product has too many terms")
         node, sign = stack.pop()
         if not facts.is_value_dependent(node):
             continue

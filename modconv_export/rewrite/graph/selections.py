@@ -26,18 +26,18 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from .contract import GraphContext, GraphPass, PassResult
+from .edit import inherit_meta
 from .facts import GraphFacts
 from .grouped_conv import conv_call
 from .products import LAYOUT_OPS, SELECTIONS, is_whole_slice, recorded_shape, selection_arguments
 
 aten = torch.ops.aten
 
-__all__ = ["NotPushed", "push_selections", "selection_blocker"]
+__all__ = ["SELECTIONS_PASS", "NotPushed", "push_selections", "selection_blocker"]
 
 #: Element-wise products a selection can be pushed through, into both operands.
 _PRODUCTS = frozenset({aten.mul.Tensor, aten.div.Tensor})
-#: Node metadata a pushed node inherits from the selection it replaces (module paths for reports and names).
-_INHERITED = ("nn_module_stack", "stack_trace", "source_fn_stack")
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def _add_value_meta(node: fx.Node) -> None:
 def _call(graph: fx.Graph, like: fx.Node, target: Any, args: tuple, kwargs: dict | None = None) -> fx.Node:
     with graph.inserting_before(like):
         node = graph.call_function(target, args, kwargs or {})
-    node.meta.update({k: like.meta[k] for k in _INHERITED if k in like.meta})
+    inherit_meta(node, like)
     _add_value_meta(node)
     return node
 
@@ -164,3 +164,11 @@ def push_selections(graph: fx.Graph, facts: GraphFacts) -> int:
         elif target in _PRODUCTS or target in LAYOUT_OPS or is_whole_slice(node):
             stack.extend(a for a in node.args if isinstance(a, fx.Node))
     return len(pushed)
+
+
+def _push(context: GraphContext) -> PassResult:
+    return PassResult(push_selections(context.gm.graph, context.facts) > 0)
+
+
+#: The pass: ``(K * s)[:, :out, :in] -> K[:, :out, :in] * s[:, :, :in]``, exact, so the capture stays exportable as is.
+SELECTIONS_PASS = GraphPass("graph:selections", _push, keeps_program=True)
