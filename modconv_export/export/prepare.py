@@ -133,7 +133,7 @@ def prepare_export(
     found = registered_lowerings() if lowerings else []
     try:
         with quiet(), lowerings_installed(found, "dynamo", CAPTURE_OPSET):
-            form = rewrite_graph(module, args, report) if rewrite else captured_form(module, args)
+            form = rewrite_graph(module, args, report) if report is not None else captured_form(module, args)
     except CaptureError:
         # A model that rejects its inputs says that (and, where only the rewritten one does, which rule
         # is at fault) rather than why its capture failed; an eager run costs nothing otherwise.

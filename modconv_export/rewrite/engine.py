@@ -98,8 +98,8 @@ def _apply_rules(module: nn.Module, path: str, report: RewriteReport, recorded: 
             continue
         if reason is None:
             try:
-                result = rule.replace(module)
-                result = result if isinstance(result, Replacement) else Replacement(result)
+                replaced = rule.replace(module)
+                result = replaced if isinstance(replaced, Replacement) else Replacement(replaced)
             except Exception as exc:
                 reason = f"its replacement failed ({exception_line(exc, 200)})"
             else:

@@ -46,7 +46,7 @@ def _function_classes(outputs: Any) -> set[type]:
         cls = getattr(type(node), "_forward_cls", None)
         if isinstance(cls, type) and issubclass(cls, torch.autograd.Function):
             found.add(cls)
-        stack.extend(next_fn for next_fn, _ in node.next_functions)
+        stack.extend(next_fn for next_fn, _ in node.next_functions if next_fn is not None)
     return found
 
 

@@ -83,7 +83,8 @@ def fold_constants(gm: fx.GraphModule, facts: GraphFacts | None = None, *, dry_r
         if value is not None and not isinstance(value, torch.Tensor):
             continue
         numel = (meta if value is None else value).numel()
-        budget = sum(t.numel() for t in (attribute(gm, s.target) for s in sources) if isinstance(t, torch.Tensor))
+        held = [attribute(gm, s.target) for s in sources]
+        budget = sum(int(t.numel()) for t in held if isinstance(t, torch.Tensor))
         if numel > budget and not _is_conv_weight(node):
             continue
         if dry_run:

@@ -54,13 +54,13 @@ def _squared(node: fx.Node) -> fx.Node | None:
     """``p`` when ``node`` is ``p ** 2``, ``square(p)`` or ``p * p``."""
     if node.op != "call_function":
         return None
-    if node.target is aten.square.default:
-        return node.args[0]
-    if node.target is aten.pow.Tensor_Scalar and node.args[1] == 2:
-        return node.args[0]
-    if node.target is aten.mul.Tensor and node.args[0] is node.args[1]:
-        return node.args[0]
-    return None
+    base = node.args[0] if node.args else None
+    squared = (
+        node.target is aten.square.default
+        or (node.target is aten.pow.Tensor_Scalar and node.args[1] == 2)
+        or (node.target is aten.mul.Tensor and base is node.args[1])
+    )
+    return base if squared and isinstance(base, fx.Node) else None
 
 
 def _rank(node: fx.Node) -> int | None:

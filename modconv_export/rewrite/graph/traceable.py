@@ -27,14 +27,14 @@ aten = torch.ops.aten
 
 __all__ = ["traceable"]
 
-_NAMESPACES = (torch, torch.Tensor, torch._C._nn, torch._C._special, torch._C._linalg, torch._C._fft)
+_NAMESPACES = (torch, torch.Tensor, *(getattr(torch._C, name) for name in ("_nn", "_special", "_linalg", "_fft")))
 
 
 def _depthwise(input: torch.Tensor, kernel: torch.Tensor, padding: int) -> torch.Tensor:
     return F.conv2d(input, kernel, padding=padding, groups=kernel.shape[0])
 
 
-def _caller(function: type) -> Callable:
+def _caller(function: type[torch.autograd.Function]) -> Callable:
     """``function.apply`` as an FX call target: FX names a target by its module and name, which a
     Function's bound ``apply`` does not have, so the generated code gets this closure as a global."""
 

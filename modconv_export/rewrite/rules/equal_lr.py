@@ -8,13 +8,16 @@ applies; the exported graph then carries the scaled weight as a constant instead
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn as nn
 
 from ..registry import register_rule
 
 
-def _orig_hooks(module: nn.Module) -> list[tuple[int, object, str]]:
+def _orig_hooks(module: nn.Module) -> list[tuple[int, Callable[..., Any], str]]:
     found = []
     for hook_id, hook in module._forward_pre_hooks.items():
         name = getattr(hook, "name", None)

@@ -81,7 +81,7 @@ def _with_noise(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, di
 
 
 @register_rule("style_conv_noise", looks_like=_looks_like, check=_check, probe_inputs=_probe, adapt_call=_with_noise)
-def replace_style_conv(module: nn.Module) -> nn.Module:
+def replace_style_conv(module: nn.Module) -> Replacement:
     """``StyleConv`` -> modulated conv + given noise (zero when none) + bias + activation, no random op."""
     bias = module._parameters.get("bias")
     # GFPGAN's clean StyleConv (own bias) scales the conv by sqrt(2) "for conversion"; basicsr's does not.

@@ -60,5 +60,8 @@ def _probe(module: nn.Module):
 @register_rule("upfirdn2d", looks_like=_looks_like, check=_check, probe_inputs=_probe)
 def replace_upfirdn2d(module: nn.Module) -> nn.Module:
     """basicsr ``UpFirDn*`` module -> (transposed) convolution with the FIR kernel as a constant."""
-    up, down = _factors(module)
+    factors = _factors(module)
+    if isinstance(factors, str):  # check() refused it already; a direct call says why
+        raise ValueError(factors)
+    up, down = factors
     return UpFirDn2d(_kernel(module), up=up, down=down, pad=tuple(module.pad))
