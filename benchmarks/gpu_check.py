@@ -44,9 +44,9 @@ import torch.nn as nn
 from modconv_export import export_onnx, export_torchscript, make_exportable
 from modconv_export._util import exception_line
 from modconv_export.families.registry import get_family
+from modconv_export.runtimes.ort import create_session
 from modconv_export.verify.environment import versions
 from modconv_export.verify.metrics import compare
-from modconv_export.verify.ort_options import create_session
 from modconv_export.verify.tolerances import resolve_tolerance
 
 #: model name -> (family, preset): LATS at 256 px, GFPGAN v1 clean at 512 px; ``--small`` uses "small".
@@ -399,7 +399,7 @@ def ort_placement(path: Path | str) -> dict[str, Any]:
     nodes left on the CPU and Memcpy nodes are where a CUDA run stalls."""
     if not isinstance(path, Path):
         return {"status": path}
-    from modconv_export.verify.ort_options import session_options
+    from modconv_export.runtimes.ort import session_options
 
     options = session_options()
     options.enable_profiling = True

@@ -9,7 +9,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 #: public name -> the submodule that defines it; imported on first use (PEP 562), so that the command line
-#: reads :mod:`.providers` and :mod:`.ort_options` (``--providers``, ``--version``) without importing torch
+#: reads :mod:`.providers` and :mod:`modconv_export.runtimes` (``--providers``, ``--version``) without importing torch
 _EXPORTS = {
     "check_parity": "harness",
     "random_inputs": "harness",

@@ -4,7 +4,7 @@
 run here -- and :func:`run_plan` runs one of them on every batch size and measures each output against its
 reference. A backend is run once per batch size, and again for a median time only while its runs take
 less than :data:`REPEAT_BUDGET_S` together: a 1024 px generator's verification costs one run per backend
-and batch, not three. ONNX Runtime runs without its CPU arena (see :mod:`.ort_options`), so no batch keeps
+and batch, not three. ONNX Runtime runs without its CPU arena (see :mod:`modconv_export.runtimes.ort`), so no batch keeps
 what an earlier one needed.
 """
 
@@ -20,9 +20,9 @@ import torch
 
 from .._util import exception_line
 from .._util.progress import step
+from ..runtimes.ort import session_options
 from .metrics import compare
 from .openvino_runner import OpenVINORunner
-from .ort_options import session_options
 from .report import FAIL, NOT_RUN, PASS, ParityRow
 from .runners import EagerRunner, OnnxRuntimeRunner, Runner, RunnerUnavailable, TorchScriptRunner
 
