@@ -1,7 +1,7 @@
 """Verify: prove an exported file equal to the original model (see :func:`check_parity`).
 
 Polygraphy-style parts: :mod:`.runners` (one prepare/infer/release interface per backend),
-:mod:`.metrics` (measure), :mod:`.tolerances` (judge), :mod:`.report` (rows, table, JSON),
+:mod:`.metrics` (measure), :mod:`.tolerances` (judge), :mod:`.report` (rows, table, JSON), :mod:`.record` (the verdict in the file),
 :mod:`.harness` (``check_parity``) and :mod:`.picture` (the PNG, Pillow optional).
 """
 
@@ -22,6 +22,8 @@ _EXPORTS = {
     "ParityData": "report",
     "ParityReport": "report",
     "ParityRow": "report",
+    "parity_properties": "record",
+    "record_parity": "record",
     "EagerRunner": "runners",
     "OnnxRuntimeRunner": "runners",
     "Runner": "runners",
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from .metrics import Metrics, compare
     from .openvino_runner import OpenVINORunner
     from .picture import MissingExtraError, write_report_image
+    from .record import parity_properties, record_parity
     from .report import ImageSample, ParityData, ParityReport, ParityRow
     from .runners import EagerRunner, OnnxRuntimeRunner, Runner, RunnerUnavailable, TorchScriptRunner
     from .tolerances import DEFAULT_REL_L2, Tolerance, resolve_tolerance
@@ -67,7 +70,9 @@ __all__ = [
     "TorchScriptRunner",
     "check_parity",
     "compare",
+    "parity_properties",
     "random_inputs",
+    "record_parity",
     "resolve_tolerance",
     "write_report_image",
 ]
