@@ -27,14 +27,13 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import ClearMetadataAndDocStringPass
 
 if TYPE_CHECKING:
-    from ..families import Family
     from ..rewrite import RewriteReport
 
 __all__ = [
@@ -127,7 +126,21 @@ def strip_debug_metadata(model: ir.Model) -> None:
 # -- properties -----------------------------------------------------------------------------------
 
 
-def family_properties(family: Family | None, input_names: Sequence[str] | None = None) -> dict[str, str]:
+class _DescribesTensors(Protocol):
+    """What :func:`family_properties` reads of a family (a :class:`modconv_export.families.Family`): export
+    sits below the families in the import order, so it names the shape of one, not the class."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def outputs(self) -> Sequence[str]: ...
+
+    @property
+    def tensors(self) -> Mapping[str, Any]: ...  # name -> TensorInfo (with ``to_json()``)
+
+
+def family_properties(family: _DescribesTensors | None, input_names: Sequence[str] | None = None) -> dict[str, str]:
     """``family``, ``inputs`` and ``outputs`` (what each tensor means) as the family declares them; ``input_names``
     keeps the inputs the file has (a generator family declares ``z`` and ``ws``, a file takes one of them)."""
     if family is None:
