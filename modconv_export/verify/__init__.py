@@ -1,8 +1,10 @@
 """Verify: prove an exported file equal to the original model (see :func:`check_parity`).
 
-Polygraphy-style parts: :mod:`.runners` (one prepare/infer/release interface per backend),
-:mod:`.metrics` (measure), :mod:`.tolerances` (judge), :mod:`.report` (rows, table, JSON), :mod:`.record` (the verdict in the file),
-:mod:`.harness` (``check_parity``) and :mod:`.picture` (the PNG, Pillow optional).
+Polygraphy-style parts: :mod:`.options` (``ParityOptions``: what to check), :mod:`.plan` (which backends run),
+:mod:`.runners` (one prepare/infer/release interface per backend) and :mod:`.run` (outputs and times),
+:mod:`.metrics` (measure) and :mod:`.judge` with the policy of :mod:`.tolerances` (judge), :mod:`.report`
+(rows, table, JSON), :mod:`.record` (the verdict in the file), :mod:`.harness` (``check_parity``: those steps in
+order) and :mod:`.picture` (the PNG, Pillow optional).
 """
 
 import importlib
@@ -14,6 +16,7 @@ _EXPORTS = {
     "check_parity": "harness",
     "random_inputs": "harness",
     "Metrics": "metrics",
+    "ParityOptions": "options",
     "compare": "metrics",
     "OpenVINORunner": "openvino_runner",
     "MissingExtraError": "picture",
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
     from .harness import check_parity, random_inputs
     from .metrics import Metrics, compare
     from .openvino_runner import OpenVINORunner
+    from .options import ParityOptions
     from .picture import MissingExtraError, write_report_image
     from .record import parity_properties, record_parity
     from .report import ImageSample, ParityData, ParityReport, ParityRow
@@ -62,6 +66,7 @@ __all__ = [
     "OnnxRuntimeRunner",
     "OpenVINORunner",
     "ParityData",
+    "ParityOptions",
     "ParityReport",
     "ParityRow",
     "Runner",
