@@ -76,7 +76,7 @@ class _VersionAction(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, help="show the version and the ONNX Runtime build found, then exit")
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
-        from ..verify.ort_options import describe_ort_build
+        from ..runtimes.ort import describe_ort_build
 
         print(f"{PROG} {__version__}\n{describe_ort_build()}")
         parser.exit()

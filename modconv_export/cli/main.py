@@ -72,8 +72,9 @@ def _run(args: argparse.Namespace, console: Console, files: Outputs) -> int:
         import torch  # noqa: F401
 
         from ..export import resolve_opset
-        from ..export.metadata import graph_sha256, record_parity
+        from ..export.metadata import graph_sha256
         from ..load import load_model
+        from ..verify.record import record_parity
         from . import steps
         from .inputs import outputs_of, resolve_inputs, run_eager
 

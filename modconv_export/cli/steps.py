@@ -7,6 +7,7 @@ import argparse
 import datetime
 import json
 import time
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -23,7 +24,10 @@ from .arguments import parse_batch_sizes, parse_providers, triton_kind, triton_n
 from .console import PROG, Console, captured_fds, plural
 from .inputs import Inputs
 
-__all__ = ["REPORT_SCHEMA", "export", "hand_off", "rewrite", "summary", "torchscript_source", "verify", "write_report"]
+if TYPE_CHECKING:
+    from ..verify import ParityOptions
+
+__all__ = ["REPORT_SCHEMA", "export", "hand_off", "parity_options", "rewrite", "summary", "torchscript_source", "verify", "write_report"]
 
 
 def rewrite(module: torch.nn.Module, inputs: Inputs, precision: str, console: Console) -> Prepared:
@@ -123,9 +127,10 @@ def export(
     return info
 
 
-def verify(args: argparse.Namespace, loaded: LoadedModel, inputs: Inputs, console: Console, files: Outputs, exportable: torch.nn.Module):
-    """Check this run's own files (the temporaries), whatever another run writes to the same names meanwhile."""
-    from ..verify import check_parity
+def parity_options(args: argparse.Namespace, inputs: Inputs, files: Outputs) -> ParityOptions:
+    """What the run's parity check does, from the arguments: this run's own files (the temporaries), whatever
+    another run writes to the same names meanwhile, and the inputs' own distributions when they have specs."""
+    from ..verify import ParityOptions
 
     make = None
     if inputs.specs:
@@ -134,14 +139,29 @@ def verify(args: argparse.Namespace, loaded: LoadedModel, inputs: Inputs, consol
         def make(batch: int, seed: int) -> tuple:
             return tuple(s.example((batch, *d[1:]), seed=seed + i) for i, (s, d) in enumerate(zip(specs, dims)))
 
+    return ParityOptions(
+        onnx_path=files.temporary(args.output),
+        torchscript_path=files.temporary(args.torchscript) if args.torchscript else None,
+        trace_torchscript=not args.torchscript,
+        providers=parse_providers(args.providers),
+        batch_sizes=parse_batch_sizes(args.batch_sizes),
+        precision=args.precision,
+        rtol=args.rtol,
+        atol=args.atol,
+        max_rel_l2=args.max_rel_l2,
+        make_inputs=make,
+    )
+
+
+def verify(args: argparse.Namespace, loaded: LoadedModel, inputs: Inputs, console: Console, files: Outputs, exportable: torch.nn.Module):
+    """Check this run's own files against the loaded model, with the options of :func:`parity_options`."""
+    from ..verify import check_parity
+
+    options = parity_options(args, inputs, files)
     console.progress("verifying against eager PyTorch ...")
     start = time.perf_counter()
     with captured_fds(keep=args.debug):
-        report = check_parity(loaded.module, inputs.tensors, onnx_path=files.temporary(args.output),
-                              torchscript_path=files.temporary(args.torchscript) if args.torchscript else None,
-                              trace_torchscript=not args.torchscript, providers=parse_providers(args.providers), batch_sizes=parse_batch_sizes(args.batch_sizes),
-                              rtol=args.rtol, atol=args.atol, max_rel_l2=args.max_rel_l2, make_inputs=make, precision=args.precision,
-                              exportable=exportable)  # fmt: skip
+        report = check_parity(loaded.module, inputs.tensors, options, exportable=exportable)
     report.files = {"onnx": str(args.output), "torchscript": str(args.torchscript) if args.torchscript else None}
     console.say(f"verified in {time.perf_counter() - start:.1f} s")
     console.say(report.format_table())

@@ -15,8 +15,9 @@ already: ``/decoder/StyledConvBlock_0/conv0/Conv``).
 Instead, the file carries short ``metadata_props`` (keys under :data:`PREFIX`, structured values as
 JSON), readable with ONNX Runtime's ``InferenceSession(...).get_modelmeta().custom_metadata_map`` or
 :func:`read_properties`: toolkit version, exporter, precision, dynamic axes, the family and what its
-inputs and outputs mean, the rewrite summary and -- written by :func:`record_parity` after the file was
-verified -- the parity result with the SHA-256 of the graph it was judged on.
+inputs and outputs mean, the rewrite summary and the parity result: ``{"verified": false}`` here, replaced by
+:func:`modconv_export.verify.record_parity` after the file was verified, with the SHA-256 of the graph it was
+judged on (:func:`graph_sha256`). Export never imports verify: the verdict is verify's to write.
 """
 
 from __future__ import annotations
@@ -26,37 +27,37 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import ClearMetadataAndDocStringPass
 
-from .._util.files import atomic_output, write_bytes
-from ..errors import ExportError
-
 if TYPE_CHECKING:
-    from ..families import Family
     from ..rewrite import RewriteReport
-    from ..verify import ParityReport
 
 __all__ = [
+    "PARITY_KEY",
     "PREFIX",
+    "dumps_property",
+    "export_properties",
     "family_properties",
     "graph_sha256",
     "name_nodes_by_module",
-    "parity_properties",
     "read_properties",
-    "record_parity",
     "rewrite_properties",
     "strip_debug_metadata",
+    "unverified_properties",
 ]
 
 PREFIX = "modconv_export."
+#: The key of the parity result (see :func:`unverified_properties`).
+PARITY_KEY = f"{PREFIX}parity"
 _NAME_SCOPES = "pkg.torch.onnx.name_scopes"
 
 
-def _dumps(value: Any) -> str:
+def dumps_property(value: Any) -> str:
+    """A structured property value as compact JSON (no NaN: every reader must parse it)."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
@@ -125,7 +126,21 @@ def strip_debug_metadata(model: ir.Model) -> None:
 # -- properties -----------------------------------------------------------------------------------
 
 
-def family_properties(family: Family | None, input_names: Sequence[str] | None = None) -> dict[str, str]:
+class _DescribesTensors(Protocol):
+    """What :func:`family_properties` reads of a family (a :class:`modconv_export.families.Family`): export
+    sits below the families in the import order, so it names the shape of one, not the class."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def outputs(self) -> Sequence[str]: ...
+
+    @property
+    def tensors(self) -> Mapping[str, Any]: ...  # name -> TensorInfo (with ``to_json()``)
+
+
+def family_properties(family: _DescribesTensors | None, input_names: Sequence[str] | None = None) -> dict[str, str]:
     """``family``, ``inputs`` and ``outputs`` (what each tensor means) as the family declares them; ``input_names``
     keeps the inputs the file has (a generator family declares ``z`` and ``ws``, a file takes one of them)."""
     if family is None:
@@ -135,9 +150,9 @@ def family_properties(family: Family | None, input_names: Sequence[str] | None =
     outputs = {n: declared[n] for n in family.outputs if n in declared}
     inputs = {n: v for n, v in declared.items() if n not in family.outputs and (input_names is None or n in input_names)}
     if inputs:
-        props[f"{PREFIX}inputs"] = _dumps(inputs)
+        props[f"{PREFIX}inputs"] = dumps_property(inputs)
     if outputs:
-        props[f"{PREFIX}outputs"] = _dumps(outputs)
+        props[f"{PREFIX}outputs"] = dumps_property(outputs)
     return props
 
 
@@ -146,28 +161,13 @@ def rewrite_properties(report: RewriteReport) -> dict[str, str]:
     summary: dict[str, Any] = {"rewritten": report.counts(), "near_misses": len(report.near_misses)}
     if report.notes:
         summary["notes"] = report.describe_notes()
-    return {f"{PREFIX}rewrite": _dumps(summary)}
+    return {f"{PREFIX}rewrite": dumps_property(summary)}
 
 
-def parity_properties(report: ParityReport | None, graph_digest: str | None = None) -> dict[str, str]:
-    """``parity``: the verdict, the worst relative L2 per backend that ran, and the verified graph's hash."""
-    if report is None:
-        return {f"{PREFIX}parity": _dumps({"verified": False})}
-    worst: dict[str, float] = {}
-    for row in report.rows:
-        if row.rel_l2 is not None and row.rel_l2 == row.rel_l2 and not row.is_eager:  # skip NaN
-            worst[row.backend] = max(worst.get(row.backend, 0.0), float(f"{row.rel_l2:.2e}"))
-    data: dict[str, Any] = {
-        "verified": True,
-        "passed": report.passed,
-        "summary": report.summary,
-        "precision": report.precision,
-        "batch_sizes": list(report.batch_sizes),
-        "worst_rel_l2": worst,
-    }
-    if graph_digest:
-        data["graph_sha256"] = graph_digest
-    return {f"{PREFIX}parity": _dumps(data)}
+def unverified_properties() -> dict[str, str]:
+    """``parity`` as every file is written: ``{"verified": false}``, until
+    :func:`modconv_export.verify.record_parity` finalises a verified file."""
+    return {PARITY_KEY: dumps_property({"verified": False})}
 
 
 def graph_sha256(model: onnx.ModelProto | str | os.PathLike) -> str:
@@ -182,28 +182,13 @@ def read_properties(path: str | os.PathLike) -> dict[str, str]:
     return {p.key: p.value for p in proto.metadata_props}
 
 
-def record_parity(path: str | os.PathLike, report: ParityReport | None, *, graph_digest: str) -> None:
-    """Finalise a verified file: add the ``parity`` property, leaving the graph byte for byte as it was.
-
-    ``graph_digest`` is :func:`graph_sha256` of the file that was verified; if the graph at ``path`` is
-    no longer that one, nothing is written (:class:`ExportError`): a verdict describes one graph only.
-    """
-    proto = onnx.load(str(path))
-    if graph_sha256(proto) != graph_digest:
-        raise ExportError(f"{path} changed after it was verified; its parity result is not recorded")
-    props = {p.key: p.value for p in proto.metadata_props}
-    props.update(parity_properties(report, graph_digest))
-    onnx.helper.set_model_props(proto, props)
-    data = proto.SerializeToString()
-    with atomic_output(path) as tmp:
-        write_bytes(tmp, data)
-
-
 def export_properties(*, version: str, exporter: str, precision: str, dynamic_axes: Mapping[str, Mapping[int, str]]) -> dict[str, str]:
     """What every export records: toolkit version, exporter, precision and the dynamic axes by name."""
     return {
         f"{PREFIX}version": version,
         f"{PREFIX}exporter": exporter,
         f"{PREFIX}precision": precision,
-        f"{PREFIX}dynamic_axes": _dumps({name: {str(axis): label for axis, label in axes.items()} for name, axes in dynamic_axes.items()}),
+        f"{PREFIX}dynamic_axes": dumps_property(
+            {name: {str(axis): label for axis, label in axes.items()} for name, axes in dynamic_axes.items()}
+        ),
     }

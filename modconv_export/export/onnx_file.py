@@ -36,7 +36,7 @@ from ..rewrite.graph.traceable import traceable
 from ..rewrite.registry import registered_rule
 from ..symbolic import lowerings_for, lowerings_installed
 from .checks import check_graph
-from .metadata import export_properties, name_nodes_by_module, parity_properties, rewrite_properties, strip_debug_metadata
+from .metadata import export_properties, name_nodes_by_module, rewrite_properties, strip_debug_metadata, unverified_properties
 from .onnx_write import write_onnx
 from .prepare import batch_of_two, prepare_export
 
@@ -302,7 +302,7 @@ def export_onnx(
     properties = {
         **export_properties(version=__version__, exporter=exporter, precision=precision, dynamic_axes=axes),
         **rewritten,
-        **parity_properties(None),  # "verified": false until metadata.record_parity finalises a verified file
+        **unverified_properties(),  # until verify.record_parity finalises a verified file
         **(metadata or {}),
     }
     trace_args = batch_of_two(args) if dynamic_batch else args

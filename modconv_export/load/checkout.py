@@ -38,9 +38,10 @@ import torch.nn as nn
 
 from .._util import exception_line
 from ..errors import LoadError
-from .allowlist import top_level_classes, torch_classes, untrusted_base
 from .persistence import PersistentRecord
 from .state_dicts import listing
+from .trusted_code import top_level_classes, untrusted_base
+from .trusted_torch import torch_classes
 
 __all__ = ["Checkout", "ClassSource"]
 

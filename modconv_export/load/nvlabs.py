@@ -32,8 +32,9 @@ from ..errors import LoadError
 from ..families import InputSpec
 from ..families.nvlabs import nvlabs_family, one_hot_classes
 from ..layers.nvlabs import NVlabsGenerator
-from .allowlist import OUTSIDE, Decision, decide, for_python_unpickler, resolve_allowed, restore_classes
+from .allowlist import OUTSIDE, Decision, decide, resolve_allowed
 from .checkout import Checkout
+from .class_guard import for_python_unpickler, restore_classes
 from .loaded import LoadedModel
 from .options import GeneratorOptions
 from .persistence import PERSISTENCE_GLOBALS, PersistentRecord

@@ -20,8 +20,9 @@ from .._util import exception_line, forward_parameters
 from .._util.memory import is_allocation_failure
 from ..errors import LoadError, ModconvExportError
 from ..families import Family, InputSpec, recognize
-from .allowlist import OUTSIDE, Allowlist, Decision, decide, resolve_allowed, restore_classes
+from .allowlist import OUTSIDE, Allowlist, Decision, decide, resolve_allowed
 from .checkout import Checkout
+from .class_guard import restore_classes
 from .loaded import LoadedModel
 from .persistence import PERSISTENT_OBJ
 from .pickle_scan import unsafe_globals

@@ -1,19 +1,22 @@
 """Verify: prove an exported file equal to the original model (see :func:`check_parity`).
 
-Polygraphy-style parts: :mod:`.runners` (one prepare/infer/release interface per backend),
-:mod:`.metrics` (measure), :mod:`.tolerances` (judge), :mod:`.report` (rows, table, JSON),
-:mod:`.harness` (``check_parity``) and :mod:`.picture` (the PNG, Pillow optional).
+Polygraphy-style parts: :mod:`.options` (``ParityOptions``: what to check), :mod:`.plan` (which backends run),
+:mod:`.runners` (one prepare/infer/release interface per backend) and :mod:`.run` (outputs and times),
+:mod:`.metrics` (measure) and :mod:`.judge` with the policy of :mod:`.tolerances` (judge), :mod:`.report`
+(rows, table, JSON), :mod:`.record` (the verdict in the file), :mod:`.harness` (``check_parity``: those steps in
+order) and :mod:`.picture` (the PNG, Pillow optional).
 """
 
 import importlib
 from typing import TYPE_CHECKING, Any
 
 #: public name -> the submodule that defines it; imported on first use (PEP 562), so that the command line
-#: reads :mod:`.providers` and :mod:`.ort_options` (``--providers``, ``--version``) without importing torch
+#: reads :mod:`.providers` and :mod:`modconv_export.runtimes` (``--providers``, ``--version``) without importing torch
 _EXPORTS = {
     "check_parity": "harness",
     "random_inputs": "harness",
     "Metrics": "metrics",
+    "ParityOptions": "options",
     "compare": "metrics",
     "OpenVINORunner": "openvino_runner",
     "MissingExtraError": "picture",
@@ -22,6 +25,8 @@ _EXPORTS = {
     "ParityData": "report",
     "ParityReport": "report",
     "ParityRow": "report",
+    "parity_properties": "record",
+    "record_parity": "record",
     "EagerRunner": "runners",
     "OnnxRuntimeRunner": "runners",
     "Runner": "runners",
@@ -36,7 +41,9 @@ if TYPE_CHECKING:
     from .harness import check_parity, random_inputs
     from .metrics import Metrics, compare
     from .openvino_runner import OpenVINORunner
+    from .options import ParityOptions
     from .picture import MissingExtraError, write_report_image
+    from .record import parity_properties, record_parity
     from .report import ImageSample, ParityData, ParityReport, ParityRow
     from .runners import EagerRunner, OnnxRuntimeRunner, Runner, RunnerUnavailable, TorchScriptRunner
     from .tolerances import DEFAULT_REL_L2, Tolerance, resolve_tolerance
@@ -59,6 +66,7 @@ __all__ = [
     "OnnxRuntimeRunner",
     "OpenVINORunner",
     "ParityData",
+    "ParityOptions",
     "ParityReport",
     "ParityRow",
     "Runner",
@@ -67,7 +75,9 @@ __all__ = [
     "TorchScriptRunner",
     "check_parity",
     "compare",
+    "parity_properties",
     "random_inputs",
+    "record_parity",
     "resolve_tolerance",
     "write_report_image",
 ]

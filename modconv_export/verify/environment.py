@@ -27,7 +27,7 @@ def versions() -> dict[str, Any]:
     import torch
 
     from .. import __version__
-    from .openvino_options import cpu_info
+    from ..runtimes.cpu import cpu_info
 
     info: dict[str, Any] = {"modconv_export": __version__, "python": platform.python_version(), "machine": platform.machine()}
     info.update({name: package_version(name) for name in PACKAGES})

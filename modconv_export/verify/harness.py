@@ -6,15 +6,18 @@ measures the conversion, not CPU-vs-GPU arithmetic). Backends: the eager rewrite
 (:func:`~modconv_export.make_exportable`), a TorchScript file and an ONNX file under ONNX Runtime, each on
 CPU and CUDA; and, when asked for (providers ``openvino``/``openvino-bf16``), the ONNX file on OpenVINO's
 CPU plugin in f32 and bf16 (judged at the bf16 tolerance). Each batch size gets fresh inputs; the sizes other than the export's example batch prove
-the dynamic batch axis. Measuring is :func:`.metrics.compare`, judging is :mod:`.tolerances`; which
-backends run and what each run costs (one per backend and batch for a large model) is :mod:`.plan`.
+the dynamic batch axis.
+
+Polygraphy's shape, one step each: the options (:class:`.options.ParityOptions`) -> the plan (:mod:`.plan`:
+which backends run, against which reference) -> the runs (:mod:`.run`: outputs and times per backend, one
+run per backend and batch for a large model) -> the comparison and the judgement (:mod:`.judge`: metrics
+from :mod:`.metrics`, limits from the policy of :mod:`.tolerances`) -> the :class:`~.report.ParityReport`.
 """
 
 from __future__ import annotations
 
-import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +28,17 @@ import torch.nn as nn
 from .._util import as_tuple, exception_line
 from .._util.progress import step
 from ..errors import ModconvExportError
-from ..export.prepare import PRECISIONS as CHECK_PRECISIONS  # the precisions a file is exported in
 from .environment import versions
+from .judge import comparable_outputs, judge_run, measure_run
 from .metrics import is_image_like
-from .plan import CPU_REFERENCE, CUDA_REFERENCE, plans, run_plan, timed
+from .options import MakeInputs, ParityOptions
+from .plan import CPU_REFERENCE, CUDA_REFERENCE, plans
 from .providers import PROVIDERS, parse_providers
 from .report import PASS, ImageSample, ParityData, ParityReport, ParityRow
+from .run import run_backend, timed
 from .runners import EagerRunner, RunnerUnavailable
-from .tolerances import ToleranceOverride, resolve_tolerance
 
-__all__ = ["PROVIDERS", "batch_seed", "check_parity", "parse_providers", "random_inputs"]
+__all__ = ["PROVIDERS", "MakeInputs", "ParityOptions", "batch_seed", "check_parity", "parse_providers", "random_inputs"]
 
 _DEVICES = ("cpu", "cuda")
 #: OpenVINO rows (the ONNX file on OpenVINO's CPU plugin, through its own runtime or ONNX Runtime's
@@ -52,8 +56,6 @@ _PICTURE_ORDER = (
     "eager-cpu",
     "eager-cuda",
 )
-
-MakeInputs = Callable[[int, int], Any]
 
 
 def batch_seed(seed: int, batch: int) -> int:
@@ -122,24 +124,66 @@ def _pick_images(
     return images
 
 
+class _Sources:
+    """The eager rewrite and the in-memory TorchScript trace a check may need, each made once and only
+    when a backend asks for it (``exportable``: the fp32 export form the files were made from)."""
+
+    def __init__(self, model: nn.Module, args: tuple, exportable: nn.Module | None) -> None:
+        self.model, self.args = model, args
+        self._made: dict[str, Any] = {} if exportable is None else {"model": exportable}
+
+    def rewritten(self) -> nn.Module:
+        if "model" not in self._made:
+            from ..rewrite import make_exportable
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # near misses are the rewrite report's business; numbers tell here
+                self._made["model"] = make_exportable(self.model, self.args)
+        return self._made["model"]
+
+    def trace(self) -> torch.jit.ScriptModule:
+        if "trace" not in self._made:
+            from ..export import trace_torchscript as trace
+
+            try:
+                self._made["trace"] = trace(self.rewritten(), self.args, rewrite=False, check=False)
+            except ModconvExportError as exc:
+                self._made["trace"] = RunnerUnavailable(f"in-memory TorchScript trace failed: {exc}")
+        if isinstance(self._made["trace"], Exception):
+            raise self._made["trace"]
+        return self._made["trace"]
+
+
+def _draw_inputs(args: tuple, options: ParityOptions) -> dict[int, tuple]:
+    """Each batch size's inputs: ``make_inputs(batch, seed)`` or fresh random ones shaped like ``args``."""
+    seeds = {b: batch_seed(options.seed, b) for b in options.batch_sizes}
+    if options.make_inputs is not None:
+        return {b: as_tuple(options.make_inputs(b, s)) for b, s in seeds.items()}
+    return {b: random_inputs(args, b, s) for b, s in seeds.items()}
+
+
+def _run_reference(model: nn.Module, inputs: dict[int, tuple]) -> tuple[dict[int, list[np.ndarray]], dict[int, float]]:
+    """The original model's outputs and times per batch size (eager fp32 on CPU): what every row is measured against."""
+    outputs, times = {}, {}
+    try:
+        with EagerRunner(model, "cpu", name=CPU_REFERENCE) as reference:
+            for b, x in inputs.items():
+                step(f"verify: {CPU_REFERENCE} at batch {b}")
+                outputs[b], times[b] = timed(reference, x, 1)
+    except Exception as exc:
+        raise ModconvExportError(f"the original model fails on the parity inputs: {exception_line(exc)}") from exc
+    return outputs, times
+
+
+def _output_names(onnx_names: list[str], count: int) -> list[str]:
+    """The ONNX file's output names when it has one per output, else ``output`` / ``output_<i>``."""
+    if len(onnx_names) == count:
+        return onnx_names
+    return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
+
+
 def check_parity(
-    model: nn.Module,
-    args: Any,
-    *,
-    onnx_path: str | os.PathLike | None = None,
-    torchscript_path: str | os.PathLike | None = None,
-    trace_torchscript: bool = False,
-    providers: Sequence[str] = ("cpu", "cuda"),
-    batch_sizes: Sequence[int] = (1, 3),
-    precision: str = "fp32",
-    rtol: ToleranceOverride = None,
-    atol: ToleranceOverride = None,
-    max_rel_l2: ToleranceOverride = None,
-    seed: int = 0,
-    make_inputs: MakeInputs | None = None,
-    repeats: int = 3,
-    image_samples: int = 4,
-    exportable: nn.Module | None = None,
+    model: nn.Module, args: Any, options: ParityOptions | None = None, *, exportable: nn.Module | None = None, **keywords: Any
 ) -> ParityReport:
     """Compare every backend with the original ``model`` on fresh random inputs; return the report.
 
@@ -148,118 +192,81 @@ def check_parity(
     ``args`` are example inputs in ``forward`` order (a tensor or a tuple); for each batch size the
     harness draws new standard-normal inputs of the same non-batch shape, or calls
     ``make_inputs(batch, seed)`` (seed derived from ``seed`` and the batch size) for realistic ones.
-    ``providers`` picks the devices ("cpu", "cuda") and OpenVINO rows ("openvino", "openvino-bf16", and
-    "OpenVINOExecutionProvider" for ONNX Runtime's OpenVINO execution provider; see :mod:`.providers`). ``precision="fp16"`` runs the torch backends in
-    half on CUDA and ONNX Runtime on an ONNX file that computes in float16 (float16 inputs, or float16
-    convolution weights behind float32 I/O as ``export_onnx(precision="fp16")`` writes); the reference stays fp32 on CPU.
+    What to check is ``options`` (a :class:`~.options.ParityOptions`), or the same fields as keywords
+    (``onnx_path=``, ``torchscript_path=``, ``trace_torchscript=``, ``providers=``, ``batch_sizes=``,
+    ``precision=``, ``rtol=``, ``atol=``, ``max_rel_l2=``, ``seed=``, ``make_inputs=``, ``repeats=``,
+    ``image_samples=``). ``providers`` picks the devices ("cpu", "cuda") and OpenVINO rows ("openvino",
+    "openvino-bf16", and "OpenVINOExecutionProvider" for ONNX Runtime's OpenVINO execution provider; see
+    :mod:`.providers`). ``precision="fp16"`` runs the torch backends in half on CUDA and ONNX Runtime on an
+    ONNX file that computes in float16 (float16 inputs, or float16 convolution weights behind float32 I/O
+    as ``export_onnx(precision="fp16")`` writes); the reference stays fp32 on CPU.
     ``trace_torchscript=True`` checks TorchScript without a file: a trace of the rewritten model on
     ``args``, kept in memory (a model that does not trace gives "not run" rows with the reason).
-    ``max_rel_l2`` overrides the relative-L2
-    limits of :mod:`.tolerances`; ``rtol``/``atol`` add an element-wise ``allclose`` check (see there).
-    The report's ``data`` keeps the inputs and reference outputs. Up to ``repeats`` runs per batch give the
-    median time; a backend whose runs of a batch take a second or more is run once (the check needs its
-    outputs, not its time: see :data:`.plan.REPEAT_BUDGET_S`). Raises :class:`~modconv_export.errors.ModconvExportError` on usage errors (missing
-    file, bad arguments, an original model that rejects the inputs); backend failures are rows.
+    ``max_rel_l2`` overrides the relative-L2 limits of :mod:`.tolerances`; ``rtol``/``atol`` add an
+    element-wise ``allclose`` check (see there). The report's ``data`` keeps the inputs and reference
+    outputs. Up to ``repeats`` runs per batch give the median time; a backend whose runs of a batch take a
+    second or more is run once (the check needs its outputs, not its time: see :data:`.run.REPEAT_BUDGET_S`).
+    Raises :class:`~modconv_export.errors.ModconvExportError` on usage errors (missing file, bad arguments,
+    an original model that rejects the inputs); backend failures are rows.
     """
+    if options is not None and keywords:
+        raise TypeError("check_parity() takes a ParityOptions or keyword options, not both")
     if not isinstance(model, nn.Module):
         raise ModconvExportError(f"check_parity needs a torch.nn.Module, got {type(model).__name__}")
-    if precision not in CHECK_PRECISIONS:
-        raise ModconvExportError(f"unknown precision {precision!r}; choose one of {', '.join(CHECK_PRECISIONS)}")
-    providers = parse_providers(providers)
-    if torchscript_path is not None and trace_torchscript:
-        raise ModconvExportError("give torchscript_path or trace_torchscript=True, not both")
-    devices = [p for p in providers if p in _DEVICES]
-    openvino = [_OPENVINO[p] for p in providers if p in _OPENVINO]
-    batches = list(dict.fromkeys(int(b) for b in batch_sizes))
-    if not batches or min(batches) < 1:
-        raise ModconvExportError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
-    paths = {}
-    for key, path in (("onnx", onnx_path), ("torchscript", torchscript_path)):
-        if path is not None and not Path(path).is_file():
-            raise ModconvExportError(f"{key} file not found: {path}")
-        paths[key] = Path(path) if path is not None else None
-
+    options = (options if options is not None else ParityOptions.from_keywords(keywords)).checked()
     args = as_tuple(args)
-    inputs = {
-        b: as_tuple(make_inputs(b, batch_seed(seed, b))) if make_inputs else random_inputs(args, b, batch_seed(seed, b)) for b in batches
-    }
-
-    refs: dict[str, dict[int, list[np.ndarray]]] = {CPU_REFERENCE: {}}
-    ref_ms: dict[int, float] = {}
-    try:
-        with EagerRunner(model, "cpu", name=CPU_REFERENCE) as reference:
-            for b, x in inputs.items():
-                step(f"verify: {CPU_REFERENCE} at batch {b}")
-                refs[CPU_REFERENCE][b], ref_ms[b] = timed(reference, x, 1)
-    except Exception as exc:
-        raise ModconvExportError(f"the original model fails on the parity inputs: {exception_line(exc)}") from exc
-
-    onnx_half, names = _onnx_io(paths["onnx"]) if paths["onnx"] else (False, [])
-    count = len(refs[CPU_REFERENCE][batches[0]])
-    if len(names) != count:
-        names = ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
-
-    cache: dict[str, Any] = {} if exportable is None else {"model": exportable}
-
-    def rewritten() -> nn.Module:
-        if "model" not in cache:
-            from ..rewrite import make_exportable
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # near misses are the rewrite report's business; numbers tell here
-                cache["model"] = make_exportable(model, args)
-        return cache["model"]
+    inputs = _draw_inputs(args, options)
+    refs: dict[str, dict[int, list[np.ndarray]]] = {}
+    refs[CPU_REFERENCE], ref_ms = _run_reference(model, inputs)
+    onnx_path = options.onnx_path
+    onnx_half, onnx_names = _onnx_io(onnx_path) if onnx_path else (False, [])
+    names = _output_names(onnx_names, len(refs[CPU_REFERENCE][options.batch_sizes[0]]))
+    sources = _Sources(model, args, exportable)
+    ts_source = sources.trace if options.trace_torchscript else options.torchscript_path
+    devices = [p for p in options.providers if p in _DEVICES]
+    openvino = [_OPENVINO[p] for p in options.providers if p in _OPENVINO]
 
     references = {CPU_REFERENCE: "original model, eager fp32 on CPU"}
     rows: list[ParityRow] = []
     used: dict[str, list[str]] = {CPU_REFERENCE: ["torch:cpu"]}
     tolerances: dict[str, dict[str, Any]] = {}
     kept: dict[str, dict[int, list[np.ndarray]]] = {}
-    ts_source: Any = paths["torchscript"]
-    if trace_torchscript:
-
-        def ts_source() -> torch.jit.ScriptModule:
-            if "trace" not in cache:
-                from ..export import trace_torchscript as trace
-
-                try:
-                    cache["trace"] = trace(rewritten(), args, rewrite=False, check=False)
-                except ModconvExportError as exc:
-                    cache["trace"] = RunnerUnavailable(f"in-memory TorchScript trace failed: {exc}")
-            if isinstance(cache["trace"], Exception):
-                raise cache["trace"]
-            return cache["trace"]
-
-    for plan in plans(model, rewritten, paths["onnx"], onnx_half, ts_source, devices, openvino, precision):
+    for plan in plans(model, sources.rewritten, onnx_path, onnx_half, ts_source, devices, openvino, options.precision):
         if plan.reference not in refs:  # the CUDA reference did not run: fall back to the CPU one
             plan.reference = CPU_REFERENCE
-        tolerance = resolve_tolerance(plan.name, plan.precision or precision, rtol, atol, max_rel_l2)
+        tolerance = options.tolerance(plan.name, plan.precision)
         tolerances[plan.name] = tolerance.to_dict()
-        plan_rows, plan_providers, outputs = run_plan(plan, inputs, refs, names, precision, tolerance, repeats)
+        run = run_backend(plan, inputs, options.repeats)
+        expected = refs[plan.reference]
+        plan_rows = judge_run(
+            run, measure_run(run, expected, names, tolerance), tolerance, plan.precision or options.precision, plan.reference
+        )
         rows += plan_rows
-        if plan_providers:
-            used[plan.name] = plan_providers
-        kept[plan.name] = outputs
+        if run.providers:
+            used[plan.name] = run.providers
+        kept[plan.name] = comparable_outputs(run, expected)
         if plan.name == CUDA_REFERENCE:
-            if set(outputs) == set(batches):
-                refs[CUDA_REFERENCE] = outputs
+            if set(kept[plan.name]) == set(options.batch_sizes):
+                refs[CUDA_REFERENCE] = kept[plan.name]
                 references[CUDA_REFERENCE] = "original model, eager fp32 on CUDA, TF32 off (for the CUDA fp32 rows)"
             else:
                 references[CUDA_REFERENCE] = f"not used ({plan_rows[0].reason}); CUDA rows compare with {CPU_REFERENCE}"
     return ParityReport(
         rows=rows,
-        precision=precision,
-        batch_sizes=tuple(batches),
-        seed=seed,
+        precision=options.precision,
+        batch_sizes=tuple(options.batch_sizes),
+        seed=options.seed,
         tolerances=tolerances,
         providers=used,
         versions=versions(),
         files={
-            **{k: str(v) if v is not None else None for k, v in paths.items()},
-            **({"torchscript": "(in-memory trace)"} if trace_torchscript else {}),
+            "onnx": str(onnx_path) if onnx_path is not None else None,
+            "torchscript": "(in-memory trace)"
+            if options.trace_torchscript
+            else (str(options.torchscript_path) if options.torchscript_path is not None else None),
         },
         references=references,
-        images=_pick_images(rows, kept, refs, names, max(batches), image_samples),
+        images=_pick_images(rows, kept, refs, names, max(options.batch_sizes), options.image_samples),
         data=ParityData(
             inputs={b: tuple(t.detach().cpu().numpy() for t in x if isinstance(t, torch.Tensor)) for b, x in inputs.items()},
             expected=refs[CPU_REFERENCE],

@@ -1,5 +1,5 @@
 """The OpenVINO runner: an ONNX file on OpenVINO's CPU plugin (its own runtime, or ONNX Runtime's OpenVINO
-execution provider), f32 or bf16; the deployment settings are :mod:`.openvino_options`."""
+execution provider), f32 or bf16; the deployment settings are :mod:`modconv_export.runtimes`."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class OpenVINORunner(Runner):
     """An ONNX file on OpenVINO's CPU plugin at ``precision`` ("fp32" or "bf16").
 
     ``runtime="openvino"`` compiles with the ``openvino`` package through
-    :class:`~modconv_export.verify.openvino_options.OpenVINOModel` (bf16 with the style path in f32 unless
+    :class:`~modconv_export.runtimes.OpenVINOModel` (bf16 with the style path in f32 unless
     ``f32_islands=False``); ``runtime="onnxruntime"`` runs the file in ONNX Runtime on the OpenVINO
     execution provider (the ``onnxruntime-ep-openvino`` plugin; no island policy). Both are told the
     precision explicitly -- OpenVINO's own CPU default is bf16 on AMX machines. ``prepare`` raises
@@ -43,7 +43,7 @@ class OpenVINORunner(Runner):
         config: Mapping[str, Any] | None = None,
         name: str | None = None,
     ) -> None:
-        from .openvino_options import OV_PRECISIONS
+        from ..runtimes.openvino_config import OV_PRECISIONS
 
         if precision not in OV_PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(OV_PRECISIONS)}")
@@ -66,12 +66,12 @@ class OpenVINORunner(Runner):
         return f"{'openvino' if runtime == 'openvino' else 'ort-openvino'}-cpu{'' if precision == 'fp32' else '-' + precision}"
 
     def prepare(self) -> None:
-        from . import openvino_options as ovo
+        from .. import runtimes
 
         if self.runtime == "onnxruntime":
-            self._prepare_ort(ovo)
+            self._prepare_ort(runtimes)
         else:
-            reason = ovo.openvino_unavailable_reason() or (ovo.bf16_unavailable_reason() if self.precision == "bf16" else "")
+            reason = runtimes.openvino_unavailable_reason() or (runtimes.bf16_unavailable_reason() if self.precision == "bf16" else "")
             if reason:
                 raise RunnerUnavailable(reason)
             import openvino
@@ -81,18 +81,18 @@ class OpenVINORunner(Runner):
                 self._models[()] = self._compile(None)
         self.prepared = True
 
-    def _prepare_ort(self, ovo: Any) -> None:
+    def _prepare_ort(self, runtimes: Any) -> None:
         try:
-            device = ovo.ort_openvino_device()
+            device = runtimes.ort_openvino_device()
         except ImportError:
             raise RunnerUnavailable("OpenVINO execution provider not installed (pip install onnxruntime-ep-openvino)") from None
         except RuntimeError as exc:
             raise RunnerUnavailable(str(exc)) from None
         if self.precision == "bf16":
-            reason = ovo.bf16_unavailable_reason(str(device.ep_metadata.get("OPTIMIZATION_CAPABILITIES", "")).split())
+            reason = runtimes.bf16_unavailable_reason(str(device.ep_metadata.get("OPTIMIZATION_CAPABILITIES", "")).split())
             if reason:
                 raise RunnerUnavailable(reason)
-        session = ovo.ort_openvino_session(self.path, self.precision, load_config=self.config)
+        session = runtimes.ort_openvino_session(self.path, self.precision, load_config=self.config)
         actual = list(session.get_providers())
         if not actual or actual[0] != "OpenVINOExecutionProvider":
             raise RunnerUnavailable(
@@ -102,7 +102,7 @@ class OpenVINORunner(Runner):
         self.session = session
 
     def _compile(self, shapes: dict[str, list[int]] | None) -> Any:
-        from .openvino_options import OpenVINOModel
+        from ..runtimes.openvino_model import OpenVINOModel
 
         return OpenVINOModel(self.path, self.precision, f32_islands=self.f32_islands, shapes=shapes, config=self.config)
 
@@ -127,9 +127,9 @@ class OpenVINORunner(Runner):
         return next(iter(self._models.values()))
 
     def _file_inputs(self) -> list[str]:
-        from .openvino_options import _core
+        from ..runtimes.openvino_config import openvino_core
 
-        return [p.get_any_name() for p in _core().read_model(str(self.path)).inputs]
+        return [p.get_any_name() for p in openvino_core().read_model(str(self.path)).inputs]
 
     def release(self) -> None:
         self._models.clear()

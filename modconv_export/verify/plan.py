@@ -1,54 +1,25 @@
-"""The verification's run plan: which backends run, in what order, and what each run costs.
+"""The verification's run plan: which backends run, in what order, against which reference.
 
 :func:`plans` lists every backend of a check in table order -- a runner factory, or the reason it does not
-run here -- and :func:`run_plan` runs one of them on every batch size and measures each output against its
-reference. A backend is run once per batch size, and again for a median time only while its runs take
-less than :data:`REPEAT_BUDGET_S` together: a 1024 px generator's verification costs one run per backend
-and batch, not three. ONNX Runtime runs without its CPU arena (see :mod:`.ort_options`), so no batch keeps
-what an earlier one needed.
+run here; :mod:`.run` runs them and :mod:`.judge` measures and judges what they produced. ONNX Runtime runs
+without its CPU arena (see :mod:`modconv_export.runtimes.ort`), so no batch keeps what an earlier one needed.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .._util import exception_line
-from .._util.progress import step
-from .metrics import compare
+from ..runtimes.ort import session_options
 from .openvino_runner import OpenVINORunner
-from .ort_options import session_options
-from .report import FAIL, NOT_RUN, PASS, ParityRow
-from .runners import EagerRunner, OnnxRuntimeRunner, Runner, RunnerUnavailable, TorchScriptRunner
+from .runners import EagerRunner, OnnxRuntimeRunner, Runner, TorchScriptRunner
 
-__all__ = ["CPU_REFERENCE", "CUDA_REFERENCE", "REPEAT_BUDGET_S", "Plan", "plans", "run_plan", "timed"]
+__all__ = ["CPU_REFERENCE", "CUDA_REFERENCE", "Plan", "plans"]
 
 CPU_REFERENCE = "eager-original-cpu"
 CUDA_REFERENCE = "eager-original-cuda"
-
-
-#: Seconds of runs after which a backend's batch is not run again just for its time: a 1024 px generator
-#: at batch 3 runs for many seconds, and the check needs its outputs once, not a median of three.
-REPEAT_BUDGET_S = 1.0
-
-
-def timed(runner: Runner, inputs: tuple, repeats: int) -> tuple[list[np.ndarray], float]:
-    """Outputs of the first run and the median wall time of up to ``repeats`` runs, in milliseconds:
-    further runs only while the runs so far took less than :data:`REPEAT_BUDGET_S` together."""
-    times, outputs = [], None
-    while not times or (len(times) < repeats and sum(times) < REPEAT_BUDGET_S * 1e3):
-        start = time.perf_counter()
-        result = runner.infer(inputs)
-        times.append((time.perf_counter() - start) * 1e3)
-        if outputs is None:
-            outputs = result
-        del result
-    return outputs, statistics.median(times)
 
 
 class Plan:
@@ -108,75 +79,3 @@ def plans(model, rewritten, onnx_path, onnx_half, ts_source, devices, openvino, 
         make = None if reason else (lambda p=ov_precision, r=runtime: OpenVINORunner(onnx_path, p, runtime=r))
         plans.append(Plan(OpenVINORunner.default_name(ov_precision, runtime), make, reason, CPU_REFERENCE, ov_precision))
     return plans
-
-
-def run_plan(plan, inputs, refs, names, precision, tolerance, repeats) -> tuple[list[ParityRow], list[str], dict[int, list[np.ndarray]]]:
-    """Rows of one backend, the providers it actually used, and its outputs per batch size."""
-    common = dict(
-        precision=plan.precision or precision,
-        reference=plan.reference,
-        rel_l2_limit=tolerance.rel_l2,
-        rtol_limit=tolerance.rtol,
-        atol_limit=tolerance.atol,
-        psnr_limit=tolerance.min_psnr,
-    )
-    band = dict(zip(("rtol", "atol"), tolerance.band())) if tolerance.elementwise else {}
-    if plan.make is None:
-        return [ParityRow(plan.name, NOT_RUN, reason=plan.reason, **common)], [], {}
-    runner = None
-    try:
-        step(f"verify: preparing {plan.name}")
-        runner = plan.make()
-        runner.prepare()
-    except RunnerUnavailable as exc:
-        return [ParityRow(plan.name, NOT_RUN, reason=str(exc), **common)], [], {}
-    except Exception as exc:
-        return [ParityRow(plan.name, FAIL, reason=f"could not load: {exception_line(exc)}", **common)], [], {}
-    rows: list[ParityRow] = []
-    kept: dict[int, list[np.ndarray]] = {}
-    try:
-        for batch, batch_inputs in inputs.items():
-            expected = refs[plan.reference][batch]
-            step(f"verify: {plan.name} at batch {batch}")
-            try:
-                outputs, ms = timed(runner, batch_inputs, repeats)
-            except Exception as exc:
-                rows.append(ParityRow(plan.name, FAIL, batch, reason=f"inference failed: {exception_line(exc)}", **common))
-                continue
-            if len(outputs) != len(expected):
-                rows.append(
-                    ParityRow(
-                        plan.name, FAIL, batch, reason=f"{len(outputs)} outputs, the reference has {len(expected)}", time_ms=ms, **common
-                    )
-                )
-                continue
-            kept[batch] = outputs
-            for name, actual, ref in zip(names, outputs, expected):
-                try:
-                    m = compare(actual, ref, **band)
-                except ValueError as exc:
-                    rows.append(ParityRow(plan.name, FAIL, batch, name, reason=str(exc), time_ms=ms, **common))
-                    continue
-                ok, verdict = tolerance.judge(m)
-                rows.append(
-                    ParityRow(
-                        plan.name,
-                        PASS if ok else FAIL,
-                        batch,
-                        name,
-                        verdict,
-                        max_abs=m.max_abs,
-                        max_rel=m.max_rel,
-                        rel_l2=m.rel_l2,
-                        cosine=m.cosine,
-                        psnr=m.psnr,
-                        nan_count=m.nan_count,
-                        inf_count=m.inf_count,
-                        time_ms=ms,
-                        outside_band=m.outside_band,
-                        **common,
-                    )
-                )
-        return rows, runner.providers, kept
-    finally:
-        runner.release()

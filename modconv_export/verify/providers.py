@@ -60,15 +60,15 @@ def unavailable(selection: str) -> str:
         return ""
     if selection == "cuda":
         return _cuda_missing()
-    from . import openvino_options as ovo
+    from .. import runtimes
 
     if selection == "openvino":
-        return ovo.openvino_unavailable_reason()
+        return runtimes.openvino_unavailable_reason()
     if selection == "openvino-bf16":
-        return ovo.bf16_unavailable_reason()
+        return runtimes.bf16_unavailable_reason()
     if selection == "ort-openvino":
         try:
-            ovo.ort_openvino_device()
+            runtimes.ort_openvino_device()
         except ImportError:
             return "ONNX Runtime's OpenVINO execution provider is not installed (pip install 'modconv-export[openvino-ep]')"
         except RuntimeError as exc:
@@ -87,7 +87,7 @@ def _cuda_missing() -> str:
     import onnx
 
     from ..errors import RunnerUnavailable
-    from .ort_options import create_session
+    from ..runtimes.ort import create_session
 
     tensor = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1]) for n in ("x", "y")]
     graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "probe", tensor[:1], tensor[1:])

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import RunnerUnavailable
-from .ort_options import ORT_PROVIDERS, create_session
+from ..runtimes.ort import ORT_PROVIDERS, create_session
 
 __all__ = ["EagerRunner", "OnnxRuntimeRunner", "Runner", "RunnerUnavailable", "TorchScriptRunner", "flatten_outputs"]
 
@@ -268,7 +268,7 @@ class OnnxRuntimeRunner(Runner):
         self.session: Any = None
 
     def prepare(self) -> None:
-        # The deployment settings of modconv_export.verify.ort_options unless the caller passes its own.
+        # The deployment settings of modconv_export.runtimes.ort unless the caller passes its own.
         self.session = create_session(
             self.path, self.provider, options=self.session_options, provider_options=self.provider_options or None
         )

@@ -21,7 +21,7 @@ Defaults, with the reasoning:
 * **bf16 (OpenVINO on AMX/AVX512-BF16 CPUs): 1e-1, and PSNR >= 30 dB on image outputs.** bfloat16 keeps
   float32's exponent (no overflow) but only an 8-bit mantissa (~4e-3 per rounding), and OpenVINO rounds
   every feature map, convolution input and weight. Measured with the style-path policy of
-  :mod:`modconv_export.verify.openvino_options` on the families' own inputs (3 input seeds, batch 1 and 3,
+  :mod:`modconv_export.runtimes.openvino_model` on the families' own inputs (3 input seeds, batch 1 and 3,
   random weights): LATS 256 px 1.2e-2..2.5e-2 (42.6..47.1 dB), LATS 128 px 1.3e-2..2.5e-2, StyleGAN2
   decoder 7.3e-3..1.6e-2 (>= 45.5 dB), GFPGAN 512 px ~7e-3 (55 dB); the small presets (8..64
   channels) are worse, worst the small LATS at initialisation: 3.0e-2..5.4e-2 (>= 36.0 dB). The limits

@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from modconv_export.verify.openvino_options import bf16_unavailable_reason, openvino_unavailable_reason
+from modconv_export.runtimes import bf16_unavailable_reason, openvino_unavailable_reason
 from modconv_export.verify.tolerances import BF16_REL_L2
 
 from helpers import ROOT

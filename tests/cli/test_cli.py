@@ -33,7 +33,7 @@ from modconv_export._util.memory import format_bytes
 from modconv_export.cli import UsageError, main, parse_input
 from modconv_export.export.metadata import read_properties
 from modconv_export.families import get_family
-from modconv_export.verify.openvino_options import bf16_unavailable_reason
+from modconv_export.runtimes import bf16_unavailable_reason
 
 from helpers import FIXTURES, TESTS, relative_l2
 

@@ -19,11 +19,11 @@ import torch.nn as nn
 import modconv_export
 from modconv_export import ExportError, export_onnx, rewrite_model
 from modconv_export.errors import ModconvExportError, plain_text
-from modconv_export.export.metadata import PREFIX, family_properties, graph_sha256, read_properties, record_parity, strip_debug_metadata
+from modconv_export.export.metadata import PREFIX, family_properties, graph_sha256, read_properties, strip_debug_metadata
 from modconv_export.families import get_family, registered_families
 from modconv_export.families.lats import AGE_CLASSES
 from modconv_export.families.registry import Family, InputSpec, TensorInfo, register_family
-from modconv_export.verify import check_parity
+from modconv_export.verify import check_parity, record_parity
 
 from helpers import FIXTURES
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch import nn
 
-from modconv_export import export_onnx
+from modconv_export import export_onnx, runtimes
+from modconv_export.runtimes import openvino_config
 from modconv_export.verify import check_parity, resolve_tolerance
-from modconv_export.verify import openvino_options as ovo
 from modconv_export.verify.metrics import compare
 from modconv_export.verify.openvino_runner import OpenVINORunner
 from modconv_export.verify.runners import RunnerUnavailable
@@ -24,8 +24,8 @@ from modconv_export.verify.tolerances import BF16_MIN_PSNR, BF16_REL_L2
 
 from helpers import TinyDecoder, randomize, tiny_inputs
 
-needs_openvino = pytest.mark.skipif(bool(ovo.openvino_unavailable_reason()), reason="OpenVINO not installed")
-needs_bf16 = pytest.mark.skipif(bool(ovo.bf16_unavailable_reason()), reason=ovo.bf16_unavailable_reason() or "bf16")
+needs_openvino = pytest.mark.skipif(bool(runtimes.openvino_unavailable_reason()), reason="OpenVINO not installed")
+needs_bf16 = pytest.mark.skipif(bool(runtimes.bf16_unavailable_reason()), reason=runtimes.bf16_unavailable_reason() or "bf16")
 
 
 def _has_ep() -> bool:
@@ -104,13 +104,13 @@ def test_the_style_path_runs_in_f32_and_lowers_the_bf16_error(tmp_path):
     path = export_onnx(model, (image, latent), tmp_path / "style.onnx", exporter="torchscript")
     with torch.no_grad():
         expected = model(image, latent)
-    plain = ovo.OpenVINOModel(path, "bf16", f32_islands=False)
-    policy = ovo.OpenVINOModel(path, "bf16")
+    plain = runtimes.OpenVINOModel(path, "bf16", f32_islands=False)
+    policy = runtimes.OpenVINOModel(path, "bf16")
     assert len(plain.compiled) == 1 and _fc_precisions(plain.compiled[0]) == {"bf16"}
     assert len(policy.compiled) == 2 and _fc_precisions(policy.compiled[0]) == {"f32"} and policy.f32_islands
     errors = {name: compare(m([image.numpy(), latent.numpy()])[0], expected).rel_l2 for name, m in (("plain", plain), ("policy", policy))}
     assert errors["plain"] > 1e-3 and errors["policy"] < errors["plain"] / 10, errors
-    assert compare(ovo.OpenVINOModel(path, "fp32")([image.numpy(), latent.numpy()])[0], expected).rel_l2 < 1e-5
+    assert compare(runtimes.OpenVINOModel(path, "fp32")([image.numpy(), latent.numpy()])[0], expected).rel_l2 < 1e-5
 
 
 @needs_openvino
@@ -118,7 +118,7 @@ def test_a_model_without_a_vector_input_has_no_style_path(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1)).eval()
     path = export_onnx(model, torch.randn(2, 3, 8, 8), tmp_path / "conv.onnx", exporter="torchscript")
-    assert ovo.split_style_path(ovo._core().read_model(str(path))) is None
+    assert runtimes.split_style_path(runtimes.openvino_core().read_model(str(path))) is None
 
 
 @needs_openvino
@@ -127,7 +127,7 @@ def test_nearest_upsampling_folds_into_a_subpixel_convolution_exactly(tmp_path, 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), pad, nn.Conv2d(4, 5, 3)).eval()
     path = export_onnx(model, torch.randn(2, 4, 6, 7), tmp_path / "up.onnx", exporter="torchscript")
-    folded, kept = ovo.OpenVINOModel(path, "fp32"), ovo.OpenVINOModel(path, "fp32", fold_upsampling=False)
+    folded, kept = runtimes.OpenVINOModel(path, "fp32"), runtimes.OpenVINOModel(path, "fp32", fold_upsampling=False)
     assert (folded.folded, kept.folded) == (folds, 0)
     batch = torch.randn(3, 4, 6, 7, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -141,7 +141,7 @@ def test_nearest_upsampling_folds_into_a_subpixel_convolution_exactly(tmp_path, 
 @needs_openvino
 def test_bf16_rows_are_not_run_where_openvino_reports_no_native_bf16(tiny, monkeypatch):
     model, args, path, _ = tiny
-    monkeypatch.setattr(ovo, "optimization_capabilities", lambda: ["FP32", "INT8"])
+    monkeypatch.setattr(openvino_config, "optimization_capabilities", lambda: ["FP32", "INT8"])
     report = check_parity(model, args, onnx_path=path, providers=("openvino", "openvino-bf16"))
     row = next(r for r in report.rows if r.backend == "openvino-cpu-bf16")
     assert row.status == "not run" and "no native bf16" in row.reason and "AMX-BF16 or AVX512-BF16" in row.reason

@@ -291,6 +291,24 @@ def test_usage_errors(model, args, tmp_path):
         check_parity(model, args, providers=("tpu",))
 
 
+def test_options_object_and_keywords_give_the_same_rows(model, args, files, good_report):
+    """The command line's ParityOptions and the Python API's keywords are one path: the same rows, numbers
+    and files; both at once, or an unknown keyword, are refused before anything runs."""
+    from modconv_export.verify import ParityOptions
+
+    options = ParityOptions(onnx_path=files["legacy"], torchscript_path=files["torchscript"])
+    report = check_parity(model, args, options)
+    assert report.files == good_report.files and report.tolerances == good_report.tolerances
+    assert [(r.backend, r.batch, r.output, r.status, r.rel_l2) for r in report.rows] == [
+        (r.backend, r.batch, r.output, r.status, r.rel_l2) for r in good_report.rows
+    ]
+    with pytest.raises(TypeError, match="not both"):
+        check_parity(model, args, options, seed=1)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'batch_size'"):
+        check_parity(model, args, batch_size=(1,))
+    assert ParityOptions(providers="cpu,CUDAExecutionProvider", batch_sizes=(3, 1, 3)).checked().batch_sizes == (3, 1)
+
+
 def test_tolerance_overrides(model, args, files, tmp_path):
     edit_conv_weight(files["legacy"], tmp_path / "nudged.onnx", lambda w: w.__imul__(1.01))
     loose = check_parity(model, args, onnx_path=tmp_path / "nudged.onnx", providers=("cpu",), max_rel_l2={"ort-cpu": 0.1})
@@ -502,9 +520,9 @@ class _CountingRunner:
 @pytest.mark.parametrize("budget_s, runs", [(0.0, 1), (60.0, 3)], ids=["slow-backend", "fast-backend"])
 def test_a_batch_runs_again_only_while_its_runs_are_short(monkeypatch, budget_s, runs):
     """Verification costs one run per backend and batch once a run takes long; short ones give a median."""
-    from modconv_export.verify import plan
+    from modconv_export.verify import run
 
-    monkeypatch.setattr(plan, "REPEAT_BUDGET_S", budget_s)
+    monkeypatch.setattr(run, "REPEAT_BUDGET_S", budget_s)
     runner = _CountingRunner()
-    outputs, ms = plan.timed(runner, (), repeats=3)
+    outputs, ms = run.timed(runner, (), repeats=3)
     assert runner.runs == runs and len(outputs) == 1 and ms >= 0

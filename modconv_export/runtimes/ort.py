@@ -1,7 +1,7 @@
 """ONNX Runtime settings for deploying exported generators, as one documented place.
 
-The runners of :mod:`modconv_export.verify` and ``benchmarks/bench.py`` build their sessions here, so
-what is measured is what is recommended:
+The runners of :mod:`modconv_export.verify`, ``benchmarks/bench.py`` and ``benchmarks/gpu_check.py`` build
+their sessions here, so what is measured is what is recommended:
 
 * ``graph_optimization_level``: ``ORT_ENABLE_ALL`` (constant folding, Conv+Add/Mul fusions, layout
   transforms). The style/demodulation arithmetic of the export form is tiny vector work; the fusions
@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RunnerUnavailable
+from .cpu import cpu_threads
 
 __all__ = [
     "ORT_PROVIDERS",
-    "cpu_threads",
     "create_session",
     "cuda_provider_options",
     "describe_ort_build",
@@ -37,14 +37,6 @@ __all__ = [
 ]
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
-
-
-def cpu_threads() -> int:
-    """Cores this process may run on (``sched_getaffinity``), not the machine's core count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def session_options(*, optimization: str = "all", threads: int | None = None, quiet: bool = True, arena: bool = True) -> Any:
