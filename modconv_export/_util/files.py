@@ -125,6 +125,13 @@ class Outputs:
         """The temporary staged for ``path`` (``None`` if it was not staged)."""
         return self._staged.get(Path(path).expanduser())
 
+    def staged(self, path: str | os.PathLike) -> Path:
+        """:meth:`temporary` for a path this run staged (a bug in the caller otherwise)."""
+        temporary = self.temporary(path)
+        if temporary is None:
+            raise RuntimeError(f"{path} was never staged")
+        return temporary
+
     def commit(self) -> None:
         """Rename every temporary onto its target: all of them or, if a rename fails, none."""
         mode = 0o666 & ~_umask()  # mkstemp creates 0600; give the files the usual permissions

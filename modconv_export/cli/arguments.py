@@ -14,12 +14,16 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 from .. import __version__
 from .._util.files import Outputs, check_writable_target
 from ..errors import ExportError, MissingExtraError, ModconvExportError, UsageError
 from .catalogue import FAMILIES
 from .console import PROG, Console
+
+if TYPE_CHECKING:
+    from ..load.options import GeneratorOptions
 
 __all__ = [
     "arch_options",
@@ -37,7 +41,7 @@ __all__ = [
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse prints usage + exits; we want one line
+    def error(self, message: str) -> NoReturn:  # argparse prints usage + exits; we want one line
         raise UsageError(f"{message} (see --help)")
 
 
@@ -308,7 +312,7 @@ def choose_providers(args: argparse.Namespace, console: Console) -> tuple[str, .
     return chosen
 
 
-def generator_options(args: argparse.Namespace):
+def generator_options(args: argparse.Namespace) -> GeneratorOptions:
     """``--network``, ``--latent`` and ``--truncation`` as :class:`~modconv_export.load.GeneratorOptions`."""
     from ..load.options import GeneratorOptions, parse_truncation
 

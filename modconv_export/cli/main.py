@@ -21,6 +21,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from .._util import exception_line
 from .._util.files import Outputs
@@ -42,12 +43,15 @@ from .arguments import (
 )
 from .console import PROG, Console, error, file_size
 
+if TYPE_CHECKING:
+    from ..load.options import GeneratorOptions
+
 __all__ = ["EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PARITY", "EXIT_USAGE", "main"]
 
 EXIT_OK, EXIT_PARITY, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
-def _checked(args: argparse.Namespace, console: Console, files: Outputs) -> tuple[list, object, dict]:
+def _checked(args: argparse.Namespace, console: Console, files: Outputs) -> tuple[list, GeneratorOptions, dict]:
     """Every check that needs no torch -- the options, the model file's format, the outputs' folders -- so a
     mistake is answered at once (the folders a later error leaves behind are removed by ``files``)."""
     from ..load.files import check_model_file
@@ -112,7 +116,7 @@ def _run(args: argparse.Namespace, console: Console, files: Outputs) -> int:
     ts_source = steps.torchscript_source(loaded, prepared, inputs) if (args.torchscript or not args.no_verify) else None
     exported = steps.export(args, loaded, prepared, inputs, outputs, console, files, ts_source)
     summary = steps.summary(args, loaded, inputs, rewrite, exported)
-    onnx_tmp = files.temporary(args.output)
+    onnx_tmp = files.staged(args.output)
     digest = graph_sha256(onnx_tmp)  # the graph the parity check reads; record_parity refuses any other
     kept = " and ".join(p for p in (args.output, args.torchscript) if p)
     try:

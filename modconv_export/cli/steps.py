@@ -35,6 +35,8 @@ def rewrite(module: torch.nn.Module, inputs: Inputs, precision: str, console: Co
     with captured_fds(keep=False):
         prepared = prepare_export(module, inputs.tensors, precision=precision)
     report = prepared.report
+    if report is None:  # prepare_export with its rewrite always reports
+        raise RuntimeError("the rewrite gave no report")
     counts = report.counts()
     graph_rules = set(GRAPH_RULES.values())
     module_counts = {n: c for n, c in counts.items() if n not in graph_rules}
@@ -81,6 +83,7 @@ def export(
     ts_source,
 ) -> dict:
     exportable, rewrite = prepared.module, prepared.report
+    misses_of = [miss.path for miss in rewrite.near_misses] if rewrite is not None else []
     opset = resolve_opset(args.opset, args.exporter)
     family_outputs = list(loaded.family.outputs) if loaded.family and len(loaded.family.outputs) == len(outputs) else None
     console.progress(f"exporting {args.output} ({args.exporter} exporter, opset {opset}) ...")
@@ -92,7 +95,7 @@ def export(
                         input_names=inputs.names, output_names=family_outputs, precision=args.precision,
                         keep_debug_metadata=args.keep_debug_metadata, metadata=family_properties(loaded.family, inputs.names))  # fmt: skip
         except ExportError as exc:
-            misses = [miss.path for miss in rewrite.near_misses]
+            misses = misses_of
             better = (
                 describe_export_failure(prepared.source or exportable, inputs.tensors, exc.__cause__, args.exporter, misses)
                 if exc.__cause__
@@ -153,7 +156,9 @@ def parity_options(args: argparse.Namespace, inputs: Inputs, files: Outputs) -> 
     )
 
 
-def verify(args: argparse.Namespace, loaded: LoadedModel, inputs: Inputs, console: Console, files: Outputs, exportable: torch.nn.Module):
+def verify(
+    args: argparse.Namespace, loaded: LoadedModel, inputs: Inputs, console: Console, files: Outputs, exportable: torch.nn.Module | None
+):
     """Check this run's own files against the loaded model, with the options of :func:`parity_options`."""
     from ..verify import check_parity
 
@@ -173,7 +178,7 @@ def hand_off(args: argparse.Namespace, report, files: Outputs) -> list[tuple[str
     from .. import handoff
 
     rows = []
-    onnx_tmp = files.temporary(args.output)
+    onnx_tmp = files.staged(args.output)
     if args.save_inputs or args.save_outputs:
         staged = [files.stage(p) if p else None for p in (args.save_inputs, args.save_outputs)]
         handoff.save_parity_data(report, onnx_tmp, *staged)

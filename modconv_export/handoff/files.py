@@ -49,7 +49,7 @@ _TYPE = "polygraphy_class"
 _INDENT = 4  # polygraphy.constants.TAB: Polygraphy writes its JSON with four-space indents
 
 #: ONNX element type -> Triton ``DataType`` name.
-TRITON_TYPES = {
+TRITON_TYPES: dict[int, str] = {
     onnx.TensorProto.FLOAT: "TYPE_FP32",
     onnx.TensorProto.FLOAT16: "TYPE_FP16",
     onnx.TensorProto.BFLOAT16: "TYPE_BF16",
@@ -209,7 +209,8 @@ def write_triton_repository(
     repo = Path(repo).expanduser()
     version = repo / name / "1"
     own = outputs is None
-    with Outputs() if own else contextlib.nullcontext(outputs) as files:
+    files: Outputs
+    with Outputs() if outputs is None else contextlib.nullcontext(outputs) as files:
         files.make_dirs(version)
         write_bytes(files.stage(version / "model.onnx"), Path(onnx_path).read_bytes())
         write_bytes(files.stage(repo / name / "config.pbtxt"), config.encode("utf-8"))

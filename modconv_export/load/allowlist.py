@@ -35,7 +35,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from pickle import UnpicklingError
@@ -69,7 +69,7 @@ class Decision:
     import_error: tuple[str, str] | None = None
 
 
-_TORCH_FUNCTIONS_TOKEN = ClassGuard(torch._C._VariableFunctionsClass, TORCH_FUNCTIONS_CLASS)
+_TORCH_FUNCTIONS_TOKEN = ClassGuard(getattr(torch._C, "_VariableFunctionsClass"), TORCH_FUNCTIONS_CLASS)  # noqa: B009  (no stub)
 
 
 def _torch_function(owner: Any, name: Any) -> Any:
@@ -162,8 +162,8 @@ class Allowlist:
         self.decisions = list(decisions)
         self.refused = [d for d in decisions if d.refused]
 
-    def safe_globals(self) -> list[tuple[Any, str]]:
-        entries = []
+    def safe_globals(self) -> list[Callable[..., Any] | tuple[Callable[..., Any], str]]:
+        entries: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = []
         for d in self.decisions:
             entries.append((d.value, d.name))
             if d.name in NUMPY_DATA and not d.refused:

@@ -28,7 +28,8 @@ class ClassGuard:
             raise UnpicklingError(
                 f"the file creates {self.name} with arguments of its own (a trusted pickle may only restore saved objects)"
             )
-        return self.cls.__new__(self.cls)
+        guarded: Any = self.cls  # any class: its own __new__, as NEWOBJ calls it
+        return guarded.__new__(guarded)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise UnpicklingError(f"the file calls {self.name}(...) (a trusted pickle may only restore saved objects, not construct them)")
@@ -44,7 +45,8 @@ class ClassGuard:
         def __new__(cls: type, *args: Any, **kwargs: Any) -> Any:  # noqa: N807
             if args or kwargs:
                 guard(*args, **kwargs)  # raises
-            return guard.cls.__new__(guard.cls)
+            guarded: Any = guard.cls  # any class: its own __new__, as NEWOBJ calls it
+            return guarded.__new__(guarded)
 
         return type(f"Guarded{guard.cls.__name__}", (), {"__new__": __new__, "_modconv_guard": guard})
 
@@ -62,7 +64,7 @@ def restore_classes(obj: Any) -> Any:
         if isinstance(value, ClassGuard):
             return value.cls
         if isinstance(value, type) and isinstance(vars(value).get("_modconv_guard"), ClassGuard):
-            return value._modconv_guard.cls
+            return vars(value)["_modconv_guard"].cls
         if id(value) in seen or isinstance(value, (str, bytes, int, float, bool, type(None), torch.Tensor, type)):
             return value
         seen.add(id(value))

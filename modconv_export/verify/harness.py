@@ -219,7 +219,7 @@ def check_parity(
     refs: dict[str, dict[int, list[np.ndarray]]] = {}
     refs[CPU_REFERENCE], ref_ms = _run_reference(model, inputs)
     onnx_path = options.onnx_path
-    onnx_half, onnx_names = _onnx_io(onnx_path) if onnx_path else (False, [])
+    onnx_half, onnx_names = _onnx_io(Path(onnx_path)) if onnx_path else (False, [])
     names = _output_names(onnx_names, len(refs[CPU_REFERENCE][options.batch_sizes[0]]))
     sources = _Sources(model, args, exportable)
     ts_source = sources.trace if options.trace_torchscript else options.torchscript_path

@@ -76,6 +76,6 @@ def plans(model, rewritten, onnx_path, onnx_half, ts_source, devices, openvino, 
             plans.append(Plan(f"{name}-{device}", None if reason else make, reason, ref))
     for ov_precision, runtime in openvino:
         reason = _onnx_reason(onnx_path, onnx_half, False) if not half else "OpenVINO rows check float32 files (precision='fp32')"
-        make = None if reason else (lambda p=ov_precision, r=runtime: OpenVINORunner(onnx_path, p, runtime=r))
-        plans.append(Plan(OpenVINORunner.default_name(ov_precision, runtime), make, reason, CPU_REFERENCE, ov_precision))
+        make_openvino = None if reason else (lambda p=ov_precision, r=runtime: OpenVINORunner(onnx_path, p, runtime=r))
+        plans.append(Plan(OpenVINORunner.default_name(ov_precision, runtime), make_openvino, reason, CPU_REFERENCE, ov_precision))
     return plans

@@ -32,7 +32,8 @@ REPEAT_BUDGET_S = 1.0
 def timed(runner: Runner, inputs: tuple, repeats: int) -> tuple[list[np.ndarray], float]:
     """Outputs of the first run and the median wall time of up to ``repeats`` runs, in milliseconds:
     further runs only while the runs so far took less than :data:`REPEAT_BUDGET_S` together."""
-    times, outputs = [], None
+    times: list[float] = []
+    outputs = None
     while not times or (len(times) < repeats and sum(times) < REPEAT_BUDGET_S * 1e3):
         start = time.perf_counter()
         result = runner.infer(inputs)

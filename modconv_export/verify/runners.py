@@ -100,7 +100,7 @@ def _tf32(enabled: bool | None) -> Iterator[None]:
         yield
         return
     value = "tf32" if enabled else "ieee"
-    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    conv, matmul = getattr(torch.backends.cudnn, "conv"), torch.backends.cuda.matmul  # noqa: B009  (torch >= 2.9; no stub)
     if hasattr(conv, "fp32_precision"):  # torch >= 2.9: the new API; never mix it with the legacy flags
         saved = conv.fp32_precision, matmul.fp32_precision
         conv.fp32_precision, matmul.fp32_precision = value, value
@@ -234,6 +234,7 @@ class TorchScriptRunner(_TorchRunner):
             buffer.seek(0)
             module = torch.jit.load(buffer, map_location=self.device)
         else:
+            assert self.path is not None  # a runner has a source module or a path
             with open(self.path, "rb") as f:  # a file object: any file name (native code wants UTF-8 names)
                 module = torch.jit.load(f, map_location=self.device)
         self.module = module.to(self.dtype).eval() if self.dtype != torch.float32 else module.eval()
